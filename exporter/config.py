@@ -1,0 +1,224 @@
+"""Typed Griffin / RecurrentGemma configuration and presets.
+
+Shape legend used across the project (after recurrentgemma's array_typing.py):
+  b = batch, t = time (tokens in this step), w = attention window,
+  d = width, l = lru_width, h = attention heads, k = key/value heads,
+  e = head_dim, v = vocab, c = conv_width - 1, f = MLP hidden width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from exporter.errors import RgMobileError
+
+BlockType = Literal["recurrent", "attention"]
+BLOCK_TYPES: tuple[BlockType, ...] = ("recurrent", "attention")
+
+
+def griffin_pattern(num_layers: int) -> tuple[BlockType, ...]:
+    """(recurrent, recurrent, attention) repeated, cut to ``num_layers``."""
+    cycle: tuple[BlockType, ...] = ("recurrent", "recurrent", "attention")
+    return tuple(cycle[i % 3] for i in range(num_layers))
+
+
+@dataclass(frozen=True)
+class GriffinConfig:
+    """Architecture of a RecurrentGemma / Griffin model.
+
+    Fields:
+      vocab_size: tokens in the vocabulary (v); the embedding is tied to the head.
+      width: model width (d).
+      mlp_width: hidden width of the gated MLP (f). RecurrentGemma-2B: 7680.
+        Hugging Face's ``intermediate_size`` is twice this value.
+      num_heads: attention heads (h); also the number of blocks of the
+        block-diagonal RG-LRU gates.
+      num_kv_heads: key/value heads (k). RecurrentGemma uses 1 (multi-query).
+      lru_width: RG-LRU width (l), usually equal to ``width``.
+      block_types: one entry per layer, "recurrent" or "attention".
+      window: local attention window (w); the KV ring buffer has w slots.
+        A query attends to the w cached tokens and itself (official semantics).
+      conv_width: temporal width of the Conv1D (the state keeps conv_width-1 rows).
+      logits_soft_cap: ``tanh(x / cap) * cap`` on the logits; 0 disables it.
+      embed_scale_by_sqrt_width: scale embeddings by sqrt(width), rounded
+        through bfloat16 as in training.
+      rope_theta: RoPE base wavelength.
+      partial_rotary_factor: fraction of head_dim that RoPE rotates (0.5).
+      rms_norm_eps: RMSNorm epsilon.
+      attention_bias: whether q/k/v projections have biases (False upstream).
+      bos_id, eos_id, pad_id: special token ids (Gemma: 2, 1, 0).
+    """
+
+    vocab_size: int
+    width: int
+    mlp_width: int
+    num_heads: int
+    num_kv_heads: int
+    lru_width: int
+    block_types: tuple[BlockType, ...]
+    window: int
+    conv_width: int = 4
+    logits_soft_cap: float = 30.0
+    embed_scale_by_sqrt_width: bool = True
+    rope_theta: float = 10000.0
+    partial_rotary_factor: float = 0.5
+    rms_norm_eps: float = 1e-6
+    attention_bias: bool = False
+    bos_id: int = 2
+    eos_id: int = 1
+    pad_id: int = 0
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "vocab_size": self.vocab_size,
+            "width": self.width,
+            "mlp_width": self.mlp_width,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "lru_width": self.lru_width,
+            "window": self.window,
+            "conv_width": self.conv_width,
+        }
+        for key, value in positive.items():
+            if not isinstance(value, int) or value <= 0:
+                raise RgMobileError(f"config: {key} must be a positive integer, got {value!r}")
+        if not self.block_types:
+            raise RgMobileError("config: block_types is empty; a model needs at least one layer")
+        bad = [b for b in self.block_types if b not in BLOCK_TYPES]
+        if bad:
+            raise RgMobileError(f"config: unknown block type(s) {bad}; valid: {list(BLOCK_TYPES)}")
+        if self.width % self.num_heads:
+            raise RgMobileError(f"config: width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.lru_width % self.num_heads:
+            raise RgMobileError(
+                f"config: lru_width {self.lru_width} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise RgMobileError(
+                f"config: num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
+            )
+        rot = self.rotary_dim
+        if rot % 2 or rot <= 0 or rot > self.head_dim:
+            raise RgMobileError(
+                f"config: partial_rotary_factor {self.partial_rotary_factor} gives rotary dim {rot}; "
+                f"it must be even and within head_dim {self.head_dim}"
+            )
+        if self.logits_soft_cap < 0:
+            raise RgMobileError("config: logits_soft_cap must be >= 0 (0 disables it)")
+
+    # --- derived sizes -----------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.block_types)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def embed_scale(self) -> float:
+        """sqrt(width) rounded through bfloat16, exactly as upstream computes it."""
+        if not self.embed_scale_by_sqrt_width:
+            return 1.0
+        import torch
+
+        return float(torch.tensor(math.sqrt(self.width)).to(torch.bfloat16).float())
+
+    def layers_of(self, kind: BlockType) -> list[int]:
+        return [i for i, b in enumerate(self.block_types) if b == kind]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts by part (the head is tied to the embedding)."""
+        d, f, l, e = self.width, self.mlp_width, self.lru_width, self.head_dim
+        bw = l // self.num_heads
+        mlp = 2 * (d * f + f) + f * d + d
+        rec = 2 * (d * l + l) + l * d + d + self.conv_width * l + l + l + 2 * (self.num_heads * bw * bw + l)
+        qkv_out = self.num_heads * e + 2 * self.num_kv_heads * e
+        att = d * qkv_out + self.num_heads * e * d + d
+        if self.attention_bias:
+            att += qkv_out
+        norms = 2 * d
+        n_rec = len(self.layers_of("recurrent"))
+        n_att = len(self.layers_of("attention"))
+        blocks = n_rec * (rec + mlp + norms) + n_att * (att + mlp + norms)
+        embedding = self.vocab_size * d
+        return {"embedding": embedding, "blocks": blocks, "final_norm": d, "total": embedding + blocks + d}
+
+    def state_bytes(self, batch: int = 1) -> dict[str, int]:
+        """Bytes of the whole recurrent state (fp32); independent of context length."""
+        n_rec = len(self.layers_of("recurrent"))
+        n_att = len(self.layers_of("attention"))
+        conv = n_rec * (self.conv_width - 1) * self.lru_width * 4
+        rglru = n_rec * self.lru_width * 4
+        kv = n_att * 2 * self.num_kv_heads * self.window * self.head_dim * 4
+        return {"conv": batch * conv, "rg_lru": batch * rglru, "kv": batch * kv, "total": batch * (conv + rglru + kv)}
+
+    # --- (de)serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["block_types"] = list(self.block_types)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GriffinConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RgMobileError(f"config: unknown field(s) {unknown}")
+        data = dict(data)
+        data["block_types"] = tuple(data.get("block_types", ()))
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise RgMobileError(f"config: {exc}") from None
+
+    def with_(self, **changes: Any) -> GriffinConfig:
+        return replace(self, **changes)
+
+
+def _preset_2b() -> GriffinConfig:
+    return GriffinConfig(
+        vocab_size=256_000, width=2560, mlp_width=3 * 2560, num_heads=10, num_kv_heads=1,
+        lru_width=2560, block_types=griffin_pattern(26), window=2048, name="recurrentgemma-2b",
+    )  # fmt: skip
+
+
+def _preset_9b() -> GriffinConfig:
+    return GriffinConfig(
+        vocab_size=256_000, width=4096, mlp_width=3 * 4096, num_heads=16, num_kv_heads=1,
+        lru_width=4096, block_types=griffin_pattern(38), window=2048, name="recurrentgemma-9b",
+    )  # fmt: skip
+
+
+def _preset_tiny() -> GriffinConfig:
+    """Test-sized: runs in milliseconds, crosses the window after 16 tokens."""
+    return GriffinConfig(
+        vocab_size=128, width=64, mlp_width=192, num_heads=4, num_kv_heads=1,
+        lru_width=64, block_types=griffin_pattern(6), window=16, name="tiny",
+    )  # fmt: skip
+
+
+def _preset_small() -> GriffinConfig:
+    """The shape of the bundled, self-trained English model."""
+    return GriffinConfig(
+        vocab_size=4096, width=256, mlp_width=768, num_heads=4, num_kv_heads=1,
+        lru_width=256, block_types=griffin_pattern(6), window=64, name="small",
+    )  # fmt: skip
+
+
+PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "2b": _preset_2b, "9b": _preset_9b}
+
+
+def preset(name: str) -> GriffinConfig:
+    """A named preset; an unknown name fails with the valid choices."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise RgMobileError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}") from None

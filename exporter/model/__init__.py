@@ -1,0 +1,1 @@
+"""The explicit-state Griffin: config -> model -> (logits, state)."""

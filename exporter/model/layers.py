@@ -1,0 +1,215 @@
+"""Griffin layers with explicit state: ``forward(x, positions, state) -> (y, new_state)``.
+
+Semantics follow Google DeepMind's `recurrentgemma` (torch/modules.py, layers.py):
+RMSNorm scales by (1 + w); RoPE rotates the first half of each head; the local
+attention mask is ``k_pos <= q_pos <= k_pos + window`` (window cached keys plus
+the query itself); the RG-LRU resets where position == 0 and keeps its state in
+fp32. Parameter names and shapes follow Hugging Face's RecurrentGemma so that
+an HF checkpoint loads by name (see exporter/checkpoint/weight_map.py).
+
+Everything here is written for ``torch.export``: no Python branching on tensor
+values, index arithmetic in int64 with non-negative operands of ``%`` (the
+ExecuTorch runtime computes ``remainder`` of negatives with C semantics), and
+``torch.logical_and`` instead of ``&`` (Core ML).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from exporter.config import GriffinConfig
+from exporter.model.state import AttentionLayerState, RecurrentLayerState
+
+# Same large negative the official code uses for masked attention logits.
+_MASK_VALUE = -2.3819763e38
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.gelu(x, approximate="tanh")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., d]
+        var = torch.mean(torch.square(x), dim=-1, keepdim=True)
+        return x * torch.rsqrt(var + self.eps) * (self.weight + 1.0)
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(width, hidden)
+        self.up_proj = nn.Linear(width, hidden)
+        self.down_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, t, d] -> [b, t, d]
+        return self.down_proj(gelu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def block_diagonal(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x [b, t, l] through per-head blocks w [h, l/h, l/h] plus b [h, l/h]."""
+    bsz, t, width = x.shape
+    h = w.shape[0]
+    xh = x.reshape(bsz, t, h, width // h)
+    y = torch.einsum("bthi,hij->bthj", xh, w) + b
+    return y.reshape(bsz, t, width)
+
+
+class RGLRU(nn.Module):
+    """Real-Gated Linear Recurrent Unit (Griffin paper, section 2.4)."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        bw = width // num_heads
+        self.recurrent_param = nn.Parameter(torch.zeros(width))
+        self.input_gate_weight = nn.Parameter(torch.zeros(num_heads, bw, bw))
+        self.input_gate_bias = nn.Parameter(torch.zeros(num_heads, bw))
+        self.recurrent_gate_weight = nn.Parameter(torch.zeros(num_heads, bw, bw))
+        self.recurrent_gate_bias = nn.Parameter(torch.zeros(num_heads, bw))
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, h0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [b, t, l], positions [b, t], h0 [b, l] fp32 -> (y [b, t, l], h [b, l] fp32)."""
+        gate_x = torch.sigmoid(block_diagonal(x, self.input_gate_weight, self.input_gate_bias))
+        gate_a = torch.sigmoid(block_diagonal(x, self.recurrent_gate_weight, self.recurrent_gate_bias))
+        log_a = -8.0 * gate_a * nn.functional.softplus(self.recurrent_param)
+        a = torch.exp(log_a)
+        a_square = torch.exp(2.0 * log_a)
+        reset = (positions == 0).unsqueeze(-1)  # [b, t, 1]: a new sequence starts here
+        multiplier = torch.where(reset, torch.ones_like(a_square), torch.sqrt(1.0 - a_square))
+        normalized = (x * gate_x * multiplier).float()
+        a = torch.where(reset, torch.zeros_like(a), a).float()
+        # Linear scan over t; t is static when traced (the step is exported per chunk size).
+        h = h0
+        ys = []
+        for i in range(x.shape[1]):
+            h = a[:, i] * h + normalized[:, i]
+            ys.append(h)
+        y = torch.stack(ys, dim=1).to(x.dtype)
+        return y, h
+
+
+class RecurrentBlock(nn.Module):
+    def __init__(self, config: GriffinConfig) -> None:
+        super().__init__()
+        d, l = config.width, config.lru_width
+        self.conv_width = config.conv_width
+        self.linear_y = nn.Linear(d, l)
+        self.linear_x = nn.Linear(d, l)
+        self.linear_out = nn.Linear(l, d)
+        # Hugging Face layout [l, 1, K]: weight[:, 0, K-1] multiplies the current input.
+        self.conv_1d = nn.Conv1d(l, l, kernel_size=config.conv_width, groups=l, padding=config.conv_width - 1)
+        self.rg_lru = RGLRU(l, config.num_heads)
+
+    def conv(
+        self, x: torch.Tensor, positions: torch.Tensor, conv_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise Conv1D continuing from ``conv_state`` [b, c, l]."""
+        c = self.conv_width - 1
+        t = x.shape[1]
+        # Row j of the state holds position p0 - c + j; rows before position 0 are zeroed,
+        # so a sequence starting at position 0 never sees stale state.
+        row_pos = positions[:, :1] - c + torch.arange(c, dtype=torch.int64, device=x.device).unsqueeze(0)
+        valid = (row_pos >= 0).unsqueeze(-1).to(x.dtype)  # [b, c, 1]
+        ext = torch.cat([conv_state.to(x.dtype) * valid, x], dim=1)  # [b, c + t, l]
+        w = self.conv_1d.weight[:, 0, :]  # [l, K]
+        out = self.conv_1d.bias
+        for k in range(self.conv_width):
+            out = out + ext[:, k : k + t] * w[:, k]
+        new_state = ext[:, t : t + c]
+        return out, new_state
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, state: RecurrentLayerState
+    ) -> tuple[torch.Tensor, RecurrentLayerState]:
+        y = gelu(self.linear_y(x))
+        xb, conv_state = self.conv(self.linear_x(x), positions, state.conv_state)
+        xb, rnn_state = self.rg_lru(xb, positions, state.recurrent_state)
+        out = self.linear_out(xb * y)
+        return out, RecurrentLayerState(conv_state.to(state.conv_state.dtype), rnn_state)
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
+    """x [b, n, t, e], positions [b, t]: rotate-half RoPE on the first ``rotary_dim`` dims."""
+    x_rope, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    freq = torch.arange(half, dtype=torch.float32, device=x.device)
+    inv_freq = 1.0 / (theta ** (2.0 * freq / rotary_dim))
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # [b, t, half]
+    sin = torch.sin(angles).unsqueeze(1).to(x.dtype)  # [b, 1, t, half]
+    cos = torch.cos(angles).unsqueeze(1).to(x.dtype)
+    first, second = x_rope[..., :half], x_rope[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin, x_pass], dim=-1)
+
+
+def ring_positions(start: torch.Tensor, window: int) -> torch.Tensor:
+    """Position held by each ring slot just before ``start``; negative = empty.
+
+    start [b, 1] int64 (first position of the step) -> [b, w] int64. Slot s holds
+    the latest position p < start with p % w == s. The operand of ``%`` is kept
+    non-negative (start - 1 + w - s >= 0) for the ExecuTorch runtime.
+    """
+    slots = torch.arange(window, dtype=torch.int64, device=start.device).unsqueeze(0)
+    last = start - 1
+    return last - torch.remainder(last + window - slots, window)
+
+
+class LocalAttention(nn.Module):
+    """Multi-query local attention over a KV ring buffer of ``window`` slots."""
+
+    def __init__(self, config: GriffinConfig) -> None:
+        super().__init__()
+        d, h, k, e = config.width, config.num_heads, config.num_kv_heads, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = h, k, e
+        self.window = config.window
+        self.rotary_dim = config.rotary_dim
+        self.theta = config.rope_theta
+        self.q_proj = nn.Linear(d, h * e, bias=config.attention_bias)
+        self.k_proj = nn.Linear(d, k * e, bias=config.attention_bias)
+        self.v_proj = nn.Linear(d, k * e, bias=config.attention_bias)
+        self.o_proj = nn.Linear(h * e, d, bias=True)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, state: AttentionLayerState
+    ) -> tuple[torch.Tensor, AttentionLayerState]:
+        b, t, _ = x.shape
+        h, k, e, w = self.num_heads, self.num_kv_heads, self.head_dim, self.window
+        q = self.q_proj(x).reshape(b, t, h, e).transpose(1, 2)  # [b, h, t, e]
+        kn = self.k_proj(x).reshape(b, t, k, e).transpose(1, 2)  # [b, k, t, e]
+        vn = self.v_proj(x).reshape(b, t, k, e).transpose(1, 2)
+        q = apply_rope(q, positions, self.rotary_dim, self.theta)
+        kn = apply_rope(kn, positions, self.rotary_dim, self.theta)
+
+        start = positions[:, :1]  # [b, 1]
+        keys = torch.cat([state.key.to(x.dtype), kn], dim=2)  # [b, k, w + t, e]
+        values = torch.cat([state.value.to(x.dtype), vn], dim=2)
+        k_pos = torch.cat([ring_positions(start, w), positions], dim=1)  # [b, w + t]
+
+        q_pos = positions.unsqueeze(-1)  # [b, t, 1]
+        kp = k_pos.unsqueeze(1)  # [b, 1, w + t]
+        mask = torch.logical_and(torch.logical_and(kp >= 0, kp <= q_pos), q_pos <= kp + w)  # [b, t, w + t]
+
+        g = h // k
+        qg = q.reshape(b, k, g * t, e)
+        scores = torch.matmul(qg, keys.transpose(2, 3)).reshape(b, k, g, t, w + t) * (e**-0.5)
+        scores = torch.where(mask.unsqueeze(1).unsqueeze(1), scores, _MASK_VALUE)
+        probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)
+        out = torch.matmul(probs.reshape(b, k, g * t, w + t), values)  # [b, k, g*t, e]
+        out = out.reshape(b, h, t, e).transpose(1, 2).reshape(b, t, h * e)
+
+        # New ring: slot s takes the latest position <= start + t - 1 with p % w == s,
+        # from this chunk when that position is in it, else the old slot.
+        slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
+        last = start + (t - 1)
+        newest = last - torch.remainder(last + w - slots, w)  # [b, w]
+        src = torch.where(newest >= start, newest - start + w, slots)  # index into keys' w + t axis
+        idx = src.reshape(b, 1, w, 1).expand(b, k, w, e)
+        new_key = torch.gather(keys, 2, idx).to(state.key.dtype)
+        new_value = torch.gather(values, 2, idx).to(state.value.dtype)
+        return self.o_proj(out), AttentionLayerState(new_key, new_value)

@@ -1,0 +1,126 @@
+"""The one I/O spec of an exported step, read by every target, runtime and app.
+
+Names follow onnxruntime-genai (global layer index i):
+  in : input_ids [batch, seq] int64, position_ids [batch, seq] int64,
+       past_key_values.{i}.key|value            (attention layers)
+       past_key_values.{i}.conv_state|recurrent_state (recurrent layers)
+  out: logits [batch, seq, vocab], present.{i}.<same field>
+Every state input names the output that feeds it on the next step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from exporter.config import GriffinConfig
+from exporter.errors import RgMobileError
+from exporter.model.state import state_shapes
+
+Role = Literal["tokens", "positions", "state", "logits"]
+Dim = int | str
+DTYPES = ("int64", "float32", "float16")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output.
+
+    ``shape`` uses symbolic dims "batch" and "seq"; ``pair`` on a state input is
+    the output that feeds it on the next step (and on a state output, the input
+    it feeds); ``init`` is the state's value at position 0 ("zeros").
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    role: Role
+    layer: int | None = None
+    field: str | None = None
+    pair: str | None = None
+    init: str | None = None
+
+    def concrete_shape(self, batch: int = 1, seq: int = 1) -> tuple[int, ...]:
+        dims = {"batch": batch, "seq": seq}
+        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def state_inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(s for s in self.inputs if s.role == "state")
+
+    @property
+    def state_outputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(s for s in self.outputs if s.role == "state")
+
+    def state_pairs(self) -> list[tuple[str, str]]:
+        """(input name, output name) for every state tensor, in canonical order."""
+        return [(s.name, s.pair or "") for s in self.state_inputs]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    def to_dict(self) -> dict[str, Any]:
+        def enc(s: TensorSpec) -> dict[str, Any]:
+            d = asdict(s)
+            d["shape"] = list(s.shape)
+            return {k: v for k, v in d.items() if v is not None}
+
+        return {"inputs": [enc(s) for s in self.inputs], "outputs": [enc(s) for s in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IOSpec:
+        try:
+            ins = tuple(TensorSpec(**{**s, "shape": tuple(s["shape"])}) for s in data["inputs"])
+            outs = tuple(TensorSpec(**{**s, "shape": tuple(s["shape"])}) for s in data["outputs"])
+        except (KeyError, TypeError) as exc:
+            raise RgMobileError(f"io spec: malformed ({exc})") from None
+        spec = cls(ins, outs)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        names = self.input_names + self.output_names
+        if len(set(names)) != len(names):
+            raise RgMobileError("io spec: duplicate tensor names")
+        outs = {s.name: s for s in self.outputs}
+        for s in self.inputs + self.outputs:
+            if s.dtype not in DTYPES:
+                raise RgMobileError(f"io spec: {s.name} has unsupported dtype {s.dtype!r}")
+        for s in self.state_inputs:
+            o = outs.get(s.pair or "")
+            if o is None or o.role != "state":
+                raise RgMobileError(f"io spec: state input {s.name} is not paired with a state output")
+            if o.shape != s.shape or o.dtype != s.dtype:
+                raise RgMobileError(f"io spec: {s.name} and {o.name} differ in shape or dtype")
+        roles = [s.role for s in self.inputs]
+        if roles[:2] != ["tokens", "positions"] or [s.role for s in self.outputs][0] != "logits":
+            raise RgMobileError("io spec: expected inputs (input_ids, position_ids, state...) and outputs (logits, ...)")
+
+
+def build_iospec(config: GriffinConfig, state_dtype: str = "float32") -> IOSpec:
+    """The I/O spec of the step for ``config``; the recurrent state is always fp32."""
+    inputs = [
+        TensorSpec("input_ids", "int64", ("batch", "seq"), "tokens"),
+        TensorSpec("position_ids", "int64", ("batch", "seq"), "positions"),
+    ]
+    outputs = [TensorSpec("logits", "float32", ("batch", "seq", config.vocab_size), "logits")]
+    for layer, field, shape in state_shapes(config, batch=1):
+        dims: tuple[Dim, ...] = ("batch", *shape[1:])
+        dtype = "float32" if field == "recurrent_state" else state_dtype
+        i_name, o_name = f"past_key_values.{layer}.{field}", f"present.{layer}.{field}"
+        inputs.append(TensorSpec(i_name, dtype, dims, "state", layer, field, o_name, "zeros"))
+        outputs.append(TensorSpec(o_name, dtype, dims, "state", layer, field, i_name))
+    spec = IOSpec(tuple(inputs), tuple(outputs))
+    spec.validate()
+    return spec

@@ -1,0 +1,40 @@
+"""The traceable step: flat tensors in, flat tensors out, in IOSpec order.
+
+``StepModule(model)(input_ids, position_ids, *state) -> (logits, *new_state)``
+is what every target exports. :func:`export_step` runs ``torch.export`` for a
+fixed number of tokens per step (t = 1 for decode, t = chunk for prefill); the
+RG-LRU scan is unrolled over t, so each t is its own program.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from exporter.model.griffin import Griffin, positions
+from exporter.model.state import flatten_state, unflatten_state
+
+
+class StepModule(nn.Module):
+    def __init__(self, model: Griffin) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, *state: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        logits, new_state = self.model(input_ids, position_ids, unflatten_state(self.model.config, list(state)))
+        return (logits, *flatten_state(new_state))
+
+
+def example_inputs(model: Griffin, seq: int, batch: int = 1, start: int = 0) -> tuple[torch.Tensor, ...]:
+    """Example (input_ids, position_ids, *zero state) for tracing a step of ``seq`` tokens."""
+    ids = torch.zeros(batch, seq, dtype=torch.int64)
+    return (ids, positions(start, seq, batch), *flatten_state(model.init_state(batch)))
+
+
+def export_step(model: Griffin, seq: int, batch: int = 1) -> torch.export.ExportedProgram:
+    """``torch.export`` of the step for ``seq`` tokens at a time (static shapes)."""
+    step = StepModule(model.eval())
+    with torch.no_grad():
+        return torch.export.export(step, example_inputs(model, seq, batch), strict=False)
