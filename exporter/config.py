@@ -93,9 +93,7 @@ class GriffinConfig:
         if self.width % self.num_heads:
             raise RgMobileError(f"config: width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.lru_width % self.num_heads:
-            raise RgMobileError(
-                f"config: lru_width {self.lru_width} is not divisible by num_heads {self.num_heads}"
-            )
+            raise RgMobileError(f"config: lru_width {self.lru_width} is not divisible by num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
             raise RgMobileError(
                 f"config: num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"

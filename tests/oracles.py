@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import torch
 

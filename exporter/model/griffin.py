@@ -28,9 +28,7 @@ class ResidualBlock(nn.Module):
         self.channel_pre_norm = RMSNorm(config.width, config.rms_norm_eps)
         self.mlp_block = MLPBlock(config.width, config.mlp_width)
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, state: LayerState
-    ) -> tuple[torch.Tensor, LayerState]:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         y, new_state = self.temporal_block(self.temporal_pre_norm(x), positions, state)
         residual = y + x
         return self.mlp_block(self.channel_pre_norm(residual)) + residual, new_state

@@ -72,9 +72,7 @@ class RGLRU(nn.Module):
         self.recurrent_gate_weight = nn.Parameter(torch.zeros(num_heads, bw, bw))
         self.recurrent_gate_bias = nn.Parameter(torch.zeros(num_heads, bw))
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, h0: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [b, t, l], positions [b, t], h0 [b, l] fp32 -> (y [b, t, l], h [b, l] fp32)."""
         gate_x = torch.sigmoid(block_diagonal(x, self.input_gate_weight, self.input_gate_bias))
         gate_a = torch.sigmoid(block_diagonal(x, self.recurrent_gate_weight, self.recurrent_gate_bias))

@@ -105,7 +105,9 @@ class IOSpec:
                 raise RgMobileError(f"io spec: {s.name} and {o.name} differ in shape or dtype")
         roles = [s.role for s in self.inputs]
         if roles[:2] != ["tokens", "positions"] or [s.role for s in self.outputs][0] != "logits":
-            raise RgMobileError("io spec: expected inputs (input_ids, position_ids, state...) and outputs (logits, ...)")
+            raise RgMobileError(
+                "io spec: expected inputs (input_ids, position_ids, state...) and outputs (logits, ...)"
+            )
 
 
 def build_iospec(config: GriffinConfig, state_dtype: str = "float32") -> IOSpec:
