@@ -1,0 +1,143 @@
+"""The ``rgmobile`` command line: generate | info | export | validate | package | bench.
+
+Only this module prints. A user error (:class:`RgMobileError`) becomes one line
+on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from exporter.errors import RgMobileError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CheckpointArg = Annotated[
+    Path | None,
+    typer.Argument(help="HF folder, official .pt, or exported artifact folder (default: the bundled model)"),
+]
+
+
+def user_errors(fn: F) -> F:
+    """Turn RgMobileError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RgMobileError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress to stderr")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+@user_errors
+def generate(
+    checkpoint: CheckpointArg = None,
+    prompt: Annotated[str, typer.Option(help="text to continue")] = "The",
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="0 = off")] = 0,
+    top_p: Annotated[float, typer.Option(help="1.0 = off")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+) -> None:
+    """Generate text from a checkpoint or an exported artifact, streaming it."""
+    from runtime_py.generate import generate as run
+    from runtime_py.open import open_path
+    from runtime_py.sampling import SamplingConfig
+    from runtime_py.tokenizer import Tokenizer
+
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    opened = open_path(checkpoint, threads=threads)
+    tok = Tokenizer(opened.tokenizer_path)
+    out.print(prompt, end="", highlight=False, markup=False)
+    result = run(
+        opened.backend,
+        tok,
+        prompt,
+        max_new_tokens,
+        sampling,
+        on_text=lambda s: out.print(s, end="", highlight=False, markup=False),
+    )
+    out.print()
+    err.print(
+        f"[dim]{opened.backend.name}: {len(result.prompt_ids)} prompt tokens in {result.prefill_seconds:.2f}s, "
+        f"{len(result.new_ids)} new tokens at {result.decode_tokens_per_second:.1f} tok/s"
+        f"{', stopped on EOS' if result.stopped_on_eos else ''}[/]"
+    )
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command()
+@user_errors
+def info(
+    checkpoint: CheckpointArg = None,
+    preset: Annotated[str | None, typer.Option(help="describe a preset instead (tiny, small, 2b, 9b)")] = None,
+) -> None:
+    """Config, parameter counts and state size (which does not depend on context length)."""
+    from exporter.config import GriffinConfig
+    from exporter.config import preset as get_preset
+
+    config: GriffinConfig
+    if preset is not None:
+        config = get_preset(preset)
+        source = f"preset {preset}"
+    else:
+        from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint())
+        config = ckpt.config
+        source = str(ckpt.source)
+    table = Table(title=f"RecurrentGemma / Griffin: {source}", show_header=False)
+    for key, value in config.to_dict().items():
+        if key == "block_types":
+            value = f"{len(value)} layers: " + "".join("R" if b == "recurrent" else "A" for b in value)
+        table.add_row(key, str(value))
+    counts = config.parameter_counts()
+    table.add_row("parameters", f"{counts['total']:,} (embedding/head {counts['embedding']:,}, tied)")
+    state = config.state_bytes()
+    table.add_row(
+        "state (batch 1, fp32)",
+        f"{_fmt_bytes(state['total'])} = KV ring {_fmt_bytes(state['kv'])} + conv {_fmt_bytes(state['conv'])} "
+        f"+ RG-LRU {_fmt_bytes(state['rg_lru'])}; the same at every context length",
+    )
+    out.print(table)
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m exporter.cli`
+    app()
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

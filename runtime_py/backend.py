@@ -1,0 +1,60 @@
+"""What the generation loop, ``validate`` and ``bench`` need from a runtime.
+
+A backend runs one step of the model: tokens and absolute positions in,
+logits and the next state out. The state is opaque to the caller (torch
+tensors, OrtValues, ExecuTorch tensors...); only the backend looks inside.
+
+Shapes: input_ids / position_ids [b, t] int64 numpy; logits [b, t, v] float32 numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from exporter.config import GriffinConfig
+
+State = Any
+
+
+class Backend(Protocol):
+    name: str  # "torch", "onnxruntime", "executorch", "coreml"
+    config: GriffinConfig
+
+    def seq_lens(self) -> tuple[int, ...] | None:
+        """Step lengths t this backend runs; None means any t. Always includes 1."""
+        ...
+
+    def init_state(self, batch: int = 1) -> State:
+        """The state of a fresh sequence (all zeros)."""
+        ...
+
+    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Run t tokens (t in seq_lens()) and return (logits [b, t, v], new state)."""
+        ...
+
+    def state_arrays(self, state: State) -> dict[str, np.ndarray]:
+        """The state as numpy arrays keyed by IOSpec input name (for parity checks)."""
+        ...
+
+
+def plan_chunks(length: int, seq_lens: tuple[int, ...] | None, max_chunk: int | None = None) -> list[int]:
+    """Split ``length`` prompt tokens into step lengths the backend supports.
+
+    Greedy from the largest supported length down to 1, so a prompt is never
+    padded (padding would advance the recurrent state on fake tokens).
+    """
+    if length <= 0:
+        return []
+    if seq_lens is None:
+        chunk = max_chunk or length
+        return [min(chunk, length - s) for s in range(0, length, chunk)]
+    sizes = sorted({s for s in seq_lens if s >= 1} | {1}, reverse=True)
+    out: list[int] = []
+    left = length
+    for s in sizes:
+        while left >= s:
+            out.append(s)
+            left -= s
+    return out

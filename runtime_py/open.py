@@ -1,0 +1,56 @@
+"""Open whatever the user points at: a checkpoint (PyTorch reference) or an exported artifact.
+
+An artifact folder is recognised by its ``manifest.json``; its ``format`` picks
+the backend from the explicit registry below (an unknown format fails with the
+valid choices).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.errors import RgMobileError
+from runtime_py.backend import Backend
+
+# format -> "module:factory"; the factory takes (artifact_dir: Path, manifest) and returns a Backend.
+ARTIFACT_BACKENDS: dict[str, str] = {
+    "onnx": "runtime_py.onnx_backend:open_artifact",
+    "executorch": "runtime_py.executorch_backend:open_artifact",
+    "coreml": "runtime_py.coreml_backend:open_artifact",
+}
+
+
+@dataclass(frozen=True)
+class Opened:
+    backend: Backend
+    tokenizer_path: Path
+    kind: str  # "checkpoint" or the artifact format
+    path: Path
+
+
+def is_artifact(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "manifest.json").is_file()
+
+
+def open_path(path: Path | None, threads: int | None = None) -> Opened:
+    """A backend for a checkpoint path, an artifact folder, or (None) the bundled model."""
+    from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
+
+    if path is not None and is_artifact(path):
+        from exporter.package.manifest import read_manifest
+
+        manifest = read_manifest(Path(path))
+        spec = ARTIFACT_BACKENDS.get(manifest.format)
+        if spec is None:
+            raise RgMobileError(
+                f"{path}: unknown artifact format {manifest.format!r}; valid: {sorted(ARTIFACT_BACKENDS)}"
+            )
+        module, factory = spec.split(":")
+        backend = getattr(importlib.import_module(module), factory)(Path(path), manifest)
+        return Opened(backend, Path(path) / manifest.tokenizer_file, manifest.format, Path(path))
+    from runtime_py.torch_backend import TorchBackend
+
+    ckpt = load_checkpoint(Path(path) if path is not None else default_checkpoint())
+    return Opened(TorchBackend(ckpt.model, threads=threads), ckpt.tokenizer_path, "checkpoint", ckpt.source)

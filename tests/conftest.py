@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random configs, a tiny SentencePiece tokenizer, tiny HF folders."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from exporter.checkpoint.save import save_hf_folder
+from exporter.config import GriffinConfig, preset
+from exporter.model.griffin import Griffin, random_init_
+
+TINY_VOCAB = 300
+
+
+def tiny_config(**changes) -> GriffinConfig:
+    """preset('tiny') with a vocab the tiny tokenizer fills exactly (window 16)."""
+    return preset("tiny").with_(vocab_size=TINY_VOCAB, **changes)
+
+
+def tiny_model(config: GriffinConfig | None = None, seed: int = 1) -> Griffin:
+    torch.manual_seed(seed)
+    return random_init_(Griffin(config or tiny_config()).eval(), seed=seed, nonzero_biases=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BPE SentencePiece model with byte fallback and Gemma's special ids, vocab TINY_VOCAB."""
+    import sentencepiece as spm
+
+    d = tmp_path_factory.mktemp("spm")
+    rng = random.Random(0)
+    words = "the a cat dog sat on mat ran far away big small house tree river stone light dark".split()
+    lines = [" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(400)]
+    (d / "corpus.txt").write_text("\n".join(lines))
+    spm.SentencePieceTrainer.Train(
+        input=str(d / "corpus.txt"), model_prefix=str(d / "tok"), vocab_size=TINY_VOCAB, model_type="bpe",
+        byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, minloglevel=2,
+    )  # fmt: skip
+    return d / "tok.model"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Path:
+    """An HF folder holding a tiny random model (nonzero biases) and the tiny tokenizer."""
+    model = tiny_model()
+    out = tmp_path_factory.mktemp("ckpt") / "tiny-hf"
+    return save_hf_folder(model.config, model.state_dict(), out, tokenizer=tiny_tokenizer)
