@@ -125,13 +125,96 @@ def info(
         table.add_row(key, str(value))
     counts = config.parameter_counts()
     table.add_row("parameters", f"{counts['total']:,} (embedding/head {counts['embedding']:,}, tied)")
-    state = config.state_bytes()
-    table.add_row(
-        "state (batch 1, fp32)",
-        f"{_fmt_bytes(state['total'])} = KV ring {_fmt_bytes(state['kv'])} + conv {_fmt_bytes(state['conv'])} "
-        f"+ RG-LRU {_fmt_bytes(state['rg_lru'])}; the same at every context length",
-    )
+    for label, nbytes in (("fp32", 4), ("fp16", 2)):
+        state = config.state_bytes(dtype_bytes=nbytes)
+        table.add_row(
+            f"state (batch 1, {label})",
+            f"{_fmt_bytes(state['total'])} = KV ring {_fmt_bytes(state['kv'])} + conv {_fmt_bytes(state['conv'])} "
+            f"+ RG-LRU {_fmt_bytes(state['rg_lru'])} (fp32); the same at every context length",
+        )
     out.print(table)
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: CheckpointArg = None,
+    fmt: Annotated[str, typer.Option("--format", help="export target: onnx")] = "onnx",
+    out_dir: Annotated[Path, typer.Option("--out", help="artifact folder (an existing artifact is replaced)")] = Path(
+        "artifact"
+    ),
+    prefill_chunk: Annotated[int, typer.Option(help="tokens per prefill step; 1 = decode program only")] = 32,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.model, if not beside the checkpoint")] = None,
+    external_data: Annotated[
+        str, typer.Option(help="weights outside the graph files: auto (graphs over 2 GB), always, never")
+    ] = "auto",
+) -> None:
+    """Export a checkpoint to an artifact folder: program files, tokenizer.model, manifest.json."""
+    from exporter.export import ExportOptions
+    from exporter.export import export as run_export
+
+    options = ExportOptions(
+        out=out_dir, format=fmt, checkpoint=checkpoint, prefill_chunk=prefill_chunk, tokenizer=tokenizer,
+        external_data=external_data,  # type: ignore[arg-type]  # checked in ExportOptions
+    )  # fmt: skip
+    with err.status(f"exporting to {fmt}..."):
+        manifest = run_export(options)
+    table = Table(title=f"{out_dir} ({manifest.format}, {manifest.precision})")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    for f in manifest.files:
+        table.add_row(f.path, _fmt_bytes(f.size))
+    out.print(table)
+    programs = ", ".join(f"{n} t={p.seq_len} ({p.file})" for n, p in manifest.programs.items())
+    out.print(f"programs: {programs}", highlight=False)
+
+
+@app.command()
+@user_errors
+def validate(
+    artifact: Annotated[Path, typer.Argument(help="exported artifact folder (has manifest.json)")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="reference checkpoint (default: the manifest's source)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="decode steps after the prompt (default: 3 x window)")] = None,
+    prompt_tokens: Annotated[int | None, typer.Option(help="prompt length (default: 2 chunks + remainder)")] = None,
+    greedy_tokens: Annotated[int, typer.Option(help="greedy continuation length compared")] = 64,
+    seed: Annotated[int, typer.Option(help="seed of the sampled decode tokens")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the reference")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG of error vs position here")] = None,
+) -> None:
+    """Check an artifact against the PyTorch reference; exit 1 when a parity threshold is exceeded."""
+    from runtime_py.thresholds import METRICS
+    from runtime_py.validate import ValidateOptions
+    from runtime_py.validate import validate as run_validate
+
+    options = ValidateOptions(
+        artifact=artifact, checkpoint=checkpoint, steps=steps, prompt_tokens=prompt_tokens,
+        greedy_tokens=greedy_tokens, seed=seed, threads=threads, report=report, plot=plot,
+    )  # fmt: skip
+    with err.status("validating..."):
+        result = run_validate(options)
+    failed = {f.metric for f in result.failures}
+    table = Table(title=f"{artifact} ({result.format} {result.precision}) vs {result.checkpoint}")
+    for col in ("metric", "value", "threshold", ""):
+        table.add_column(col)
+    for metric, bound in METRICS.items():
+        limit = result.thresholds.get(metric)
+        shown = "-" if limit is None else f"{'<=' if bound == 'max' else '>='} {limit:.3g}"
+        mark = "[red]FAIL[/]" if metric in failed else "[green]ok[/]"
+        table.add_row(metric, f"{result.summary[metric]:.3g}", shown, mark)
+    out.print(table)
+    out.print(
+        f"{result.summary['positions']} positions ({result.prompt_tokens} prompt, {result.decode_steps} decode, "
+        f"window {result.window}); greedy: {result.summary['greedy_common_prefix']}/{result.summary['greedy_tokens']}",
+        highlight=False,
+    )
+    if result.failures:
+        for f in result.failures:
+            err.print(f"[bold red]validate failed:[/] {f.message()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print("[green]validate passed[/]")
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m exporter.cli`

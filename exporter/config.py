@@ -127,7 +127,7 @@ class GriffinConfig:
             return 1.0
         import torch
 
-        return float(torch.tensor(math.sqrt(self.width)).to(torch.bfloat16).float())
+        return float(torch.tensor(math.sqrt(self.width), device="cpu").to(torch.bfloat16).float())
 
     def layers_of(self, kind: BlockType) -> list[int]:
         return [i for i, b in enumerate(self.block_types) if b == kind]
@@ -149,13 +149,17 @@ class GriffinConfig:
         embedding = self.vocab_size * d
         return {"embedding": embedding, "blocks": blocks, "final_norm": d, "total": embedding + blocks + d}
 
-    def state_bytes(self, batch: int = 1) -> dict[str, int]:
-        """Bytes of the whole recurrent state (fp32); independent of context length."""
+    def state_bytes(self, batch: int = 1, dtype_bytes: int = 4) -> dict[str, int]:
+        """Bytes of the whole recurrent state; independent of context length.
+
+        ``dtype_bytes`` is the element size of the KV ring buffers and Conv1D state
+        (4 for fp32, 2 for fp16/bf16); the RG-LRU state is always fp32.
+        """
         n_rec = len(self.layers_of("recurrent"))
         n_att = len(self.layers_of("attention"))
-        conv = n_rec * (self.conv_width - 1) * self.lru_width * 4
+        conv = n_rec * (self.conv_width - 1) * self.lru_width * dtype_bytes
         rglru = n_rec * self.lru_width * 4
-        kv = n_att * 2 * self.num_kv_heads * self.window * self.head_dim * 4
+        kv = n_att * 2 * self.num_kv_heads * self.window * self.head_dim * dtype_bytes
         return {"conv": batch * conv, "rg_lru": batch * rglru, "kv": batch * kv, "total": batch * (conv + rglru + kv)}
 
     # --- (de)serialisation -------------------------------------------------------

@@ -62,7 +62,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GriffinCo
         logits_soft_cap=float(hf.get("logits_soft_cap", 30.0) or 0.0),
         embed_scale_by_sqrt_width=bool(hf.get("embeddings_scale_by_sqrt_dim", True)),
         rope_theta=_rope_theta(hf),
-        partial_rotary_factor=float(hf.get("partial_rotary_factor", 0.5)),
+        partial_rotary_factor=float(
+            hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 0.5))
+        ),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         attention_bias=bool(hf.get("attention_bias", False)),
         bos_id=ids("bos_token_id", 2),

@@ -1,0 +1,140 @@
+"""Read a Hugging Face RecurrentGemma folder: config.json and safetensors weights.
+
+Only safetensors are read (never ``pytorch_model.bin``): safetensors cannot run
+code, pickles can. The layout follows transformers' own loader
+(``modeling_utils.load_state_dict`` / ``get_checkpoint_shard_files``): a single
+``model.safetensors`` wins; otherwise ``model.safetensors.index.json`` names the
+shards, and every shard it names must exist and hold the tensors it lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from exporter.checkpoint.hf_config import config_from_hf
+from exporter.checkpoint.weight_map import from_hf
+from exporter.config import GriffinConfig
+from exporter.errors import RgMobileError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+SINGLE_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+Tensor = torch.Tensor
+
+
+def first_line(exc: BaseException) -> str:
+    """The gist of a library message: its first line, first sentence (the CLI shows one line)."""
+    text = str(exc).strip().splitlines()
+    return text[0].split(". ")[0] if text else type(exc).__name__
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; unreadable, invalid or non-object JSON is a clear error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RgMobileError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise RgMobileError(f"{path}: invalid JSON (not UTF-8 text)") from None
+    except OSError as exc:
+        raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
+    except json.JSONDecodeError as exc:
+        raise RgMobileError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise RgMobileError(f"{path}: invalid JSON content: expected an object, got {type(data).__name__}")
+    return data
+
+
+def read_hf_config(path: Path) -> GriffinConfig:
+    """A :class:`GriffinConfig` from an HF ``config.json`` file."""
+    return config_from_hf(read_json(path), source=str(path))
+
+
+def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, Tensor]:
+    """Every tensor of one safetensors file, cast to ``dtype`` (floating tensors only)."""
+    out: dict[str, Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                out[name] = f.get_tensor(name)
+    except FileNotFoundError:
+        raise RgMobileError(f"{path}: weights file not found") from None
+    except SafetensorError as exc:
+        raise RgMobileError(
+            f"{path}: corrupt or truncated safetensors file ({first_line(exc)}); re-download or re-export it"
+        ) from None
+    except OSError as exc:
+        raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
+    for name, t in out.items():
+        if not t.is_floating_point():
+            raise RgMobileError(f"{path}: tensor {name} has dtype {t.dtype}; model weights must be floating point")
+        out[name] = t.to(dtype)
+    return out
+
+
+def _read_sharded(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
+    index_path = folder / INDEX_NAME
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise RgMobileError(f"{index_path}: no 'weight_map' object naming tensors and their shard files")
+    for fname in weight_map.values():
+        if not isinstance(fname, str) or Path(fname).name != fname:
+            raise RgMobileError(f"{index_path}: shard name {fname!r} must be a plain file name in the folder")
+    shards = sorted(set(weight_map.values()))
+    missing = [f for f in shards if not (folder / f).is_file()]
+    if missing:
+        raise RgMobileError(
+            f"{index_path}: lists {len(missing)} shard(s) missing from the folder (e.g. {', '.join(missing[:3])})"
+        )
+    state: dict[str, Tensor] = {}
+    for fname in shards:
+        tensors = read_safetensors(folder / fname, dtype)
+        listed = [n for n, f in weight_map.items() if f == fname]
+        absent = [n for n in listed if n not in tensors]
+        if absent:
+            raise RgMobileError(
+                f"{folder / fname}: {len(absent)} tensor(s) that {INDEX_NAME} places in this shard are absent "
+                f"from it (e.g. {', '.join(absent[:3])})"
+            )
+        dup = [n for n in tensors if n in state]
+        if dup:
+            raise RgMobileError(f"{folder / fname}: tensor(s) also stored in another shard (e.g. {dup[0]})")
+        extra = [n for n in tensors if weight_map.get(n) != fname]
+        if extra:
+            log.warning("%s holds %d tensor(s) its index does not list (e.g. %s)", fname, len(extra), extra[0])
+        state.update(tensors)
+    log.info("read %d tensors from %d shards in %s", len(state), len(shards), folder)
+    return state
+
+
+def read_hf_weights(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
+    """All tensors of an HF folder, HF names, cast to ``dtype``."""
+    if (folder / SINGLE_NAME).is_file():
+        if (folder / INDEX_NAME).is_file():
+            log.warning("%s has both %s and %s; reading %s (as transformers does)", folder, SINGLE_NAME,
+                        INDEX_NAME, SINGLE_NAME)  # fmt: skip
+        return read_safetensors(folder / SINGLE_NAME, dtype)
+    if (folder / INDEX_NAME).is_file():
+        return _read_sharded(folder, dtype)
+    pickled = [p.name for p in folder.glob("pytorch_model*.bin")]
+    hint = f"; found {pickled[0]}, which is a pickle and is not read: convert it to safetensors" if pickled else ""
+    raise RgMobileError(f"{folder}: missing weights file: no {SINGLE_NAME} or {INDEX_NAME}{hint}")
+
+
+def load_hf_folder(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[GriffinConfig, dict[str, Tensor]]:
+    """(config, state dict with our names) from an HF folder; not yet checked against each other."""
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise RgMobileError(f"{folder}: no {CONFIG_NAME}; a Hugging Face checkpoint folder needs one")
+    config = read_hf_config(config_path)
+    state = from_hf(read_hf_weights(folder, dtype))
+    return config, state
