@@ -172,7 +172,6 @@ def from_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     :func:`check_state_dict` reports them as unexpected.
     """
     out: dict[str, Tensor] = {}
-    special: dict[str, Callable[[str, Tensor], None]] = {}
 
     def conv(name: str, w: Tensor) -> None:
         if w.ndim != 2:
@@ -193,14 +192,15 @@ def from_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[f"layers.{i}.mlp_block.gate_proj.bias"] = b[0].reshape(-1).contiguous()
         out[f"layers.{i}.mlp_block.up_proj.bias"] = b[1].reshape(-1).contiguous()
 
-    for template, fn in ((_CONV_OFFICIAL, conv), (_FFW_UP_W, ffw_w), (_FFW_UP_B, ffw_b)):
-        special[template] = fn
-    special_patterns = [(_pattern(t), fn) for t, fn in special.items()]
-
+    special: list[tuple[re.Pattern[str], Callable[[str, Tensor], None]]] = [
+        (_pattern(_CONV_OFFICIAL), conv),
+        (_pattern(_FFW_UP_W), ffw_w),
+        (_pattern(_FFW_UP_B), ffw_b),
+    ]
     for name, tensor in state.items():
-        for pattern, fn in special_patterns:
+        for pattern, handler in special:
             if pattern.match(name):
-                fn(name, tensor)
+                handler(name, tensor)
                 break
         else:
             ours = _rename(name, _OFFICIAL_TO_OURS)

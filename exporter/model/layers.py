@@ -117,7 +117,9 @@ class RecurrentBlock(nn.Module):
         valid = (row_pos >= 0).unsqueeze(-1).to(x.dtype)  # [b, c, 1]
         ext = torch.cat([conv_state.to(x.dtype) * valid, x], dim=1)  # [b, c + t, l]
         w = self.conv_1d.weight[:, 0, :]  # [l, K]
-        out = self.conv_1d.bias
+        bias = self.conv_1d.bias
+        assert bias is not None  # built with bias=True
+        out = bias
         for k in range(self.conv_width):
             out = out + ext[:, k : k + t] * w[:, k]
         new_state = ext[:, t : t + c]
