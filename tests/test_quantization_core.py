@@ -64,5 +64,8 @@ def test_fake_quantized_model_touches_the_right_weights() -> None:
     a, _ = model(ids, positions(0, 40), model.init_state())
     b, _ = q(ids, positions(0, 40), q.init_state())
     assert (a - b).abs().max() > 0
-    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.95  # random tiny model, int4
+    q8 = fake_quantized(model, load_recipe("int8"))
+    c, _ = q8(ids, positions(0, 40), q8.init_state())
+    assert torch.nn.functional.cosine_similarity(a.flatten(), c.flatten(), dim=0) > 0.999
     assert fake_quantize(before["embed_tokens.weight"], WeightScheme(8)).shape == before["embed_tokens.weight"].shape
