@@ -169,6 +169,13 @@ def export(
     out.print(f"programs: {programs}", highlight=False)
 
 
+def _fmt_metric(value: float) -> str:
+    """3 significant digits; values just below 1 (cosine, agreement) as 1 - x so they stay readable."""
+    if 0.999 < value < 1:
+        return f"1 - {1 - value:.2g}"
+    return f"{value:.3g}"
+
+
 @app.command()
 @user_errors
 def validate(
@@ -201,9 +208,9 @@ def validate(
         table.add_column(col)
     for metric, bound in METRICS.items():
         limit = result.thresholds.get(metric)
-        shown = "-" if limit is None else f"{'<=' if bound == 'max' else '>='} {limit:.3g}"
+        shown = "-" if limit is None else f"{'<=' if bound == 'max' else '>='} {_fmt_metric(limit)}"
         mark = "[red]FAIL[/]" if metric in failed else "[green]ok[/]"
-        table.add_row(metric, f"{result.summary[metric]:.3g}", shown, mark)
+        table.add_row(metric, _fmt_metric(result.summary[metric]), shown, mark)
     out.print(table)
     out.print(
         f"{result.summary['positions']} positions ({result.prompt_tokens} prompt, {result.decode_steps} decode, "

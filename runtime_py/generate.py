@@ -62,7 +62,7 @@ def generate(
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int,
-    sampling: SamplingConfig = SamplingConfig(),
+    sampling: SamplingConfig | None = None,
     on_text: Callable[[str], None] | None = None,
     max_chunk: int | None = None,
 ) -> GenerationResult:
@@ -74,7 +74,7 @@ def generate(
         raise RgMobileError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
     prompt_ids = tokenizer.encode(prompt, add_bos=True)
     result = GenerationResult(prompt_ids=prompt_ids)
-    sampler = Sampler(sampling)
+    sampler = Sampler(sampling or SamplingConfig())
     t0 = time.perf_counter()
     logits, state = run_tokens(backend, prompt_ids, backend.init_state(1), 0, max_chunk)
     result.prefill_seconds = time.perf_counter() - t0

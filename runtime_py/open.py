@@ -10,11 +10,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exporter.errors import RgMobileError
 from runtime_py.backend import Backend
 
-# format -> "module:factory"; the factory takes (artifact_dir: Path, manifest) and returns a Backend.
+if TYPE_CHECKING:
+    from exporter.package.manifest import Manifest
+
+# format -> "module:factory"; the factory takes (artifact_dir: Path, manifest, threads) and returns a Backend.
 ARTIFACT_BACKENDS: dict[str, str] = {
     "onnx": "runtime_py.onnx_backend:open_artifact",
     "executorch": "runtime_py.executorch_backend:open_artifact",
@@ -34,6 +38,18 @@ def is_artifact(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").is_file()
 
 
+def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | None = None) -> Backend:
+    """The backend of ``manifest.format`` from the registry above."""
+    spec = ARTIFACT_BACKENDS.get(manifest.format)
+    if spec is None:
+        raise RgMobileError(
+            f"{artifact}: unknown artifact format {manifest.format!r}; valid: {sorted(ARTIFACT_BACKENDS)}"
+        )
+    module, factory = spec.split(":")
+    backend: Backend = getattr(importlib.import_module(module), factory)(Path(artifact), manifest, threads)
+    return backend
+
+
 def open_path(path: Path | None, threads: int | None = None) -> Opened:
     """A backend for a checkpoint path, an artifact folder, or (None) the bundled model."""
     from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
@@ -48,7 +64,7 @@ def open_path(path: Path | None, threads: int | None = None) -> Opened:
                 f"{path}: unknown artifact format {manifest.format!r}; valid: {sorted(ARTIFACT_BACKENDS)}"
             )
         module, factory = spec.split(":")
-        backend = getattr(importlib.import_module(module), factory)(Path(path), manifest)
+        backend = getattr(importlib.import_module(module), factory)(Path(path), manifest, threads)
         return Opened(backend, Path(path) / manifest.tokenizer_file, manifest.format, Path(path))
     from runtime_py.torch_backend import TorchBackend
 

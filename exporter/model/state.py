@@ -9,7 +9,7 @@ The state never grows with context: its size is fixed by the config.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 
@@ -27,7 +27,7 @@ class AttentionLayerState(NamedTuple):
     value: torch.Tensor  # [b, k, w, e]
 
 
-LayerState = Union[RecurrentLayerState, AttentionLayerState]
+LayerState = RecurrentLayerState | AttentionLayerState
 GriffinState = tuple[LayerState, ...]
 
 

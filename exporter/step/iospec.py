@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
-from exporter.model.state import state_shapes
 
 Role = Literal["tokens", "positions", "state", "logits"]
 Dim = int | str
@@ -112,6 +111,8 @@ class IOSpec:
 
 def build_iospec(config: GriffinConfig, state_dtype: str = "float32") -> IOSpec:
     """The I/O spec of the step for ``config``; the recurrent state is always fp32."""
+    from exporter.model.state import state_shapes  # imported here: runtimes read specs without torch
+
     inputs = [
         TensorSpec("input_ids", "int64", ("batch", "seq"), "tokens"),
         TensorSpec("position_ids", "int64", ("batch", "seq"), "positions"),

@@ -35,6 +35,6 @@ def example_inputs(model: Griffin, seq: int, batch: int = 1, start: int = 0) -> 
 
 def export_step(model: Griffin, seq: int, batch: int = 1) -> torch.export.ExportedProgram:
     """``torch.export`` of the step for ``seq`` tokens at a time (static shapes)."""
-    step = StepModule(model.eval())
+    step = StepModule(model.eval()).eval()
     with torch.no_grad():
         return torch.export.export(step, example_inputs(model, seq, batch), strict=False)

@@ -1,0 +1,71 @@
+"""The explicit registry of export targets (after optimum-executorch's ``@register_recipe``).
+
+Each target is a function ``export(model, out_dir, options, source) -> TargetResult``
+(``source``: the checkpoint path, for metadata) that writes its program files
+into ``out_dir`` (a temporary folder that :mod:`exporter.export` renames into
+place) and says which program is which.
+The orchestrator copies the tokenizer and writes the manifest; a target does not.
+
+Modules are imported only when their target is used, so a missing optional
+toolchain (executorch, coremltools) only fails for that target.
+To add a target: write ``exporter/targets/<name>.py`` with an ``export`` function
+and add one line to ``TARGETS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.errors import RgMobileError
+from exporter.package.manifest import Program
+
+if TYPE_CHECKING:
+    from exporter.export import ExportOptions
+    from exporter.model.griffin import Griffin
+
+# name -> "module:function". No auto-discovery: a target exists when it is listed here.
+TARGETS: dict[str, str] = {
+    "onnx": "exporter.targets.onnx:export",
+    "coreml": "exporter.targets.coreml:export",
+    "executorch": "exporter.targets.executorch:export",
+}
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """What a target wrote.
+
+    Fields:
+      programs: manifest programs, e.g. {"decode": Program("decode.onnx", 1), "prefill": ...}.
+      precision: "fp32", "fp16", "int8", ... (the manifest's ``precision``).
+      quantization: the quantization recipe applied, or None.
+      details: per-format facts for the manifest's ``format_details``.
+    """
+
+    programs: dict[str, Program]
+    precision: str = "fp32"
+    quantization: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+TargetFn = Callable[["Griffin", Path, "ExportOptions", str], TargetResult]
+
+
+def target_names() -> list[str]:
+    return sorted(TARGETS)
+
+
+def check_target(name: str) -> None:
+    if name not in TARGETS:
+        raise RgMobileError(f"unknown export format {name!r}; valid formats: {target_names()}")
+
+
+def get_target(name: str) -> TargetFn:
+    """The export function of target ``name``; an unknown name fails with the valid choices."""
+    check_target(name)
+    module, func = TARGETS[name].split(":")
+    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]

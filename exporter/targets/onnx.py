@@ -1,0 +1,231 @@
+"""ONNX target: ``decode.onnx`` (t = 1) and ``prefill.onnx`` (t = prefill chunk).
+
+Two graphs, not one with a dynamic t: the RG-LRU scan and the conv taps are
+unrolled over a static t when traced (exporter/step/step.py), and marking t
+dynamic makes ``torch.export`` fail ("your code specialized it to be a
+constant"). Batch stays symbolic ("batch", as in the IOSpec).
+
+Exported with ``torch.onnx.export(dynamo=True)`` at opset 18 (FINDINGS.md: it
+matches eager to ~3e-6; index arithmetic stays int64). Graph I/O names are
+exactly the IOSpec names (onnxruntime-genai convention), and the config,
+window, vocab, special token ids and source checkpoint are also stored in each
+model's ``metadata_props`` (keys ``rgmobile.*``).
+
+Large models (a graph over the 2 GB protobuf limit, or ``external_data="always"``)
+keep their weights in one shared ``weights.bin``: both graphs hold the same
+weights, so identical tensors are written once and both graphs point at the
+same bytes (offset/length), which halves the artifact on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+import torch
+
+from exporter import __version__
+from exporter.package.manifest import Program
+from exporter.step.iospec import IOSpec, build_iospec
+from exporter.step.step import StepModule, example_inputs
+from exporter.targets import TargetResult
+
+if TYPE_CHECKING:
+    from exporter.export import ExportOptions
+    from exporter.model.griffin import Griffin
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+SHARED_WEIGHTS = "weights.bin"
+# A serialized ModelProto must stay under 2 GiB; leave room for the graph itself.
+PROTO_LIMIT = 2**31 - 2**26
+_ALIGN = 4096  # page-aligned external tensors (ORT can mmap them)
+_EXAMPLE_BATCH = 2  # trace with batch 2: batch 1 would be specialised as a constant
+
+
+def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -> TargetResult:
+    """Write the ONNX program(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
+    spec = build_iospec(model.config)
+    lens = {"decode": 1}
+    if options.prefill_chunk > 1:
+        lens["prefill"] = options.prefill_chunk
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    mode = options.external_data
+    external = mode == "always" or (mode == "auto" and weight_bytes > PROTO_LIMIT)
+    protos: dict[str, onnx.ModelProto] = {}
+    for name, seq in lens.items():
+        log.info("exporting %s (t=%d) to ONNX opset %d", name, seq, OPSET)
+        protos[name] = _export_graph(model, seq, spec, out_dir / f".{name}.raw", external)
+        _strip_node_metadata(protos[name])
+        _set_metadata(protos[name], metadata(model, options, source, name, seq))
+    if external:
+        _write_shared(protos, out_dir, SHARED_WEIGHTS)
+    else:
+        for name, proto in protos.items():
+            onnx.save_model(proto, str(out_dir / f"{name}.onnx"))
+    for name in protos:
+        _cleanup_raw(out_dir / f".{name}.raw")
+        _check(out_dir / f"{name}.onnx", spec)
+    return TargetResult(
+        programs={name: Program(f"{name}.onnx", seq) for name, seq in lens.items()},
+        precision="fp32",
+        details={
+            "opset": OPSET,
+            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+            "onnx_version": onnx.__version__,
+            "external_data": SHARED_WEIGHTS if external else None,
+            "symbolic_dims": {"batch": "dynamic", "seq": "fixed per program (programs[*].seq_len)"},
+        },
+    )
+
+
+def _export_graph(model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool) -> onnx.ModelProto:
+    step = StepModule(model.eval()).eval()
+    inputs = example_inputs(model, seq, batch=_EXAMPLE_BATCH)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dynamic = ({0: batch}, {0: batch}, tuple({0: batch} for _ in inputs[2:]))
+    with torch.no_grad(), warnings.catch_warnings():
+        # Known, harmless: torch's pytree deprecation and the duplicate "batch" axis rename notice.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used.*")
+        program = torch.onnx.export(
+            step,
+            inputs,
+            dynamo=True,
+            opset_version=OPSET,
+            dynamic_shapes=dynamic,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            optimize=True,
+            verbose=False,
+        )
+    assert program is not None  # dynamo=True always returns the program
+    if not external:
+        return program.model_proto
+    # Let torch write the weights beside the graph, then load the graph without them:
+    # the raw bytes are regrouped into the shared file by _write_shared.
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    program.save(str(raw_dir / "model.onnx"), external_data=True)
+    proto = onnx.load_model(str(raw_dir / "model.onnx"), load_external_data=False)
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in init.external_data}
+            info["location"] = str(raw_dir / info["location"])
+            _set_external(init, info)
+    return proto
+
+
+def _strip_node_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug metadata (fx node, stack trace with local paths,
+    name scopes): about 1.5 KB per node, most of a graph file once the weights are external."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
+def _set_external(init: onnx.TensorProto, info: dict[str, str]) -> None:
+    del init.external_data[:]
+    for key, value in info.items():
+        entry = init.external_data.add()
+        entry.key, entry.value = key, value
+    init.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _tensor_bytes(init: onnx.TensorProto) -> bytes | None:
+    """Raw bytes of an initializer stored in raw_data or (absolute) external data; None otherwise."""
+    if init.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in init.external_data}
+        with open(info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            return f.read(int(info["length"])) if "length" in info else f.read()
+    if init.HasField("raw_data") and len(init.raw_data) >= 1024:
+        return bytes(init.raw_data)
+    return None
+
+
+def _write_shared(protos: dict[str, onnx.ModelProto], out_dir: Path, data_name: str) -> None:
+    """Move every large initializer into one file; identical tensors are stored once."""
+    seen: dict[tuple[str, int, tuple[int, ...]], tuple[int, int]] = {}
+    written = shared = 0
+    with open(out_dir / data_name, "wb") as data:
+        for name, proto in protos.items():
+            for init in proto.graph.initializer:
+                blob = _tensor_bytes(init)
+                if blob is None:
+                    continue
+                key = (hashlib.sha256(blob).hexdigest(), init.data_type, tuple(init.dims))
+                if key in seen:
+                    shared += len(blob)
+                else:
+                    pad = -data.tell() % _ALIGN
+                    data.write(b"\0" * pad)
+                    seen[key] = (data.tell(), len(blob))
+                    data.write(blob)
+                    written += len(blob)
+                offset, length = seen[key]
+                init.ClearField("raw_data")
+                _set_external(init, {"location": data_name, "offset": str(offset), "length": str(length)})
+            onnx.save_model(proto, str(out_dir / f"{name}.onnx"))
+    log.info("external data %s: %d bytes written, %d bytes shared between graphs", data_name, written, shared)
+
+
+def _cleanup_raw(raw_dir: Path) -> None:
+    if raw_dir.exists():
+        for p in raw_dir.iterdir():
+            p.unlink()
+        raw_dir.rmdir()
+
+
+def metadata(model: Griffin, options: ExportOptions, source: str, program: str, seq: int) -> dict[str, str]:
+    """The ``rgmobile.*`` metadata_props of one graph (strings, as ONNX requires)."""
+    c = model.config
+    return {
+        "rgmobile.version": __version__,
+        "rgmobile.program": program,
+        "rgmobile.seq_len": str(seq),
+        "rgmobile.prefill_chunk": str(options.prefill_chunk),
+        "rgmobile.window": str(c.window),
+        "rgmobile.vocab_size": str(c.vocab_size),
+        "rgmobile.bos_id": str(c.bos_id),
+        "rgmobile.eos_id": str(c.eos_id),
+        "rgmobile.pad_id": str(c.pad_id),
+        "rgmobile.source_checkpoint": source,
+        "rgmobile.config": json.dumps(c.to_dict(), sort_keys=True),
+    }
+
+
+def _set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    proto.producer_name = "rgmobile"
+    proto.producer_version = __version__
+    proto.doc_string = (
+        f"RecurrentGemma/Griffin explicit-state step, {meta['rgmobile.program']}: "
+        f"{meta['rgmobile.seq_len']} token(s) per call"
+    )
+    props: dict[str, Any] = {p.key: p.value for p in proto.metadata_props}
+    props.update(meta)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
+def _check(path: Path, spec: IOSpec) -> None:
+    """onnx.checker on the saved file (path form: works with external data) and exact I/O names."""
+    onnx.checker.check_model(str(path))
+    proto = onnx.load_model(str(path), load_external_data=False)
+    ins = [i.name for i in proto.graph.input]
+    outs = [o.name for o in proto.graph.output]
+    if ins != spec.input_names or outs != spec.output_names:
+        raise RuntimeError(f"{path.name}: graph I/O names differ from the IOSpec: {ins} -> {outs}")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file (for tests and tools)."""
+    proto = onnx.load_model(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

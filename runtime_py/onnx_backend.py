@@ -1,0 +1,111 @@
+"""onnxruntime backend: runs an ONNX artifact from its manifest alone.
+
+One InferenceSession per program (decode t = 1, prefill t = chunk); the two
+share nothing but the state, which is a dict of OrtValues keyed by IOSpec
+input name. With IO binding the ``present.*`` OrtValues a step returns are
+bound as the next step's ``past_key_values.*`` directly: the state never goes
+through numpy between steps (only the logits are copied out). Each step gets
+fresh output buffers, so an old state stays valid (states are values).
+
+This module reads the manifest and the IOSpec only; it does not import the
+PyTorch model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from exporter.config import GriffinConfig
+from exporter.errors import RgMobileError
+from exporter.package.manifest import Manifest
+from exporter.step.iospec import IOSpec
+
+log = logging.getLogger(__name__)
+
+OrtState = dict[str, ort.OrtValue]
+_ORT = ort.capi.onnxruntime_pybind11_state
+# What onnxruntime raises for a missing, truncated or invalid model file.
+_LOAD_ERRORS = (_ORT.Fail, _ORT.InvalidProtobuf, _ORT.InvalidGraph, _ORT.NoSuchFile, _ORT.InvalidArgument)
+_RUN_ERRORS = (_ORT.Fail, _ORT.RuntimeException, _ORT.InvalidArgument)
+_NP_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
+
+
+class OnnxBackend:
+    """A :class:`runtime_py.backend.Backend` over onnxruntime sessions."""
+
+    name = "onnxruntime"
+
+    def __init__(self, artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
+        if manifest.format != "onnx":
+            raise RgMobileError(f"{artifact_dir}: manifest format is {manifest.format!r}, not 'onnx'")
+        self.manifest = manifest
+        self.config: GriffinConfig = manifest.config
+        self.io: IOSpec = manifest.io
+        self.pairs = dict((o, i) for i, o in self.io.state_pairs())  # output name -> input name it feeds
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.sessions: dict[int, ort.InferenceSession] = {}
+        for name, prog in manifest.programs.items():
+            path = Path(artifact_dir) / prog.file
+            try:
+                sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            except _LOAD_ERRORS as exc:
+                raise RgMobileError(f"{path}: onnxruntime cannot load program {name!r}: {exc}") from None
+            self._check_session(name, sess)
+            self.sessions[prog.seq_len] = sess
+        log.info("onnxruntime %s: programs %s", ort.__version__, {n: p.seq_len for n, p in manifest.programs.items()})
+
+    def _check_session(self, program: str, sess: ort.InferenceSession) -> None:
+        ins = [i.name for i in sess.get_inputs()]
+        outs = [o.name for o in sess.get_outputs()]
+        if ins != self.io.input_names or outs != self.io.output_names:
+            raise RgMobileError(
+                f"program {program!r}: graph I/O names differ from the manifest's io spec; re-export the artifact"
+            )
+
+    def seq_lens(self) -> tuple[int, ...]:
+        return tuple(sorted(self.sessions, reverse=True))
+
+    def init_state(self, batch: int = 1) -> OrtState:
+        state: OrtState = {}
+        for s in self.io.state_inputs:
+            if s.init != "zeros":
+                raise RgMobileError(f"io spec: unsupported init {s.init!r} for {s.name}")
+            zeros = np.zeros(s.concrete_shape(batch=batch), dtype=_NP_DTYPES[s.dtype])
+            state[s.name] = ort.OrtValue.ortvalue_from_numpy(zeros)
+        return state
+
+    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, state: OrtState) -> tuple[np.ndarray, OrtState]:
+        t = int(input_ids.shape[1])
+        sess = self.sessions.get(t)
+        if sess is None:
+            raise RgMobileError(f"onnx artifact runs {self.seq_lens()} tokens per step, not {t}")
+        binding = sess.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        for s in self.io.state_inputs:
+            binding.bind_ortvalue_input(s.name, state[s.name])
+        for name in self.io.output_names:
+            binding.bind_output(name, "cpu")  # onnxruntime allocates fresh buffers each run
+        try:
+            sess.run_with_iobinding(binding)
+        except _RUN_ERRORS as exc:  # a graph that loads but cannot run is a broken artifact
+            raise RgMobileError(f"onnxruntime failed running the t={t} program: {exc}") from None
+        values = binding.get_outputs()
+        logits = values[0].numpy()
+        new_state = {self.pairs[name]: v for name, v in zip(self.io.output_names[1:], values[1:], strict=True)}
+        return logits, new_state
+
+    def state_arrays(self, state: OrtState) -> dict[str, np.ndarray]:
+        return {s.name: state[s.name].numpy() for s in self.io.state_inputs}
+
+
+def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> OnnxBackend:
+    """Factory named in runtime_py.open.ARTIFACT_BACKENDS."""
+    return OnnxBackend(Path(artifact_dir), manifest, threads=threads)
