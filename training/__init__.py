@@ -1,0 +1,1 @@
+"""Train the bundled English model: Brown Corpus -> SentencePiece BPE -> small Griffin."""
