@@ -1,0 +1,189 @@
+"""Core ML target: ``rgmobile export --format coreml [--ios 17|18] [--compute-precision fp16|fp32]``.
+
+Programs (manifest ``programs``): ``decode`` (t = 1) and ``prefill`` (t = prefill chunk).
+
+* iOS 18: ONE multifunction ``model.mlpackage`` with functions ``decode``
+  (the default) and ``prefill``; ``coremltools.utils.save_multifunction``
+  deduplicates identical constants, so the two functions share their weights.
+* iOS 17 (no multifunction models): two packages, ``decode.mlpackage`` and
+  ``prefill.mlpackage``, each with its own copy of the weights. Enumerated
+  shapes would not help: the RG-LRU scan and conv taps are unrolled over a
+  static t (exporter/step/step.py), so a program only runs the t it was traced
+  with; and coremltools takes no input shapes for a torch.export program.
+
+The whole state is explicit graph I/O by default (the IOSpec); ``--coreml-state
+internal`` keeps the KV ring buffers as Core ML states instead
+(exporter/targets/coreml_stateful.py). Core ML feature names cannot contain
+dots: ``format_details["features"]`` maps every IOSpec name to its feature (or
+state) name, kind and Core ML dtype. The models are batch 1.
+
+Each model carries Xcode-readable metadata: author, description, version,
+a description of every input/output/state, and ``rgmobile.*`` user-defined
+metadata (config, window, vocab, special tokens, programs, feature map, source).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exporter import __version__
+from exporter.package.manifest import Program
+from exporter.step.iospec import build_iospec
+from exporter.targets import TargetResult
+from exporter.targets.coreml_convert import (
+    SPEC_VERSION,
+    CoreMLSettings,
+    build_program,
+    convert_program,
+    describe_features,
+    feature_map,
+    read_package_spec,
+    rename_spec,
+    set_metadata,
+    write_package_spec,
+)
+from exporter.targets.coreml_precision import FP32_DESCRIPTION
+
+if TYPE_CHECKING:
+    from exporter.export import ExportOptions
+    from exporter.model.griffin import Griffin
+
+log = logging.getLogger(__name__)
+
+MULTIFUNCTION_FILE = "model.mlpackage"
+DEFAULT_FUNCTION = "decode"
+
+
+def settings_of(options: ExportOptions) -> CoreMLSettings:
+    return CoreMLSettings(
+        ios=options.ios,
+        compute_precision=options.compute_precision,  # type: ignore[arg-type]  # checked in CoreMLSettings
+        state=options.coreml_state,  # type: ignore[arg-type]
+    )
+
+
+def program_lengths(prefill_chunk: int) -> dict[str, int]:
+    lens = {"decode": 1}
+    if prefill_chunk > 1:
+        lens["prefill"] = prefill_chunk
+    return lens
+
+
+def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -> TargetResult:
+    """Write the Core ML package(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
+    import coremltools as ct
+
+    settings = settings_of(options)
+    io = build_iospec(model.config)
+    fmap = feature_map(io, settings.state)
+    lens = program_lengths(options.prefill_chunk)
+    staging = out_dir / ".staging"
+    seconds: dict[str, float] = {}
+    for name, seq in lens.items():
+        t0 = time.perf_counter()
+        log.info("coreml: %s (t=%d), %s, %s compute, %s state", name, seq, settings.deployment_target,
+                 settings.compute_precision, settings.state)  # fmt: skip
+        mlmodel = convert_program(build_program(model, seq, settings.state), settings)
+        spec = mlmodel.get_spec()
+        rename_spec(spec, io, fmap)
+        mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+        path = (staging if settings.multifunction else out_dir) / f"{name}.mlpackage"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mlmodel.save(str(path))
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    meta = user_metadata(model, options, settings, source, lens, fmap)
+    if settings.multifunction:
+        desc = ct.utils.MultiFunctionDescriptor()
+        for name in lens:
+            desc.add_function(str(staging / f"{name}.mlpackage"), src_function_name="main", target_function_name=name)
+        desc.default_function_name = DEFAULT_FUNCTION
+        ct.utils.save_multifunction(desc, str(out_dir / MULTIFUNCTION_FILE))
+        shutil.rmtree(staging)
+        _finish(out_dir / MULTIFUNCTION_FILE, model, settings, lens, fmap, meta, "prefill + decode")
+        programs = {name: Program(MULTIFUNCTION_FILE, seq, entry=name) for name, seq in lens.items()}
+    else:
+        for name, seq in lens.items():
+            _finish(out_dir / f"{name}.mlpackage", model, settings, {name: seq}, fmap, meta, name)
+        programs = {name: Program(f"{name}.mlpackage", seq) for name, seq in lens.items()}
+    log.info("coreml: conversion seconds %s", seconds)
+    return TargetResult(
+        programs=programs,
+        precision=settings.compute_precision,
+        details={
+            "deployment_target": settings.deployment_target,
+            "specification_version": SPEC_VERSION[settings.ios],
+            "compute_precision": settings.compute_precision,
+            "fp32_ops": FP32_DESCRIPTION if settings.compute_precision == "fp16" else "all",
+            "state": settings.state,
+            "layout": "multifunction" if settings.multifunction else "one package per program",
+            "batch": 1,
+            "features": fmap,
+            "exporter": f"torch.export + coremltools {ct.__version__}",
+            "rewrites": "exporter/targets/coreml_rewrites.py",
+            "conversion_seconds": seconds,
+        },
+    )
+
+
+def user_metadata(
+    model: Griffin,
+    options: ExportOptions,
+    settings: CoreMLSettings,
+    source: str,
+    lens: dict[str, int],
+    fmap: dict[str, dict[str, str]],
+) -> dict[str, str]:
+    """The ``rgmobile.*`` user-defined metadata (strings) shown in Xcode's model view."""
+    c = model.config
+    return {
+        "rgmobile.version": __version__,
+        "rgmobile.programs": json.dumps(lens),
+        "rgmobile.prefill_chunk": str(options.prefill_chunk),
+        "rgmobile.window": str(c.window),
+        "rgmobile.vocab_size": str(c.vocab_size),
+        "rgmobile.bos_id": str(c.bos_id),
+        "rgmobile.eos_id": str(c.eos_id),
+        "rgmobile.pad_id": str(c.pad_id),
+        "rgmobile.state": settings.state,
+        "rgmobile.compute_precision": settings.compute_precision,
+        "rgmobile.source_checkpoint": source,
+        "rgmobile.config": json.dumps(c.to_dict(), sort_keys=True),
+        "rgmobile.features": json.dumps({k: v["name"] for k, v in fmap.items()}),
+    }
+
+
+def _finish(
+    package: Path,
+    model: Griffin,
+    settings: CoreMLSettings,
+    lens: dict[str, int],
+    fmap: dict[str, dict[str, str]],
+    meta: dict[str, str],
+    what: str,
+) -> None:
+    """Descriptions and metadata, written into the package's spec in place."""
+    spec = read_package_spec(package)
+    io = build_iospec(model.config)
+    window = model.config.window
+    if spec.description.functions:
+        for function in spec.description.functions:
+            describe_features(function, io, fmap, window)
+    else:
+        describe_features(spec.description, io, fmap, window)
+    steps = ", ".join(f"{n}: {t} token(s) per call" for n, t in lens.items())
+    state = (
+        "KV ring buffers are Core ML states; conv/RG-LRU states are inputs/outputs"
+        if settings.state == "internal"
+        else "the whole recurrent state is passed in and returned (feed present_* back as past_key_values_*)"
+    )
+    text = (
+        f"RecurrentGemma/Griffin step ({what}; {steps}), {model.config.num_layers} layers, "
+        f"window {window}, vocab {model.config.vocab_size}; {state}."
+    )
+    set_metadata(spec, text, __version__, meta)
+    write_package_spec(package, spec)

@@ -1,0 +1,73 @@
+"""The Core ML part of ``rgmobile validate``: what can be checked off macOS, and saying what cannot.
+
+On every OS:
+  * spec: the saved .mlpackage spec(s) against the manifest (names, dtypes,
+    shapes, deployment target, functions; exporter/targets/coreml_check.py).
+On Linux (and any non-macOS), instead of Core ML predictions:
+  * program parity: the exact programs handed to coremltools (rebuilt from the
+    source checkpoint: torch.export + every Core ML rewrite) run in PyTorch
+    against the eager reference, with the usual step plan and metrics
+    (prefill chunks, t = 1 remainder, 3 x window decode steps, greedy).
+  * "Core ML predictions: not run (needs macOS)": a check with status
+    "not run", so the report's status is "incomplete", never "passed".
+On macOS the normal comparison runs the artifact through Core ML
+(runtime_py/coreml_backend.py) and the spec check is added to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import RgMobileError
+from exporter.package.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+NOT_RUN = "not run"
+PREDICTIONS = "Core ML predictions"
+
+
+def predictions_possible() -> bool:
+    return sys.platform == "darwin"
+
+
+def spec_check(artifact: Path, manifest: Manifest) -> dict[str, str]:
+    """The spec check as a report record (a mismatch raises: the artifact is broken)."""
+    from exporter.targets.coreml_check import check_spec
+
+    result = check_spec(artifact, manifest)
+    return {"name": "Core ML spec vs manifest", "status": "passed", "detail": result.summary()}
+
+
+def predictions_not_run() -> dict[str, str]:
+    return {
+        "name": PREDICTIONS,
+        "status": NOT_RUN,
+        "detail": f"needs macOS; this is {sys.platform}: copy the artifact to a Mac and run `rgmobile validate` there",
+    }
+
+
+def program_backend(manifest: Manifest, model: Any) -> tuple[Any, str]:
+    """(the pre-conversion programs as a Backend, thresholds precision) for this artifact."""
+    from exporter.targets.coreml_parity import ProgramBackend, build_programs, program_precision
+
+    state = manifest.format_details.get("state", "explicit")
+    if state not in ("explicit", "internal"):
+        raise RgMobileError(f"manifest: unknown Core ML state mode {state!r}")
+    lens = {name: prog.seq_len for name, prog in manifest.programs.items()}
+    log.info("rebuilding the pre-conversion Core ML programs %s (%s state)", lens, state)
+    backend = ProgramBackend(build_programs(model, lens, state), manifest.config, state)
+    return backend, program_precision(state)
+
+
+def program_check(summary: dict[str, Any], failed: bool) -> dict[str, str]:
+    """The pre-conversion program's parity as a report record (its metrics are the report's summary)."""
+    return {
+        "name": "pre-conversion program vs PyTorch reference",
+        "status": "failed" if failed else "passed",
+        "detail": f"max abs logits {summary['max_abs_logits']:.3g}, max state abs {summary['max_state_abs']:.3g}, "
+        f"over {summary['positions']} positions (prefill chunks + decode)",
+    }
