@@ -1,0 +1,228 @@
+"""ExecuTorch target: one ``model.pte`` holding two methods, ``prefill`` (t = chunk) and ``decode`` (t = 1).
+
+Both methods are lowered together (``to_edge_transform_and_lower`` on a dict
+of ExportedPrograms) with the XNNPACK partitioner, so they share one copy of
+the weights: XNNPACK keeps them in the program's named data store, keyed by
+content, and the portable kernels' constants live in one constant buffer
+(:func:`pte_breakdown` measures it). Each method's I/O is the IOSpec in order
+(``input_ids, position_ids, past_key_values.*`` -> ``logits, present.*``);
+ExecuTorch methods have positional I/O, so the manifest's ``io`` is what maps
+names to positions. Shapes are static: batch 1, t fixed per method.
+
+The model's metadata is also stored as constant methods, with the keys
+ExecuTorch's LLM runner reads (extension/llm/runner/constants.h:
+``get_vocab_size``, ``get_bos_id``, ``get_eos_ids``, ``get_max_seq_len``,
+``get_max_context_len``, ``use_kv_cache``, ``enable_dynamic_shape``) plus ours
+(``get_window``, ``get_prefill_chunk``, ...), as optimum-executorch and the
+Llama export do.
+
+Two deliberate changes to the traced step, both numerically faithful:
+  * the tied head is ``F.linear(hidden, embedding)``. Griffin's
+    ``matmul(hidden, embedding.t())`` lowers to a delegated transpose of the
+    whole table on every step followed by a *portable* ``mm`` (the partitioner
+    will not take an ``mm`` whose weight is a runtime tensor). As a linear it is
+    one XNNPACK fully-connected op; the price is that the table is stored twice
+    (once for the portable ``embedding`` lookup, once packed for XNNPACK).
+  * ``gelu(approximate="tanh")`` is decomposed before lowering: the XNNPACK
+    delegate computes the *erf* GELU for it (max difference 4.7e-4, the
+    "XNNPACK fp32 is ~1e-4 off" of FINDINGS.md). Decomposed, it runs as
+    tanh/mul/add, which XNNPACK delegates exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from exporter import __version__
+from exporter.config import GriffinConfig
+from exporter.errors import RgMobileError
+from exporter.fsio import atomic_file
+from exporter.model.state import flatten_state, unflatten_state
+from exporter.package.manifest import Program
+from exporter.step.iospec import IOSpec, build_iospec
+from exporter.step.step import StepModule, example_inputs
+from exporter.targets import TargetResult
+
+if TYPE_CHECKING:
+    from executorch.exir import EdgeProgramManager
+
+    from exporter.export import ExportOptions
+    from exporter.model.griffin import Griffin
+
+log = logging.getLogger(__name__)
+
+PTE_NAME = "model.pte"
+DECODE, PREFILL = "decode", "prefill"
+# The state does not grow with context, so no architectural limit; ExecuTorch's
+# runner treats get_max_context_len as a hard stop, so it gets the int32 maximum.
+UNBOUNDED_CONTEXT = 2**31 - 1
+# ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) of the IOSpec dtypes.
+SCALAR_TYPES = {"int64": 4, "float16": 5, "float32": 6}
+# Graph bookkeeping nodes that get_delegation_info counts but that run no kernel.
+_NOT_OPS = {"getitem", "alloc"}
+
+
+class ExecuTorchStep(StepModule):
+    """The step of exporter/step/step.py with the tied head written as a linear (see module doc)."""
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, *state: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        hidden, new_state = model.hidden(input_ids, position_ids, unflatten_state(model.config, list(state)))
+        logits = nn.functional.linear(hidden, model.embed_tokens.weight)  # [b, t, v]
+        cap = model.config.logits_soft_cap  # same soft-cap as Griffin.logits
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return (logits, *flatten_state(new_state))
+
+
+def export_programs(model: Griffin, seq_lens: dict[str, int]) -> dict[str, torch.export.ExportedProgram]:
+    """``torch.export`` of one step per method (static batch 1 and t), GELU decomposed."""
+    from torch._decomp import get_decompositions
+
+    step = ExecuTorchStep(model.eval())
+    gelu = get_decompositions([torch.ops.aten.gelu.default])
+    out = {}
+    with torch.no_grad():
+        for name, seq in seq_lens.items():
+            ep = torch.export.export(step, example_inputs(model, seq), strict=False)
+            out[name] = ep.run_decompositions(gelu)  # only gelu; the rest stays for the partitioner
+    return out
+
+
+def constant_methods(config: GriffinConfig, prefill_chunk: int) -> dict[str, Any]:
+    """Metadata stored as ExecuTorch constant methods (LLM-runner keys first, then rgmobile's)."""
+    return {
+        "get_vocab_size": config.vocab_size,
+        "get_bos_id": config.bos_id,
+        "get_eos_ids": [config.eos_id],
+        "get_max_seq_len": prefill_chunk,  # most tokens one call takes
+        "get_max_context_len": UNBOUNDED_CONTEXT,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False,
+        "enable_dynamic_shape": False,
+        "get_n_layers": config.num_layers,
+        "get_pad_id": config.pad_id,
+        "get_window": config.window,
+        "get_prefill_chunk": prefill_chunk,
+        "get_n_state_tensors": 2 * config.num_layers,
+        "get_batch_size": 1,
+    }
+
+
+def lower(
+    programs: dict[str, torch.export.ExportedProgram], metadata: dict[str, Any], xnnpack: bool = True
+) -> EdgeProgramManager:
+    """Edge programs lowered together (shared weights); ``xnnpack=False`` keeps everything portable."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    partitioner = [XnnpackPartitioner()] if xnnpack else None
+    return to_edge_transform_and_lower(programs, partitioner=partitioner, constant_methods=metadata)
+
+
+def delegation_summary(edge: EdgeProgramManager, method: str) -> dict[str, Any]:
+    """Which ops of ``method`` XNNPACK took and which run on portable kernels (counts per op)."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(edge.exported_program(method).graph_module)
+    delegated: Counter[str] = Counter()
+    portable: Counter[str] = Counter()
+    for op, stats in info.delegation_by_operator.items():
+        if op in _NOT_OPS:
+            continue
+        if stats.delegated:
+            delegated[op] += stats.delegated
+        if stats.non_delegated:
+            portable[op] += stats.non_delegated
+    return {
+        "delegates": info.num_delegated_subgraphs,
+        "delegated_ops": sum(delegated.values()),
+        "portable_ops": sum(portable.values()),
+        "delegated": dict(sorted(delegated.items())),
+        "portable": dict(sorted(portable.items())),
+    }
+
+
+def pte_breakdown(path: Path) -> dict[str, int]:
+    """Bytes of a .pte by kind: XNNPACK weights (named data), portable constants, delegate graphs."""
+    # Private but pinned (executorch==1.5.1): the same parser ExecuTorch's tools use.
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(Path(path).read_bytes())
+    prog = pte.program
+    named = sum(len(b) for b in pte.named_data.buffers) if pte.named_data is not None else 0
+    return {
+        "file": Path(path).stat().st_size,
+        "xnnpack_weights": named,
+        "portable_constants": sum(len(b.storage) for b in prog.constant_buffer),
+        "delegate_graphs": sum(len(d.data) for d in prog.backend_delegate_data),
+    }
+
+
+def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int]) -> None:
+    """Load the written .pte and check every method's positional I/O against the IOSpec."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(str(path))
+    for name, seq in seq_lens.items():
+        if name not in program.method_names:
+            raise RuntimeError(f"{path.name}: method {name!r} missing; has {sorted(program.method_names)}")
+        meta = program.metadata(name)
+        if meta.num_inputs() != len(spec.inputs) or meta.num_outputs() != len(spec.outputs):
+            n_in, n_out = meta.num_inputs(), meta.num_outputs()
+            raise RuntimeError(f"{path.name}:{name}: {n_in} -> {n_out} tensors, the IOSpec differs")
+        pairs = [(s, meta.input_tensor_meta(i)) for i, s in enumerate(spec.inputs)]
+        pairs += [(s, meta.output_tensor_meta(i)) for i, s in enumerate(spec.outputs)]
+        for s, info in pairs:
+            if tuple(info.sizes()) != s.concrete_shape(1, seq) or info.dtype() != SCALAR_TYPES[s.dtype]:
+                raise RuntimeError(f"{path.name}:{name}: {s.name} is {tuple(info.sizes())}, IOSpec says {s.shape}")
+
+
+def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -> TargetResult:
+    """Write ``model.pte`` (methods prefill + decode) for ``model`` (loaded from ``source``) into ``out_dir``."""
+    if model.embed_tokens.weight.dtype != torch.float32:
+        raise RgMobileError("the executorch target exports fp32 weights; load the checkpoint as float32")
+    seq_lens = {PREFILL: options.prefill_chunk, DECODE: 1} if options.prefill_chunk > 1 else {DECODE: 1}
+    spec = build_iospec(model.config)
+    t0 = time.perf_counter()
+    programs = export_programs(model, seq_lens)
+    t1 = time.perf_counter()
+    log.info("torch.export of %s took %.1fs; lowering to ExecuTorch/XNNPACK", seq_lens, t1 - t0)
+    edge = lower(programs, constant_methods(model.config, options.prefill_chunk))
+    delegation = delegation_summary(edge, DECODE)
+    et_program = edge.to_executorch()
+    path = Path(out_dir) / PTE_NAME
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(et_program.buffer)
+    t2 = time.perf_counter()
+    log.info("lowered and wrote %s (%d bytes) in %.1fs", path, path.stat().st_size, t2 - t1)
+    check_methods(path, spec, seq_lens)
+    import executorch.version
+
+    return TargetResult(
+        programs={name: Program(PTE_NAME, seq, entry=name) for name, seq in seq_lens.items()},
+        precision="fp32",
+        details={
+            "executorch_version": executorch.version.__version__,
+            "exporter": f"torch.export + to_edge_transform_and_lower, torch {torch.__version__}",
+            "rgmobile_version": __version__,
+            "backend": "XnnpackBackend (fp32), portable kernels for the rest",
+            "batch": 1,
+            "symbolic_dims": {"batch": "fixed at 1", "seq": "fixed per method (programs[*].seq_len)"},
+            "methods": {name: {"seq_len": seq} for name, seq in seq_lens.items()},
+            "constant_methods": constant_methods(model.config, options.prefill_chunk),
+            "decode_delegation": delegation,
+            "pte_bytes": pte_breakdown(path),
+            "tied_head": "stored twice: portable embedding table + XNNPACK-packed linear weight",
+            "seconds": {"export": round(t1 - t0, 1), "lower": round(t2 - t1, 1)},
+        },
+    )
