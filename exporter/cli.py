@@ -139,7 +139,7 @@ def info(
 @user_errors
 def export(
     checkpoint: CheckpointArg = None,
-    fmt: Annotated[str, typer.Option("--format", help="export target: onnx")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="export target: onnx, executorch, coreml")] = "onnx",
     out_dir: Annotated[Path, typer.Option("--out", help="artifact folder (an existing artifact is replaced)")] = Path(
         "artifact"
     ),
@@ -148,6 +148,26 @@ def export(
     external_data: Annotated[
         str, typer.Option(help="weights outside the graph files: auto (graphs over 2 GB), always, never")
     ] = "auto",
+    ios: Annotated[
+        int, typer.Option(help="coreml: minimum iOS, 17 (two packages) or 18 (one multifunction package)")
+    ] = 18,
+    compute_precision: Annotated[str, typer.Option(help="coreml: compute precision, fp16 or fp32")] = "fp16",
+    coreml_state: Annotated[
+        str, typer.Option(help="coreml: explicit (all state is I/O) or internal (KV as Core ML states; iOS 18)")
+    ] = "explicit",
+    random_init: Annotated[
+        str | None,
+        typer.Option(help="export random weights of this shape instead: a preset (tiny, 2b, ...) or a config .json"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the --random-init weights")] = 0,
+    quant: Annotated[str, typer.Option(help="weight quantization: none, int8, int4 or a recipe .json")] = "none",
+    group_size: Annotated[int | None, typer.Option(help="int4 group size (default: the recipe's, 32)")] = None,
+    embedding_bits: Annotated[
+        int | None, typer.Option(help="bits of the tied embedding/head, 8 or 4 (default: the recipe's)")
+    ] = None,
+    accuracy_level: Annotated[
+        int, typer.Option(help="onnx MatMulNBits accuracy_level: 0 = fp32 activations ... 4 = int8 activations")
+    ] = 0,
 ) -> None:
     """Export a checkpoint to an artifact folder: program files, tokenizer.model, manifest.json."""
     from exporter.export import ExportOptions
@@ -156,6 +176,9 @@ def export(
     options = ExportOptions(
         out=out_dir, format=fmt, checkpoint=checkpoint, prefill_chunk=prefill_chunk, tokenizer=tokenizer,
         external_data=external_data,  # type: ignore[arg-type]  # checked in ExportOptions
+        ios=ios, compute_precision=compute_precision, coreml_state=coreml_state,
+        random_init=random_init, seed=seed,
+        quant=quant, group_size=group_size, embedding_bits=embedding_bits, accuracy_level=accuracy_level,
     )  # fmt: skip
     with err.status(f"exporting to {fmt}..."):
         manifest = run_export(options)
@@ -167,6 +190,11 @@ def export(
     out.print(table)
     programs = ", ".join(f"{n} t={p.seq_len} ({p.file})" for n, p in manifest.programs.items())
     out.print(f"programs: {programs}", highlight=False)
+    stats = manifest.format_details.get("export_stats")
+    if stats:
+        out.print(
+            f"export: {stats['wall_seconds']:.1f}s, peak RSS {_fmt_bytes(stats['peak_rss_bytes'])}", highlight=False
+        )
 
 
 def _fmt_metric(value: float) -> str:
@@ -174,6 +202,36 @@ def _fmt_metric(value: float) -> str:
     if 0.999 < value < 1:
         return f"1 - {1 - value:.2g}"
     return f"{value:.3g}"
+
+
+def _print_quality(quality: dict[str, Any], failed: set[str]) -> None:
+    """The quality report of ``rgmobile validate`` (runtime_py/quality.py) as a table."""
+    from runtime_py.thresholds import QUALITY_METRICS
+
+    m, size = quality["metrics"], quality["size"]
+    table = Table(title=f"quality: {quality['tokens']} tokens of {quality['text']}")
+    for col in ("metric", "value", "threshold", ""):
+        table.add_column(col)
+    rows = [
+        ("size", f"{_fmt_bytes(size['artifact_bytes'])} = {size['ratio']:.3f} x fp32 "
+         f"({_fmt_bytes(size['fp32_bytes'])})", "size_ratio"),
+        ("perplexity", f"{m['ppl_artifact']:.3f} vs fp32 {m['ppl_reference']:.3f} ({m['ppl_increase_pct']:+.2f}%)",
+         "ppl_increase_pct"),
+        ("KL(fp32 || artifact)", f"mean {m['kl_mean']:.2e}, max {m['kl_max']:.2e} nats", "kl_mean"),
+        ("top-1 agreement", _fmt_metric(m["top1_agreement_text"]), "top1_agreement_text"),
+        ("logits SQNR", f"{m['sqnr_db']:.1f} dB", "sqnr_db"),
+        ("logits error", f"max abs {m['max_abs_logits_text']:.3g}, rel L2 {m['rel_l2']:.3g}, "
+         f"cosine min {_fmt_metric(m['cosine_min'])}", None),
+        ("greedy match", f"mean {m['greedy_match_mean']:.1f}, min {m['greedy_match_min']:.0f} of "
+         f"{quality['greedy']['tokens']} tokens", None),
+    ]  # fmt: skip
+    for label, value, metric in rows:
+        limit = quality["thresholds"].get(metric) if metric else None
+        bound = QUALITY_METRICS.get(metric or "")
+        shown = "-" if limit is None else f"{'<=' if bound == 'max' else '>='} {limit:g}"
+        mark = "" if limit is None else "[red]FAIL[/]" if metric in failed else "[green]ok[/]"
+        table.add_row(label, value, shown, mark)
+    out.print(table)
 
 
 @app.command()
@@ -190,8 +248,20 @@ def validate(
     threads: Annotated[int | None, typer.Option(help="CPU threads for the reference")] = None,
     report: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of error vs position here")] = None,
+    quality: Annotated[
+        bool | None,
+        typer.Option("--quality/--no-quality", help="quality report on held-out text (default: quantized only)"),
+    ] = None,
+    text: Annotated[
+        Path | None, typer.Option(help="held-out text for the quality report (default: heldout.txt of the model)")
+    ] = None,
+    quality_tokens: Annotated[int, typer.Option(help="text tokens scored by the quality report")] = 4096,
 ) -> None:
-    """Check an artifact against the PyTorch reference; exit 1 when a parity threshold is exceeded."""
+    """Check an artifact against the PyTorch reference; exit 1 when a parity threshold is exceeded.
+
+    Exit 3 ("incomplete"): nothing failed, but a check could not run on this machine
+    (a Core ML artifact off macOS: its predictions were not run).
+    """
     from runtime_py.thresholds import METRICS
     from runtime_py.validate import ValidateOptions
     from runtime_py.validate import validate as run_validate
@@ -199,11 +269,13 @@ def validate(
     options = ValidateOptions(
         artifact=artifact, checkpoint=checkpoint, steps=steps, prompt_tokens=prompt_tokens,
         greedy_tokens=greedy_tokens, seed=seed, threads=threads, report=report, plot=plot,
+        quality=quality, text=text, quality_tokens=quality_tokens,
     )  # fmt: skip
     with err.status("validating..."):
         result = run_validate(options)
     failed = {f.metric for f in result.failures}
-    table = Table(title=f"{artifact} ({result.format} {result.precision}) vs {result.checkpoint}")
+    subject = "" if result.compared == "artifact" else f", compared: {result.compared}"
+    table = Table(title=f"{artifact} ({result.format} {result.precision}{subject}) vs {result.checkpoint}")
     for col in ("metric", "value", "threshold", ""):
         table.add_column(col)
     for metric, bound in METRICS.items():
@@ -217,11 +289,113 @@ def validate(
         f"window {result.window}); greedy: {result.summary['greedy_common_prefix']}/{result.summary['greedy_tokens']}",
         highlight=False,
     )
-    if result.failures:
+    if result.quality:
+        _print_quality(result.quality, failed)
+    if result.checks:
+        marks = {"passed": "[green]passed[/]", "failed": "[red]FAILED[/]", "not run": "[yellow]not run[/]"}
+        checks = Table(title="checks")
+        for col in ("check", "status", "detail"):
+            checks.add_column(col)
+        for c in result.checks:
+            checks.add_row(c["name"], marks.get(c["status"], c["status"]), c["detail"])
+        out.print(checks)
+    if result.status == "failed":
         for f in result.failures:
             err.print(f"[bold red]validate failed:[/] {f.message()}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+    if result.status == "incomplete":
+        for c in result.checks:
+            if c["status"] == "not run":
+                err.print(f"[yellow]{c['name']}: not run[/] ({c['detail']})", highlight=False, soft_wrap=True)
+        out.print("[yellow]validate incomplete[/]: the checks above that ran passed; the rest need another machine")
+        raise typer.Exit(3)
     out.print("[green]validate passed[/]")
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise RgMobileError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+@user_errors
+def bench(
+    artifacts: Annotated[list[Path] | None, typer.Argument(help="exported artifact folders to measure")] = None,
+    positions: Annotated[str, typer.Option(help="context positions, comma-separated")] = "0,2048,8192,32768",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")] = None,
+    steps: Annotated[int, typer.Option(help="timed decode steps per position")] = 32,
+    warmup: Annotated[int, typer.Option(help="untimed decode steps before them")] = 4,
+    prefill_chunk: Annotated[
+        int | None, typer.Option(help="baselines' prefill chunk (default: the artifacts' chunk, or 32)")
+    ] = None,
+    prefill_repeats: Annotated[int, typer.Option(help="timed prefill steps per position")] = 3,
+    baselines: Annotated[
+        str, typer.Option(help="comma-separated: transformers, eager, gemma; 'none' for no baseline")
+    ] = "transformers,eager",
+    shape: Annotated[str | None, typer.Option(help="baseline shape preset (default: the first artifact's)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of baseline weights, states and tokens")] = 0,
+    bandwidth_mib: Annotated[int, typer.Option(help="array size for the bandwidth measurement (MiB)")] = 512,
+    timeout: Annotated[float | None, typer.Option(help="seconds allowed per artifact/baseline")] = None,
+    out_json: Annotated[Path, typer.Option("--out", help="JSON result")] = Path("bench.json"),
+    plot: Annotated[Path | None, typer.Option(help="PNG of tokens/s and RSS against position")] = None,
+) -> None:
+    """Decode/prefill speed, memory and bandwidth roofline of artifacts and baselines; exit 1 if one failed."""
+    from runtime_py.bench import BenchOptions, run_bench
+
+    names = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
+    options = BenchOptions(
+        artifacts=tuple(artifacts or ()), out=out_json, positions=_int_list(positions, "--positions"),
+        threads=threads, steps=steps, warmup=warmup, prefill_chunk=prefill_chunk, prefill_repeats=prefill_repeats,
+        baselines=names, shape=shape, seed=seed, bandwidth_mib=bandwidth_mib, plot=plot, timeout=timeout,
+    )  # fmt: skip
+    with err.status("benchmarking (one process per artifact and baseline)..."):
+        data = run_bench(options)
+    _print_bench(data)
+    failed = [s for s in data["subjects"] if s.get("error") is not None]
+    for s in failed:
+        err.print(f"[bold red]{s['name']}:[/] {s['error']}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_json}" + (f" and {plot}" if plot else ""), highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _print_bench(data: dict[str, Any]) -> None:
+    bw = data["bandwidth"]
+    table = Table(
+        title=f"bench: {data['settings']['threads']} thread(s); bandwidth {bw['best_gb_s']:.1f} GB/s best, "
+        f"{bw['median_gb_s']:.1f} median"
+    )
+    for col in ("subject", "position", "decode tok/s (p10-p90)", "prefill tok/s", "RSS", "state", "roofline"):
+        table.add_column(col, justify="left" if col == "subject" else "right")
+    for s in data["subjects"]:
+        if s.get("error") is not None:
+            table.add_row(s["name"], "-", "[red]failed[/]", "", "", "", "")
+            continue
+        label = f"{s['name']} ({s['precision']})"
+        for i, r in enumerate(s["positions"]):
+            d, pre = r["decode"], r["prefill"]
+            table.add_row(
+                label if i == 0 else "", str(r["position"]),
+                f"{_fmt_rate(d['tokens_per_s'])} "
+                f"({_fmt_rate(d['p10_tokens_per_s'])}-{_fmt_rate(d['p90_tokens_per_s'])})",
+                _fmt_rate(pre["tokens_per_s"]) if pre else "-", _fmt_bytes(r["rss_bytes"]),
+                _fmt_bytes(r["state_bytes"]), f"{100 * r['roofline_fraction']:.0f}%",
+            )  # fmt: skip
+    out.print(table)
+    goals = Table(title="goals")
+    for col in ("goal", "subject", "value", "target", ""):
+        goals.add_column(col)
+    marks = {True: "[green]met[/]", False: "[red]not met[/]", None: "[yellow]not measured[/]"}
+    for g in data["goals"]:
+        value = "-" if g["value"] is None else f"{g['value']:.3g}"
+        goals.add_row(g["goal"], g["subject"] or "-", value, f"{g['comparison']} {g['target']:.3g}", marks[g["met"]])
+    out.print(goals)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m exporter.cli`

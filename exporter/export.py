@@ -13,17 +13,23 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_dir
 from exporter.package.manifest import MANIFEST_NAME, Manifest, file_entries, read_manifest, write_manifest
 from exporter.step.iospec import build_iospec
 from exporter.targets import check_target, get_target
+from quantization.recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from exporter.resources import ResourceMonitor
 
 log = logging.getLogger(__name__)
 
 ExternalData = Literal["auto", "always", "never"]
+# Targets that apply a --quant recipe (the others would silently export fp32): add yours when it does.
+QUANT_FORMATS: tuple[str, ...] = ("onnx", "coreml", "executorch")
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -33,7 +39,7 @@ class ExportOptions:
 
     Fields:
       out: the artifact folder to write (replaced if it already holds an artifact).
-      format: export target, one of ``exporter.targets.TARGETS`` ("onnx").
+      format: export target, one of ``exporter.targets.TARGETS`` ("onnx", "executorch", "coreml").
       checkpoint: HF folder or official .pt; None = the bundled model.
       prefill_chunk: tokens per prefill step (the prefill program's t); 1 = decode only.
       tokenizer: SentencePiece model to ship, if not beside the checkpoint.
@@ -44,6 +50,17 @@ class ExportOptions:
       compute_precision: Core ML compute precision, "fp16" or "fp32".
       coreml_state: Core ML state handling, "explicit" (all state is graph I/O)
         or "internal" (KV ring buffers as Core ML states; needs ios 18).
+      random_init: a preset name ("tiny", "2b", ...) or a GriffinConfig .json: export random
+        weights of that shape instead of a checkpoint (benchmarks; exporter/checkpoint/random_init.py).
+        The artifact ships a placeholder byte-level tokenizer unless ``tokenizer`` is given.
+      seed: seed of the random weights (``random_init`` only).
+      quant: quantization recipe, "none", "int8", "int4" or a recipe .json
+        (quantization/recipe.py); the manifest's ``precision`` becomes its name.
+      group_size: int4 group size, overriding the recipe's (``Recipe.with_options``).
+      embedding_bits: 8 or 4 for the tied embedding/head, overriding the recipe's.
+      accuracy_level: onnxruntime MatMulNBits ``accuracy_level`` (0 = unset: fp32
+        activations, the same maths as the eager references; 4 = int8 activations,
+        faster on CPU, measurably less accurate; 1..3 = fp32/fp16/bf16).
     """
 
     out: Path
@@ -55,9 +72,22 @@ class ExportOptions:
     ios: int = 18
     compute_precision: str = "fp16"
     coreml_state: str = "explicit"
+    random_init: str | None = None
+    seed: int = 0
+    quant: str = "none"
+    group_size: int | None = None
+    embedding_bits: int | None = None
+    accuracy_level: int = 0
 
     def __post_init__(self) -> None:
         check_target(self.format)
+        self._check_quant()
+        if self.random_init is not None:
+            from exporter.checkpoint.random_init import random_config
+
+            random_config(self.random_init)  # validates the preset name or config file
+            if self.checkpoint is not None:
+                raise RgMobileError("pass either a checkpoint or --random-init, not both")
         if self.format == "coreml":
             from exporter.targets.coreml_convert import CoreMLSettings
 
@@ -73,9 +103,51 @@ class ExportOptions:
                 "(an existing artifact is replaced)"
             )
 
+    @property
+    def quant_recipe(self) -> Recipe:
+        """The quantization recipe: ``quant`` loaded with the group size / embedding bits overrides."""
+        return load_recipe(self.quant).with_options(self.group_size, self.embedding_bits)
+
+    def _check_quant(self) -> None:
+        if self.embedding_bits not in (None, 4, 8):
+            raise RgMobileError(f"--embedding-bits must be 8 or 4, got {self.embedding_bits}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise RgMobileError(f"--accuracy-level must be 0, 1, 2, 3 or 4, got {self.accuracy_level}")
+        recipe = self.quant_recipe  # unknown names, bad group sizes raise here
+        if recipe.is_quantized and self.format not in QUANT_FORMATS:
+            raise RgMobileError(
+                f"--quant {self.quant} is not supported for --format {self.format} yet; "
+                f"quantized formats: {list(QUANT_FORMATS)}"
+            )
+        if self.format == "onnx" and recipe.is_quantized:
+            from quantization.onnx import check_recipe
+
+            check_recipe(recipe)
+        if self.format == "coreml" and recipe.is_quantized:
+            from quantization.coreml import check_recipe as check_coreml_recipe
+
+            check_coreml_recipe(recipe, self.ios)  # int4 per block needs --ios 18
+        if self.format == "executorch" and recipe.is_quantized:
+            from quantization.executorch import check_recipe as check_executorch_recipe
+
+            check_executorch_recipe(recipe)  # only the verified XNNPACK paths (8da8w, 8da4w)
+
 
 def export(options: ExportOptions) -> Manifest:
-    """Export ``options.checkpoint`` to ``options.out``; returns the manifest written."""
+    """Export ``options.checkpoint`` to ``options.out``; returns the manifest written.
+
+    The wall time and peak RSS of the export go into ``format_details["export_stats"]``
+    (:class:`exporter.resources.ResourceStats`).
+    """
+    from exporter.resources import ResourceMonitor
+
+    with ResourceMonitor() as monitor:
+        if options.random_init is not None:
+            return _export_random(options, monitor)
+        return _export_checkpoint(options, monitor)
+
+
+def _export_checkpoint(options: ExportOptions, monitor: ResourceMonitor) -> Manifest:
     from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
 
     source = Path(options.checkpoint) if options.checkpoint is not None else default_checkpoint()
@@ -96,9 +168,47 @@ def export(options: ExportOptions) -> Manifest:
             io=build_iospec(ckpt.config),
             programs=result.programs,
             files=file_entries(tmp),
-            format_details=result.details,
+            format_details={**result.details, "export_stats": monitor.stats().to_dict()},
         )
         write_manifest(tmp, manifest)
         read_manifest(tmp)  # the artifact must read back before it is renamed into place
+    log.info("exported %s (%s) to %s", label, options.format, options.out)
+    return manifest
+
+
+def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest:
+    """``--random-init PRESET``: random weights of that shape, built one tensor at a time."""
+    from exporter.checkpoint.loader import check_tokenizer
+    from exporter.checkpoint.placeholder_tokenizer import write_placeholder_tokenizer
+    from exporter.checkpoint.random_init import random_config, random_model, source_label
+
+    assert options.random_init is not None
+    config = random_config(options.random_init)
+    if options.tokenizer is not None:
+        check_tokenizer(Path(options.tokenizer), config)
+    model = random_model(config, seed=options.seed)
+    target = get_target(options.format)
+    label = source_label(options.random_init, options.seed)
+    with atomic_dir(Path(options.out)) as tmp:
+        result = target(model, tmp, options, label)
+        if options.tokenizer is not None:
+            shutil.copyfile(options.tokenizer, tmp / TOKENIZER_FILE)
+        else:
+            write_placeholder_tokenizer(tmp / TOKENIZER_FILE, config)
+        manifest = Manifest(
+            format=options.format,
+            source={"random_init": options.random_init, "seed": str(options.seed), "kind": "random"},
+            precision=result.precision,
+            quantization=result.quantization,
+            config=config,
+            tokenizer_file=TOKENIZER_FILE,
+            prefill_chunk=max(p.seq_len for p in result.programs.values()),
+            io=build_iospec(config),
+            programs=result.programs,
+            files=file_entries(tmp),
+            format_details={**result.details, "export_stats": monitor.stats().to_dict()},
+        )
+        write_manifest(tmp, manifest)
+        read_manifest(tmp)
     log.info("exported %s (%s) to %s", label, options.format, options.out)
     return manifest

@@ -8,9 +8,18 @@ After every step: logits error (max abs, relative, cosine, top-1) and the max
 error of every state tensor. Separately, both sides continue greedily from
 their own post-prompt state and the common prefix is counted.
 
+Quantized artifacts (or any, with ``quality=True``) also get the quality report of
+runtime_py/quality.py: size, perplexity, KL, top-1, SQNR on held-out text against the fp32
+reference, with per-recipe thresholds whose failures join the parity failures.
+
 Thresholds are data (runtime_py/thresholds.py), per format and precision. A
 threshold exceeded is a *result* (``ValidationReport.failures``; the CLI exits 1);
 a broken artifact (manifest, sha256, missing file) is an :class:`RgMobileError` (exit 2).
+
+A Core ML artifact also gets its saved spec checked against the manifest; off
+macOS, where Core ML cannot run, the exact pre-conversion program stands in for
+it and the report says "Core ML predictions: not run" with status "incomplete"
+(CLI exit 3), never "passed" (runtime_py/validate_coreml.py).
 """
 
 from __future__ import annotations
@@ -53,6 +62,10 @@ class ValidateOptions:
       threads: CPU threads for the artifact's runtime and the PyTorch reference.
       report: write the JSON report here (optional).
       plot: write a PNG of error vs position here (optional).
+      quality: run the quality report (runtime_py/quality.py: size, perplexity, KL, ...
+        on held-out text); None = only for quantized artifacts (manifest ``quantization``).
+      text: held-out text for the quality report; None = heldout.txt beside the checkpoint.
+      quality_tokens: text tokens the quality report scores.
     """
 
     artifact: Path
@@ -64,6 +77,9 @@ class ValidateOptions:
     threads: int | None = None
     report: Path | None = None
     plot: Path | None = None
+    quality: bool | None = None
+    text: Path | None = None
+    quality_tokens: int = 4096
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 0:
@@ -118,14 +134,30 @@ class ValidationReport:
     steps: list[StepRecord] = field(default_factory=list)
     positions: dict[str, list[Any]] = field(default_factory=dict)  # per-token arrays
     greedy: dict[str, Any] = field(default_factory=dict)
+    # What ran against the reference: "artifact", or (Core ML off macOS) the pre-conversion program.
+    compared: str = "artifact"
+    # Extra checks as {"name", "status": "passed" | "failed" | "not run", "detail"} (runtime_py/validate_coreml.py).
+    checks: list[dict[str, str]] = field(default_factory=list)
+    # The quality report (runtime_py/quality.py QualityReport.to_dict()), {} when it did not run.
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """"failed", "incomplete" (nothing failed but a check could not run here) or "passed"."""
+        if self.failures or any(c["status"] == "failed" for c in self.checks):
+            return "failed"
+        if any(c["status"] == "not run" for c in self.checks):
+            return "incomplete"
+        return "passed"
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return self.status == "passed"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["passed"] = self.passed
+        out["status"] = self.status
         out["failures"] = [{**asdict(f), "message": f.message()} for f in self.failures]
         return out
 
@@ -290,7 +322,25 @@ def validate(options: ValidateOptions) -> ValidationReport:
             f"checkpoint {ckpt_path} does not match the artifact's config (different architecture); "
             "pass the checkpoint it was exported from with --checkpoint"
         )
-    backend = open_artifact_backend(artifact, manifest, options.threads)
+    checks: list[dict[str, str]] = []
+    program_only = False  # Core ML off macOS: the pre-conversion program stands in for the artifact
+    if manifest.format == "coreml":
+        from runtime_py import validate_coreml
+
+        checks.append(validate_coreml.spec_check(artifact, manifest))
+        program_only = not validate_coreml.predictions_possible()
+    if program_only:
+        # No Core ML runtime here: check the exact programs handed to coremltools instead, and say so.
+        backend, program_precision = validate_coreml.program_backend(manifest, ckpt.model)
+        thresholds = thresholds_for(manifest.format, program_precision)
+        checks.append(validate_coreml.predictions_not_run())
+        if manifest.quantization is not None:  # the quantization, on the weights the packages ship
+            shipped_check, quality_backend = validate_coreml.shipped_weights(
+                artifact, manifest, ckpt.model, options.threads
+            )
+            checks.append(shipped_check)
+    else:
+        backend = open_artifact_backend(artifact, manifest, options.threads)
     reference = TorchBackend(ckpt.model, threads=options.threads)
     window, chunk = manifest.config.window, manifest.prefill_chunk
     length = options.prompt_tokens or (2 * chunk + max(1, chunk // 4 + 1) if chunk > 1 else 8)
@@ -299,12 +349,25 @@ def validate(options: ValidateOptions) -> ValidationReport:
     log.info("validate %s: %d prompt tokens (chunk %d), %d decode steps", artifact, length, chunk, steps)
     cmp, greedy = compare(backend, reference, prompt, steps, options.greedy_tokens, options.seed)
     summary, where = summarize(cmp, greedy)
+    failures = check(summary, where, thresholds)
+    if program_only:
+        checks.insert(1, validate_coreml.program_check(summary, bool(failures)))
+    quality = None
+    quality_backend = quality_backend if program_only and manifest.quantization is not None else backend
+    if options.quality if options.quality is not None else manifest.quantization is not None:
+        from runtime_py.quality import QualityOptions, evaluate_quality, failed_metrics
+
+        qopts = QualityOptions(text=options.text, max_tokens=options.quality_tokens)
+        quality = evaluate_quality(quality_backend, reference, manifest, artifact, Path(ckpt_path), qopts, PROMPT_TEXT)
+        failures += [Failure(m, v, t, b, f"quality on {quality.text}") for m, v, t, b in failed_metrics(quality)]
     report = ValidationReport(
         artifact=str(artifact), format=manifest.format, precision=manifest.precision, checkpoint=str(ckpt_path),
         window=window, prefill_chunk=chunk, prompt_tokens=length, decode_steps=steps, thresholds=thresholds,
-        summary=summary, failures=check(summary, where, thresholds), steps=cmp.steps, positions=cmp.pos,
-        greedy=greedy,
+        summary=summary, failures=failures, steps=cmp.steps, positions=cmp.pos,
+        greedy=greedy, compared=backend.name, checks=checks,
     )  # fmt: skip
+    if quality is not None:
+        report.quality = quality.to_dict()
     if options.report is not None:
         write_json(Path(options.report), report.to_dict())
     if options.plot is not None:

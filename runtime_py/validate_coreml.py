@@ -71,3 +71,40 @@ def program_check(summary: dict[str, Any], failed: bool) -> dict[str, str]:
         "detail": f"max abs logits {summary['max_abs_logits']:.3g}, max state abs {summary['max_state_abs']:.3g}, "
         f"over {summary['positions']} positions (prefill chunks + decode)",
     }
+
+
+SHIPPED_WEIGHTS = "Core ML quantized weights vs fake-quant reference"
+
+
+def shipped_weights(
+    artifact: Path, manifest: Manifest, model: Any, threads: int | None = None
+) -> tuple[dict[str, str], Any]:
+    """(report record, a TorchBackend of the as-shipped weights) of a quantized Core ML artifact.
+
+    The weights are read back from every package (quantization/coreml_readback.py), compared
+    with ``fake_quantized`` of the recipe the package holds (``quantization.coreml.applied``),
+    and loaded into the model that the quality report then scores in PyTorch (fp32 compute).
+    """
+    from quantization.coreml_readback import as_shipped_model, check_weights, read_weights
+    from quantization.recipe import Recipe
+    from runtime_py.torch_backend import TorchBackend
+
+    facts = (manifest.quantization or {}).get("coreml", {})
+    if "applied" not in facts:
+        raise RgMobileError(f"{artifact}: the manifest's quantization has no coreml.applied recipe; re-export it")
+    recipe = Recipe.from_dict(facts["applied"], "manifest quantization.coreml.applied")
+    lines, passed, shipped_model = [], True, None
+    for package in sorted({p.file for p in manifest.programs.values()}):
+        weights = read_weights(artifact / package, model)
+        result = check_weights(model, weights, recipe)
+        passed &= result.passed
+        lines.append(f"{package} ({', '.join(weights.functions)}): {result.summary()}")
+        if shipped_model is None:
+            shipped_model = as_shipped_model(model, weights)
+    kept = facts.get("kept_float") or []
+    if kept:
+        lines.append(f"kept float: {len(kept)} weights ({facts.get('kept_float_reason', '')})")
+    record = {"name": SHIPPED_WEIGHTS, "status": "passed" if passed else "failed", "detail": "; ".join(lines)}
+    backend = TorchBackend(shipped_model, threads=threads)
+    backend.name = "Core ML as-shipped weights (PyTorch, fp32 compute)"  # type: ignore[misc]
+    return record, backend

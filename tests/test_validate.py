@@ -122,7 +122,8 @@ def test_validate_missing_file_and_not_an_artifact(onnx_artifact: Path, tmp_path
 
 def test_thresholds_are_data() -> None:
     assert THRESHOLDS["fp32"]["max_abs_logits"] == 1e-4
-    assert thresholds_for("executorch", "fp32")["max_abs_logits"] > thresholds_for("onnx", "fp32")["max_abs_logits"]
+    # measured: with GELU decomposed, XNNPACK fp32 is as close to eager as onnxruntime (thresholds.py)
+    assert thresholds_for("executorch", "fp32") == thresholds_for("onnx", "fp32") == THRESHOLDS["fp32"]
     assert exceeded("max_abs_logits", 2e-4, 1e-4) and not exceeded("min_cosine", 0.999999, 0.99999)
     assert exceeded("max_abs_logits", float("nan"), 1.0)
     with pytest.raises(RgMobileError, match="known"):

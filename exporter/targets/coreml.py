@@ -84,11 +84,17 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     lens = program_lengths(options.prefill_chunk)
     staging = out_dir / ".staging"
     seconds: dict[str, float] = {}
+    recipe = options.quant_recipe
+    quant_facts: dict[str, object] = {}
     for name, seq in lens.items():
         t0 = time.perf_counter()
         log.info("coreml: %s (t=%d), %s, %s compute, %s state", name, seq, settings.deployment_target,
                  settings.compute_precision, settings.state)  # fmt: skip
         mlmodel = convert_program(build_program(model, seq, settings.state), settings)
+        if recipe.is_quantized:  # before save_multifunction, so both functions share the same quantized consts
+            from quantization.coreml import quantize_mlmodel
+
+            mlmodel, quant_facts = quantize_mlmodel(mlmodel, model, recipe, settings.ios)
         spec = mlmodel.get_spec()
         rename_spec(spec, io, fmap)
         mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
@@ -113,7 +119,8 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     log.info("coreml: conversion seconds %s", seconds)
     return TargetResult(
         programs=programs,
-        precision=settings.compute_precision,
+        precision=recipe.name if recipe.is_quantized else settings.compute_precision,
+        quantization={**recipe.to_dict(), "coreml": quant_facts} if recipe.is_quantized else None,
         details={
             "deployment_target": settings.deployment_target,
             "specification_version": SPEC_VERSION[settings.ios],

@@ -15,6 +15,12 @@ Large models (a graph over the 2 GB protobuf limit, or ``external_data="always"`
 keep their weights in one shared ``weights.bin``: both graphs hold the same
 weights, so identical tensors are written once and both graphs point at the
 same bytes (offset/length), which halves the artifact on disk.
+
+Quantized exports (``--quant int8|int4``, quantization/onnx.py) quantize each graph
+with onnxruntime's MatMulNBitsQuantizer after the fp32 export, and keep their weights
+in the shared ``weights.bin`` by default (``external_data="auto"``): tensors with the
+same bytes are stored once, including the embedding and the head, which read the same
+quantized integers through differently shaped initializers.
 """
 
 from __future__ import annotations
@@ -57,13 +63,22 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
         lens["prefill"] = options.prefill_chunk
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     mode = options.external_data
-    external = mode == "always" or (mode == "auto" and weight_bytes > PROTO_LIMIT)
+    recipe = options.quant_recipe
+    external = mode == "always" or (mode == "auto" and (weight_bytes > PROTO_LIMIT or recipe.is_quantized))
     protos: dict[str, onnx.ModelProto] = {}
+    facts: dict[str, dict[str, Any]] = {}
     for name, seq in lens.items():
         log.info("exporting %s (t=%d) to ONNX opset %d", name, seq, OPSET)
         protos[name] = _export_graph(model, seq, spec, out_dir / f".{name}.raw", external)
         _strip_node_metadata(protos[name])
-        _set_metadata(protos[name], metadata(model, options, source, name, seq))
+        meta = metadata(model, options, source, name, seq)
+        if recipe.is_quantized:
+            from quantization.onnx import quantize_graph
+
+            log.info("quantizing %s with recipe %s", name, recipe.name)
+            protos[name], facts[name] = quantize_graph(protos[name], model, recipe, options.accuracy_level)
+            meta["rgmobile.quantization"] = json.dumps(recipe.to_dict(), sort_keys=True)
+        _set_metadata(protos[name], meta)
     if external:
         _write_shared(protos, out_dir, SHARED_WEIGHTS)
     else:
@@ -74,7 +89,8 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
         _check(out_dir / f"{name}.onnx", spec)
     return TargetResult(
         programs={name: Program(f"{name}.onnx", seq) for name, seq in lens.items()},
-        precision="fp32",
+        precision=recipe.name if recipe.is_quantized else "fp32",
+        quantization={**recipe.to_dict(), "onnx": facts["decode"]} if recipe.is_quantized else None,
         details={
             "opset": OPSET,
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
@@ -151,7 +167,7 @@ def _tensor_bytes(init: onnx.TensorProto) -> bytes | None:
 
 def _write_shared(protos: dict[str, onnx.ModelProto], out_dir: Path, data_name: str) -> None:
     """Move every large initializer into one file; identical tensors are stored once."""
-    seen: dict[tuple[str, int, tuple[int, ...]], tuple[int, int]] = {}
+    seen: dict[tuple[str, int], tuple[int, int]] = {}
     written = shared = 0
     with open(out_dir / data_name, "wb") as data:
         for name, proto in protos.items():
@@ -159,7 +175,8 @@ def _write_shared(protos: dict[str, onnx.ModelProto], out_dir: Path, data_name: 
                 blob = _tensor_bytes(init)
                 if blob is None:
                     continue
-                key = (hashlib.sha256(blob).hexdigest(), init.data_type, tuple(init.dims))
+                # bytes only: a quantized embedding shares its bytes with the head under another shape
+                key = (hashlib.sha256(blob).hexdigest(), len(blob))
                 if key in seen:
                     shared += len(blob)
                 else:

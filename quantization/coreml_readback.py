@@ -1,0 +1,224 @@
+"""Read the quantized weights back out of a saved .mlpackage and check them, without Core ML.
+
+Off macOS no Core ML prediction runs, so the quantization is verified on the weights
+the package actually ships: the MIL program is read from the package's spec and weight
+file (coremltools' milproto loader, no ``MLModel``: opening one rewrites the hashed
+package's Manifest.json), every ``constexpr_*`` op is dequantized with our own maths
+below, mapped back to our parameter name (quantization/coreml.py ``param_of``) and
+loaded into a copy of the source :class:`Griffin` ("as-shipped weights"). Float weight
+consts (fp16 when the model computes in fp16) are loaded too, when their shape is the
+parameter's. That model then:
+
+* is compared weight by weight with ``quantization.reference.fake_quantized`` of the
+  recipe the package holds, in units of the reference's quantization step (scale); and
+* runs in PyTorch (fp32 arithmetic) for the quality report against the fp32 model.
+
+What this cannot show is Core ML's own arithmetic (fp16 compute, the constexpr
+kernels): that needs macOS.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporter.errors import RgMobileError
+from exporter.model.griffin import Griffin
+from exporter.targets.coreml_convert import package_spec_path, read_package_spec
+from quantization.coreml import class_of, param_of
+from quantization.recipe import Recipe, WeightScheme
+from quantization.reference import fake_quantized
+from quantization.tensor import quantize
+
+log = logging.getLogger(__name__)
+
+QUANTIZED_SUFFIX = "_quantized"
+# coremltools computes round(w / scale) in the weights' dtype: fp16 (spacing 0.06 near 127) when
+# the model computes in fp16, so an integer can be one step off fake_quantized's fp32 rounding
+# wherever w / scale is within ~0.03 of x.5 (measured: ~1.6% of int8 weights, ~0.3% of int4);
+# fp16 scales add < 0.07 step. A wrong scale or a mis-mapped weight is many steps off.
+MAX_STEPS = 1.1
+MAX_FLIP_FRACTION = 0.05  # weights more than half a step away
+
+
+# --- pure maths of the two constexpr ops (iOS17 constexpr_affine_dequantize, iOS18 constexpr_blockwise_shift_scale)
+
+
+def dequantize_affine(q: np.ndarray, zero_point: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    """(q - zero_point) * scale, with 1-D scale / zero point along ``axis`` (or scalars)."""
+    shape = [1] * q.ndim
+    if np.ndim(scale) == 1:
+        shape[axis] = -1
+    s = np.reshape(np.asarray(scale, np.float64), shape if np.ndim(scale) == 1 else ())
+    z = np.reshape(np.asarray(zero_point, np.float64), shape if np.ndim(zero_point) == 1 else ())
+    return (q.astype(np.float64) - z) * s
+
+
+def dequantize_blockwise(data: np.ndarray, scale: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    """(data - offset) * scale, each scale entry covering data.shape / scale.shape elements per axis."""
+    if scale.ndim != data.ndim or any(d % s for d, s in zip(data.shape, scale.shape, strict=True)):
+        raise RgMobileError(f"coreml weights: scale {scale.shape} does not tile data {data.shape}")
+
+    def expand(a: np.ndarray) -> np.ndarray:
+        for axis, (d, s) in enumerate(zip(data.shape, a.shape, strict=True)):
+            a = np.repeat(a, d // s, axis=axis)
+        return a
+
+    x = data.astype(np.float64)
+    if offset is not None:
+        x = x - expand(np.asarray(offset, np.float64))
+    return x * expand(np.asarray(scale, np.float64))
+
+
+# --- reading the package -----------------------------------------------------------------------
+
+
+@dataclass
+class ShippedWeights:
+    """What one .mlpackage holds: dequantized weights and facts about its consts."""
+
+    quantized: dict[str, np.ndarray] = field(default_factory=dict)  # param -> dequantized weight
+    float_weights: dict[str, np.ndarray] = field(default_factory=dict)  # param -> float const
+    op_types: dict[str, str] = field(default_factory=dict)  # param -> constexpr op type
+    float_const_sizes: list[tuple[str, int, str]] = field(default_factory=list)  # (name, elements, dtype)
+    functions: list[str] = field(default_factory=list)
+
+
+def load_program(package: Path) -> Any:
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    spec = read_package_spec(package)
+    weights = package_spec_path(package).parent / "weights"
+    return load(spec, specification_version=spec.specificationVersion, file_weights_dir=str(weights))
+
+
+def _val(op: Any, name: str) -> np.ndarray | None:
+    v = op.inputs.get(name)
+    return None if v is None else np.asarray(v.val)
+
+
+def read_weights(package: Path, model: Griffin) -> ShippedWeights:
+    """Every weight const/constexpr of every function of ``package``, by our parameter name."""
+    out = ShippedWeights()
+    program = load_program(package)
+    for fname, fn in program.functions.items():
+        out.functions.append(fname)
+        for op in fn.operations:
+            if op.op_type.startswith("constexpr_"):
+                name = param_of(op.name.removesuffix(QUANTIZED_SUFFIX), model)
+                if name is None:
+                    continue
+                if op.op_type == "constexpr_blockwise_shift_scale":
+                    w = dequantize_blockwise(_val(op, "data"), _val(op, "scale"), _val(op, "offset"))  # type: ignore[arg-type]
+                elif op.op_type == "constexpr_affine_dequantize":
+                    axis = int(_val(op, "axis"))  # type: ignore[arg-type]
+                    w = dequantize_affine(_val(op, "quantized_data"), _val(op, "zero_point"), _val(op, "scale"), axis)  # type: ignore[arg-type]
+                else:
+                    raise RgMobileError(f"coreml weights: {op.name} is a {op.op_type}, which this check cannot read")
+                if name in out.quantized and not np.array_equal(out.quantized[name], w):
+                    raise RgMobileError(f"coreml weights: functions disagree on {name}")
+                out.quantized[name], out.op_types[name] = w, op.op_type
+            elif op.op_type == "const":
+                val = op.outputs[0].val
+                if isinstance(val, np.ndarray) and val.dtype.kind == "f":
+                    out.float_const_sizes.append((op.name, int(val.size), str(val.dtype)))
+                    name = param_of(op.name, model)
+                    if name is not None:
+                        out.float_weights[name] = val
+    return out
+
+
+@torch.no_grad()
+def as_shipped_model(model: Griffin, weights: ShippedWeights) -> Griffin:
+    """A copy of ``model`` (fp32) with every weight the package holds, dequantized."""
+    q = copy.deepcopy(model).float().eval()
+    params = dict(q.named_parameters())
+    for source in (weights.float_weights, weights.quantized):
+        for name, w in source.items():
+            if tuple(w.shape) == tuple(params[name].shape):
+                params[name].copy_(torch.from_numpy(np.asarray(w, np.float32)))
+    return q
+
+
+# --- the checks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """Shipped weights vs ``fake_quantized`` of the recipe, in quantization steps."""
+
+    passed: bool
+    problems: tuple[str, ...]
+    max_steps: float  # max |shipped - fake_quant| / scale over every quantized weight
+    flip_fraction: float  # fraction of weights more than half a step away
+    max_abs: float
+    quantized: int
+    embedding_op: str
+    largest_float_const: int
+
+    def summary(self) -> str:
+        head = "passed" if self.passed else "FAILED: " + "; ".join(self.problems)
+        return (
+            f"{head}; {self.quantized} quantized weights, max |shipped - fake_quant| {self.max_abs:.3g} "
+            f"({self.max_steps:.3g} steps), {100 * self.flip_fraction:.3g}% weights off by > 1/2 step; "
+            f"embedding/head: {self.embedding_op}; largest float const {self.largest_float_const} elements"
+        )
+
+
+def _steps(
+    w: torch.Tensor, shipped: torch.Tensor, ref: torch.Tensor, scheme: WeightScheme, gates: bool
+) -> torch.Tensor:
+    """|shipped - ref| in units of ref's quantization step, per element."""
+    if gates:  # [h, in, out]: each head's [out, in] transpose is quantized (quantization/tensor.py)
+        return torch.stack([_steps(w[h].t(), shipped[h].t(), ref[h].t(), scheme, False) for h in range(w.shape[0])])
+    _, scale = quantize(w, scheme)
+    if scheme.granularity == "per_group":
+        scale = scale.repeat_interleave(w.shape[1] // scale.shape[1], dim=1)
+    return (shipped - ref).abs() / scale
+
+
+def check_weights(model: Griffin, weights: ShippedWeights, recipe: Recipe) -> WeightsCheck:
+    """Compare the shipped weights with ``fake_quantized(model, recipe)`` (``recipe`` = what the package holds)."""
+    model = model.float()
+    ref = dict(fake_quantized(model, recipe).named_parameters())
+    orig = dict(model.named_parameters())
+    classes = class_of(model)
+    problems: list[str] = []
+    max_steps = max_abs = 0.0
+    flips = total = 0
+    for name, cls in classes.items():
+        scheme: WeightScheme | None = getattr(recipe, cls)
+        if scheme is None:
+            continue
+        if name not in weights.quantized:
+            problems.append(f"{name} is not quantized in the package")
+            continue
+        shipped = torch.from_numpy(np.asarray(weights.quantized[name], np.float32))
+        if tuple(shipped.shape) != tuple(orig[name].shape):
+            problems.append(f"{name}: shape {tuple(shipped.shape)} != {tuple(orig[name].shape)}")
+            continue
+        steps = _steps(orig[name].detach(), shipped, ref[name].detach(), scheme, cls == "rglru_gates")
+        max_steps = max(max_steps, float(steps.max()))
+        max_abs = max(max_abs, float((shipped - ref[name].detach()).abs().max()))
+        flips += int((steps > 0.5).sum())
+        total += steps.numel()
+    flip_fraction = flips / max(total, 1)
+    if max_steps > MAX_STEPS:
+        problems.append(f"a weight is {max_steps:.3g} quantization steps from the reference (max {MAX_STEPS})")
+    if flip_fraction > MAX_FLIP_FRACTION:
+        problems.append(f"{100 * flip_fraction:.3g}% of weights differ by > 1/2 step (max {100 * MAX_FLIP_FRACTION}%)")
+    vocab_width = model.config.vocab_size * model.config.width
+    largest = max((n for _, n, _ in weights.float_const_sizes), default=0)
+    embed_op = weights.op_types.get("embed_tokens.weight", "float")
+    if recipe.embedding is not None and largest >= vocab_width:
+        problems.append(f"a float const of {largest} elements (>= vocab x width) remains: the head is not quantized")
+    return WeightsCheck(
+        passed=not problems, problems=tuple(problems), max_steps=max_steps, flip_fraction=flip_fraction,
+        max_abs=max_abs, quantized=len(weights.quantized), embedding_op=embed_op, largest_float_const=largest,
+    )  # fmt: skip

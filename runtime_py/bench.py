@@ -1,0 +1,262 @@
+"""``rgmobile bench``: decode/prefill speed, memory and the bandwidth roofline of artifacts and baselines.
+
+One run measures, on this machine and at the same thread count:
+
+1. the streaming read bandwidth (:mod:`runtime_py.bandwidth`), in this process;
+2. every artifact and every baseline (:mod:`runtime_py.bench_subjects`), each in its
+   own child process (:mod:`runtime_py.bench_worker`) so each gets a clean peak RSS:
+   decode tokens/s (median, p10/p90) and prefill tokens/s from a synthesised state
+   at each context position (:mod:`runtime_py.bench_state`), RSS at each position;
+3. per position, the bytes one decode step reads and the roofline fraction;
+4. the goals of issue 7 (:mod:`runtime_py.bench_goals`).
+
+The result is a dict in the versioned schema of :mod:`runtime_py.bench_schema`,
+written atomically as JSON, optionally drawn as a PNG (:mod:`runtime_py.bench_plot`).
+This module logs; the CLI prints the table.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from exporter import __version__
+from exporter.config import GriffinConfig, preset
+from exporter.errors import RgMobileError
+from exporter.fsio import write_json
+from runtime_py.bandwidth import measure_bandwidth, roofline
+from runtime_py.bench_goals import compute_goals, summarize
+from runtime_py.bench_schema import SCHEMA, SCHEMA_VERSION, validate_bench
+from runtime_py.bench_subjects import BASELINES
+from runtime_py.bench_worker import WorkerSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POSITIONS = (0, 2048, 8192, 32768)
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to benchmark (Typer options of ``rgmobile bench`` map 1:1 to these).
+
+    Fields:
+      artifacts: exported artifact folders, each measured in its own process.
+      out: the JSON result (written atomically).
+      positions: context positions; decode runs from a synthesised state at each.
+      threads: CPU threads for every runtime and the bandwidth measurement (None: all cores).
+      steps: timed decode steps per position, after ``warmup`` untimed steps.
+      prefill_chunk: tokens per prefill step of the baselines (None: the artifacts'
+        largest prefill_chunk, or 32); artifacts use their own prefill program.
+      prefill_repeats: timed prefill steps per position (after one warm-up).
+      baselines: any of "transformers", "eager", "gemma" (runtime_py.bench_subjects).
+      shape: preset of the baselines (None: the first artifact's config).
+      seed: seed of baseline weights, synthesised states and tokens.
+      bandwidth_mib: size of the array summed for the bandwidth (far above the caches).
+      bandwidth_repeats: bandwidth repeats (best and median are reported).
+      plot: write a PNG here (tokens/s and RSS against position).
+      timeout: seconds allowed per subject (None: no limit).
+    """
+
+    artifacts: tuple[Path, ...] = ()
+    out: Path = Path("bench.json")
+    positions: tuple[int, ...] = DEFAULT_POSITIONS
+    threads: int | None = None
+    steps: int = 32
+    warmup: int = 4
+    prefill_chunk: int | None = None
+    prefill_repeats: int = 3
+    baselines: tuple[str, ...] = ("transformers", "eager")
+    shape: str | None = None
+    seed: int = 0
+    bandwidth_mib: int = 512
+    bandwidth_repeats: int = 5
+    plot: Path | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.positions or any(not isinstance(p, int) or p < 0 for p in self.positions):
+            raise RgMobileError(f"--positions must be non-negative integers, got {list(self.positions)}")
+        if list(self.positions) != sorted(set(self.positions)):
+            raise RgMobileError(f"--positions must be increasing without repeats, got {list(self.positions)}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise RgMobileError(f"unknown baseline(s) {bad}; valid: {list(BASELINES)}")
+        if not self.artifacts and not self.baselines:
+            raise RgMobileError("nothing to measure: pass artifact folders and/or --baselines")
+        for name, value, low in (
+            ("--steps", self.steps, 1), ("--warmup", self.warmup, 0), ("--prefill-repeats", self.prefill_repeats, 1),
+            ("--threads", self.threads if self.threads is not None else 1, 1),
+            ("--bandwidth-mib", self.bandwidth_mib, 1), ("--bandwidth-repeats", self.bandwidth_repeats, 1),
+            ("--prefill-chunk", self.prefill_chunk if self.prefill_chunk is not None else 1, 1),
+        ):  # fmt: skip
+            if not isinstance(value, int) or value < low:
+                raise RgMobileError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.shape is not None:
+            preset(self.shape)  # validates the name
+
+    @property
+    def resolved_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("torch", "numpy", "onnxruntime", "onnx", "transformers", "executorch", "coremltools"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count() or 0,
+        "versions": _versions(),
+    }
+
+
+def run_worker(spec: WorkerSpec, timeout: float | None = None) -> dict[str, Any]:
+    """Measure one subject in a child process; ``{"error": ...}`` when it could not be measured."""
+    env = dict(os.environ)
+    threads = str(spec.threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory(prefix="rgmobile-bench-") as d:
+        spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
+        spec_path.write_text(spec.to_json())
+        cmd = [sys.executable, "-m", "runtime_py.bench_worker", str(spec_path), str(out_path)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer is not None:
+            timer.start()
+        tail: deque[str] = deque(maxlen=8)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # relay the worker's log; keep the end for error messages
+            tail.append(line.rstrip())
+            log.debug("worker %s: %s", spec.subject, line.rstrip())
+        code = proc.wait()
+        if timer is not None:
+            timer.cancel()
+        if out_path.is_file():
+            data = json.loads(out_path.read_text())
+            return dict(data["result"]) if data.get("ok") else {"error": str(data.get("error"))}
+        why = "killed after the timeout" if timer is not None and code < 0 else f"exit code {code}"
+        return {"error": f"the worker crashed ({why}): " + " | ".join(t for t in tail if t)[-600:]}
+
+
+def _bytes_per_token(name: str, weights: int, state_bytes: int, config: dict[str, Any]) -> int:
+    """Weights once plus the state read and written; Gemma reads its KV cache and writes one token."""
+    if name == "gemma":
+        per_token = config["num_layers"] * 2 * config["num_kv_heads"] * (config["width"] // config["num_heads"]) * 4
+        return weights + state_bytes + per_token
+    return weights + 2 * state_bytes
+
+
+def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float) -> None:
+    cfg = dict(subject["config"])
+    cfg["num_layers"] = len(cfg["block_types"])
+    for row in subject["positions"]:
+        bpt = _bytes_per_token(subject["name"], subject["weights_bytes"], row["state_bytes"], cfg)
+        row["bytes_per_token"] = bpt
+        row["roofline_tokens_per_s"] = roofline(bandwidth_gb_s, bpt)
+        row["roofline_fraction"] = row["decode"]["tokens_per_s"] / row["roofline_tokens_per_s"]
+
+
+def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | None, int]:
+    """(subject stubs with their worker specs, the baseline shape, the baseline prefill chunk)."""
+    from exporter.package.manifest import read_manifest
+
+    manifests = [(Path(a), read_manifest(Path(a), verify=False)) for a in options.artifacts]
+    chunk = options.prefill_chunk or max((m.prefill_chunk for _, m in manifests), default=32)
+    shape: GriffinConfig | None = None
+    if options.shape is not None:
+        shape = preset(options.shape)
+    elif manifests:
+        shape = manifests[0][1].config
+    elif options.baselines:
+        raise RgMobileError("baselines need a shape: pass --shape (e.g. 2b) or an artifact folder")
+    common = dict(
+        threads=options.resolved_threads, positions=options.positions, steps=options.steps, warmup=options.warmup,
+        prefill_repeats=options.prefill_repeats, seed=options.seed,
+    )  # fmt: skip
+    stubs: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for path, m in manifests:
+        name, k = path.resolve().name, 2
+        while name in names:
+            name, k = f"{path.resolve().name}#{k}", k + 1
+        names.add(name)
+        spec = WorkerSpec(subject="artifact", path=str(path), prefill_chunk=m.prefill_chunk, **common)  # type: ignore[arg-type]
+        export_stats = m.format_details.get("export_stats")
+        stubs.append({"name": name, "kind": "artifact", "path": str(path), "format": m.format,
+                      "export_stats": export_stats, "_spec": spec})  # fmt: skip
+    for b in options.baselines:
+        assert shape is not None
+        spec = WorkerSpec(subject=b, config=shape.to_dict(), prefill_chunk=chunk, **common)  # type: ignore[arg-type]
+        stubs.append({"name": b, "kind": "baseline", "path": None, "format": None, "export_stats": None, "_spec": spec})
+    return stubs, shape, chunk
+
+
+def run_bench(options: BenchOptions) -> dict[str, Any]:
+    """Run the whole benchmark; returns (and writes to ``options.out``) the schema-v1 dict."""
+    stubs, shape, chunk = _plan(options)
+    threads = options.resolved_threads
+    bandwidth = measure_bandwidth(threads, options.bandwidth_mib * 2**20, options.bandwidth_repeats)
+    subjects = []
+    for stub in stubs:
+        spec: WorkerSpec = stub.pop("_spec")
+        log.info("measuring %s (%s)", stub["name"], stub["kind"])
+        result = run_worker(spec, options.timeout)
+        subject = {**stub, "error": None, **result}
+        if subject["error"] is None:
+            _add_roofline(subject, bandwidth.best_gb_s)
+            subject["summary"] = summarize(subject)
+        else:
+            log.warning("%s could not be measured: %s", stub["name"], subject["error"])
+        subjects.append(subject)
+    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "rgmobile_version": __version__,
+        "created": now,
+        "machine": _machine(),
+        "settings": {
+            "positions": list(options.positions),
+            "threads": threads,
+            "steps": options.steps,
+            "warmup": options.warmup,
+            "prefill_chunk": chunk,
+            "prefill_repeats": options.prefill_repeats,
+            "seed": options.seed,
+            "baselines": list(options.baselines),
+            "shape": options.shape,
+            "baseline_config": shape.to_dict() if shape is not None and options.baselines else None,
+        },  # fmt: skip
+        "bandwidth": bandwidth.to_dict(),
+        "subjects": subjects,
+        "goals": compute_goals(subjects),
+    }
+    validate_bench(data)
+    write_json(Path(options.out), data)
+    if options.plot is not None:
+        from runtime_py.bench_plot import plot_bench
+
+        plot_bench(data, Path(options.plot))
+    return data

@@ -1,0 +1,114 @@
+"""The JSON ``rgmobile bench`` writes: schema "rgmobile.bench", version 1, and its checker.
+
+Top level (all keys required; "|null" marks nullable values):
+
+  schema          "rgmobile.bench"
+  schema_version  1 (a reader refuses a newer version)
+  rgmobile_version, created (ISO 8601 UTC)
+  machine         {"platform", "python", "cpu_count", "versions": {package: version}}
+  settings        {"positions": [int], "threads", "steps", "warmup", "prefill_chunk",
+                   "prefill_repeats", "seed", "baselines": [str], "shape": str|null,
+                   "baseline_config": GriffinConfig dict|null}
+  bandwidth       runtime_py.bandwidth.Bandwidth.to_dict(): {"method", "threads", "array_bytes",
+                   "repeats", "best_gb_s", "median_gb_s", "samples_gb_s": [float]}
+  subjects        [subject], artifacts first, in command-line order, then baselines
+  goals           [goal] (runtime_py.bench_goals)
+
+subject:
+  name            artifact folder name (made unique) or the baseline name
+  kind            "artifact" | "baseline"
+  path            artifact folder | null
+  format          manifest format ("onnx", ...) | null for baselines
+  error           null, or why this subject could not be measured (then the
+                  measurement keys below may be missing)
+  backend, precision, config (GriffinConfig dict)
+  weights_bytes, weights_bytes_method   what one decode step reads for its weights
+  load_seconds, rss_after_load_bytes, peak_rss_bytes (ru_maxrss of the subject's own process)
+  program_loading "together" (baselines) or "one at a time (decode, then prefill)" (artifacts:
+                  decode speed and RSS are measured with the decode program alone loaded)
+  export_stats    manifest format_details.export_stats | null
+  positions       one row per settings.positions entry:
+    position, state_bytes, rss_bytes (current RSS after measuring), peak_rss_bytes,
+    decode          {"tokens_per_s" (median), "p10_tokens_per_s", "p90_tokens_per_s",
+                     "steps", "step_seconds": [float]}
+    prefill         {"chunk", "tokens_per_s", "repeats", "step_seconds": [float]} | null
+    bytes_per_token weights_bytes + state read and written (Gemma: + its KV cache at p)
+    roofline_tokens_per_s   bandwidth.best_gb_s / bytes_per_token
+    roofline_fraction       decode.tokens_per_s / roofline_tokens_per_s
+  summary         runtime_py.bench_goals.summarize()
+
+goal: {"goal", "subject": str|null, "value": float|null, "target": float,
+       "comparison": ">=" | "<=" | "<", "met": bool|null, "note": str}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.errors import RgMobileError
+
+SCHEMA = "rgmobile.bench"
+SCHEMA_VERSION = 1
+
+_NUM = (int, float)
+_TOP = {
+    "schema": str, "schema_version": int, "rgmobile_version": str, "created": str, "machine": dict,
+    "settings": dict, "bandwidth": dict, "subjects": list, "goals": list,
+}  # fmt: skip
+_SETTINGS = {
+    "positions": list, "threads": int, "steps": int, "warmup": int, "prefill_chunk": int,
+    "prefill_repeats": int, "seed": int, "baselines": list,
+}  # fmt: skip
+_BANDWIDTH = {"threads": int, "array_bytes": int, "best_gb_s": _NUM, "median_gb_s": _NUM, "samples_gb_s": list}
+_SUBJECT = {
+    "name": str, "kind": str, "backend": str, "precision": str, "config": dict, "weights_bytes": int,
+    "weights_bytes_method": str, "load_seconds": _NUM, "peak_rss_bytes": int, "positions": list, "summary": dict,
+    "program_loading": str,
+}  # fmt: skip
+_ROW = {
+    "position": int, "state_bytes": int, "rss_bytes": int, "peak_rss_bytes": int, "decode": dict,
+    "bytes_per_token": int, "roofline_tokens_per_s": _NUM, "roofline_fraction": _NUM,
+}  # fmt: skip
+_DECODE = {"tokens_per_s": _NUM, "p10_tokens_per_s": _NUM, "p90_tokens_per_s": _NUM, "steps": int}
+_GOAL = {"goal": str, "target": _NUM, "comparison": str, "note": str}
+
+
+def _check(obj: Any, fields: dict[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise RgMobileError(f"bench json: {where} must be an object")
+    for key, types in fields.items():
+        if key not in obj:
+            raise RgMobileError(f"bench json: {where} is missing {key!r}")
+        value = obj[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise RgMobileError(f"bench json: {where}.{key} has type {type(value).__name__}")
+
+
+def validate_bench(data: Any) -> None:
+    """Raise :class:`RgMobileError` naming the first field that does not match schema version 1."""
+    _check(data, _TOP, "top level")
+    if data["schema"] != SCHEMA:
+        raise RgMobileError(f"bench json: schema is {data['schema']!r}, expected {SCHEMA!r}")
+    if data["schema_version"] > SCHEMA_VERSION:
+        raise RgMobileError(f"bench json: schema_version {data['schema_version']} is newer than {SCHEMA_VERSION}")
+    _check(data["settings"], _SETTINGS, "settings")
+    _check(data["bandwidth"], _BANDWIDTH, "bandwidth")
+    positions = data["settings"]["positions"]
+    for i, s in enumerate(data["subjects"]):
+        where = f"subjects[{i}]"
+        if not isinstance(s, dict) or s.get("kind") not in ("artifact", "baseline"):
+            raise RgMobileError(f"bench json: {where}.kind must be 'artifact' or 'baseline'")
+        if s.get("error") is not None:
+            continue
+        _check(s, _SUBJECT, where)
+        if [r.get("position") for r in s["positions"]] != positions:
+            raise RgMobileError(f"bench json: {where} positions differ from settings.positions")
+        for j, row in enumerate(s["positions"]):
+            _check(row, _ROW, f"{where}.positions[{j}]")
+            _check(row["decode"], _DECODE, f"{where}.positions[{j}].decode")
+            if row.get("prefill") is not None:
+                _check(row["prefill"], {"chunk": int, "tokens_per_s": _NUM}, f"{where}.positions[{j}].prefill")
+    for i, g in enumerate(data["goals"]):
+        _check(g, _GOAL, f"goals[{i}]")
+        if g.get("met") not in (True, False, None):
+            raise RgMobileError(f"bench json: goals[{i}].met must be true, false or null")

@@ -1,0 +1,215 @@
+"""One ``bench`` subject measured in its own process: ``python -m runtime_py.bench_worker SPEC.json OUT.json``.
+
+A fresh process per artifact/baseline gives each its own clean peak RSS
+(``ru_maxrss``), unpolluted by the others or by the parent's bandwidth array.
+SPEC is a :class:`WorkerSpec` as JSON; OUT receives ``{"ok": true, "result": {...}}``
+or ``{"ok": false, "error": "..."}`` (a user error; exit code 2). Any other
+failure is a bug: the traceback goes to stderr and the parent reports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.config import GriffinConfig
+from exporter.errors import RgMobileError
+from exporter.fsio import write_json
+from exporter.resources import current_rss_bytes, max_rss_bytes
+from runtime_py.bench_subjects import BASELINES, BackendSubject, Subject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker measures.
+
+    Fields:
+      subject: "artifact" or a baseline name (runtime_py.bench_subjects.BASELINES).
+      path: the artifact folder (artifacts only).
+      config: GriffinConfig.to_dict() of the baseline shape (baselines only).
+      threads: CPU threads of the runtime.
+      positions: context positions to measure at (a synthesised state at each).
+      steps, warmup: timed decode steps per position, after ``warmup`` untimed ones.
+      prefill_chunk, prefill_repeats: tokens per prefill step (1 = no prefill) and timed repeats.
+      seed: seed of the weights (baselines), states and tokens.
+    """
+
+    subject: str
+    threads: int
+    positions: tuple[int, ...]
+    steps: int
+    warmup: int
+    prefill_chunk: int
+    prefill_repeats: int
+    seed: int = 0
+    path: str | None = None
+    config: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        data = json.loads(text)
+        data["positions"] = tuple(data["positions"])
+        return cls(**data)
+
+
+def _open_artifact(spec: WorkerSpec, seq_len: int) -> Subject:
+    """The artifact with only its ``seq_len`` program loaded."""
+    from exporter.package.manifest import read_manifest
+    from runtime_py.bandwidth import decode_weight_bytes
+    from runtime_py.open import open_artifact_backend
+
+    assert spec.path is not None
+    path = Path(spec.path)
+    manifest = read_manifest(path, verify=False)  # hashing GBs of weights is validate's job, not bench's
+    name, program = manifest.program_for(seq_len)
+    only = dataclasses.replace(manifest, programs={name: program}, prefill_chunk=seq_len)
+    backend = open_artifact_backend(path, only, threads=spec.threads)
+    kv = next(s for s in manifest.io.state_inputs if s.field in ("key", "conv_state"))
+    return BackendSubject(
+        backend, manifest.precision, decode_weight_bytes(path, manifest), 2 if kv.dtype == "float16" else 4
+    )
+
+
+def build_subject(spec: WorkerSpec) -> Subject:
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    if spec.subject == "artifact":
+        return _open_artifact(spec, 1)
+    if spec.subject not in BASELINES or spec.config is None:
+        raise RgMobileError(f"bench worker: unknown subject {spec.subject!r}; valid: artifact, {list(BASELINES)}")
+    config = GriffinConfig.from_dict(spec.config)
+    if spec.subject == "eager":
+        from runtime_py.bench_subjects import eager_subject
+
+        return eager_subject(config, spec.seed, spec.threads)
+    if spec.subject == "transformers":
+        from runtime_py.bench_subjects import TransformersRecurrentGemma
+
+        return TransformersRecurrentGemma(config, spec.threads)
+    from runtime_py.bench_subjects import TransformersGemma
+
+    return TransformersGemma(config, spec.threads, max(spec.positions) + spec.warmup + spec.steps + spec.prefill_chunk)
+
+
+def _rss() -> int:
+    """Current RSS; where /proc is missing (macOS) the peak so far stands in."""
+    return current_rss_bytes() or max_rss_bytes()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def decode_summary(step_seconds: list[float]) -> dict[str, Any]:
+    """tokens/s: median over steps, and the p10/p90 spread (of tokens/s, so p10 <= median <= p90)."""
+    rates = [1.0 / s for s in step_seconds]
+    return {
+        "tokens_per_s": 1.0 / statistics.median(step_seconds),
+        "p10_tokens_per_s": _percentile(rates, 10),
+        "p90_tokens_per_s": _percentile(rates, 90),
+        "steps": len(step_seconds),
+        "step_seconds": [round(s, 6) for s in step_seconds],
+    }
+
+
+def _phases(spec: WorkerSpec) -> list[tuple[Callable[[], Subject], bool, bool]]:
+    """(load the subject, measure decode with it, measure prefill with it), in order.
+
+    An artifact's programs are loaded one at a time: onnxruntime gives every
+    session its own copy of the weights, so decode and prefill sessions together
+    would double the RSS (21 GB for fp32 at the 2B shape). Decode speed and RSS
+    are measured with the decode program alone, then prefill with the prefill
+    program alone. A baseline is one model that runs any step length.
+    """
+    if spec.subject != "artifact":
+        return [(lambda: build_subject(spec), True, spec.prefill_chunk > 1)]
+    phases: list[tuple[Callable[[], Subject], bool, bool]] = [(lambda: _open_artifact(spec, 1), True, False)]
+    if spec.prefill_chunk > 1:
+        phases.append((lambda: _open_artifact(spec, spec.prefill_chunk), False, True))
+    return phases
+
+
+def _prefill(subject: Subject, spec: WorkerSpec, rng: np.random.Generator) -> dict[str, Any] | None:
+    chunk = rng.integers(min(4, subject.config.vocab_size - 1), subject.config.vocab_size, spec.prefill_chunk)
+    times = [subject.prefill(chunk) for _ in range(spec.prefill_repeats + 1)][1:]  # first run: warm-up
+    done = [t for t in times if t is not None]
+    if len(done) != len(times):
+        return None
+    return {
+        "chunk": spec.prefill_chunk,
+        "tokens_per_s": spec.prefill_chunk / statistics.median(done),
+        "repeats": len(done),
+        "step_seconds": [round(t, 6) for t in done],
+    }
+
+
+def measure(spec: WorkerSpec) -> dict[str, Any]:
+    """Load the subject, then decode (and prefill) from a synthesised state at each position."""
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    rows: list[dict[str, Any]] = [{"position": p, "prefill": None} for p in spec.positions]
+    info: dict[str, Any] = {}
+    phases = _phases(spec)
+    for load, do_decode, do_prefill in phases:
+        t0 = time.perf_counter()
+        subject = load()
+        if do_decode:
+            weights, how = subject.weights_bytes()
+            info = {
+                "backend": subject.backend, "precision": subject.precision, "config": subject.config.to_dict(),
+                "weights_bytes": weights, "weights_bytes_method": how,
+                "load_seconds": round(time.perf_counter() - t0, 3), "rss_after_load_bytes": _rss(),
+                "program_loading": "together" if len(phases) == 1 else "one at a time (decode, then prefill)",
+            }  # fmt: skip
+        rng = np.random.default_rng(spec.seed)
+        for row in rows:
+            p = row["position"]
+            subject.set_position(p, spec.seed)
+            if do_decode:
+                tokens = rng.integers(min(4, subject.config.vocab_size - 1), subject.config.vocab_size,
+                                      spec.warmup + spec.steps)  # fmt: skip
+                row["decode"] = decode_summary(subject.decode(tokens)[spec.warmup :])
+                row.update(state_bytes=subject.state_bytes(p), rss_bytes=_rss(), peak_rss_bytes=max_rss_bytes())
+                log.info("%s at %d: %.3g tok/s decode", spec.subject, p, row["decode"]["tokens_per_s"])
+            if do_prefill:
+                row["prefill"] = _prefill(subject, spec, rng)
+        del subject
+        gc.collect()
+    return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows}
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m runtime_py.bench_worker SPEC.json OUT.json\n")
+        return 2
+    spec_path, out_path = Path(argv[0]), Path(argv[1])
+    try:
+        result = measure(WorkerSpec.from_json(spec_path.read_text()))
+    except RgMobileError as exc:
+        write_json(out_path, {"ok": False, "error": str(exc)})
+        return 2
+    write_json(out_path, {"ok": True, "result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

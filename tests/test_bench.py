@@ -1,0 +1,266 @@
+"""Issue 7: random-init export, synthesised states, and ``rgmobile bench`` (structure, not speed).
+
+One tiny ONNX artifact is exported from random weights (``--random-init tiny``)
+and benchmarked once per session with all three baselines; the tests read that
+one result. Benchmarks are not timed tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from typer.testing import CliRunner
+
+from exporter.cli import app
+from exporter.config import preset
+from exporter.package.manifest import read_manifest
+from runtime_py.bench_schema import SCHEMA, validate_bench
+from runtime_py.bench_state import backend_state, synth_state_arrays
+from runtime_py.open import open_artifact_backend
+from runtime_py.torch_backend import TorchBackend
+
+runner = CliRunner()
+SEED = 3
+CHUNK = 4
+POSITIONS = [0, 5, 40]  # fresh, inside the window (16), past a ring wrap
+
+
+@pytest.fixture(scope="session")
+def random_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "tiny-random"
+    res = runner.invoke(
+        app, ["export", "--random-init", "tiny", "--seed", str(SEED), "--prefill-chunk", str(CHUNK), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_run(random_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path, str]:
+    d = tmp_path_factory.mktemp("bench-out")
+    out, png = d / "bench.json", d / "bench.png"
+    res = runner.invoke(
+        app,
+        [
+            "bench", str(random_artifact), "--positions", ",".join(map(str, POSITIONS)), "--steps", "3",
+            "--warmup", "1", "--prefill-repeats", "1", "--threads", "1", "--baselines", "transformers,eager,gemma",
+            "--bandwidth-mib", "16", "--out", str(out), "--plot", str(png),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text()), out, png, res.stdout
+
+
+def _random_tiny():
+    from exporter.checkpoint.random_init import random_model
+
+    return random_model(preset("tiny"), seed=SEED)
+
+
+# --- random init --------------------------------------------------------------------------
+
+
+def test_random_init_manifest_and_placeholder_tokenizer(random_artifact: Path) -> None:
+    m = read_manifest(random_artifact)  # verifies every file's size and sha256
+    assert m.source == {"random_init": "tiny", "seed": str(SEED), "kind": "random"}
+    assert m.config == preset("tiny") and m.source_checkpoint is None
+    stats = m.format_details["export_stats"]
+    assert stats["wall_seconds"] > 0 and stats["peak_rss_bytes"] > 0 and isinstance(stats["samples"], int)
+    sp = spm.SentencePieceProcessor(model_file=str(random_artifact / m.tokenizer_file))
+    assert sp.get_piece_size() == m.config.vocab_size
+    assert (sp.pad_id(), sp.eos_id(), sp.bos_id()) == (0, 1, 2)
+
+
+def test_random_model_is_deterministic_in_any_dtype() -> None:
+    from exporter.checkpoint.random_init import random_model
+
+    a, b = _random_tiny().state_dict(), _random_tiny().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = random_model(preset("tiny"), seed=SEED + 1).state_dict()
+    assert not torch.equal(a["embed_tokens.weight"], other["embed_tokens.weight"])
+    half = random_model(preset("tiny"), seed=SEED, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in half.parameters())
+    emb = a["embed_tokens.weight"]
+    assert abs(emb.std().item() - (1 / preset("tiny").width) ** 0.5) < 0.02
+
+
+def test_placeholder_tokenizer_round_trips_text(tmp_path: Path) -> None:
+    from exporter.checkpoint.placeholder_tokenizer import write_placeholder_tokenizer
+
+    path = write_placeholder_tokenizer(tmp_path / "t.model", preset("small"))  # 4096 pieces: byte fallback
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    text = "Hello, wörld! 1+1 = 2"
+    assert sp.get_piece_size() == 4096 and sp.decode(sp.encode(text)) == text
+
+
+def test_random_init_from_a_config_file(tmp_path: Path) -> None:
+    from exporter.checkpoint.random_init import random_config
+    from exporter.errors import RgMobileError
+
+    shape = preset("2b").with_(vocab_size=512, block_types=("recurrent", "attention"), name="2b-slice")
+    (tmp_path / "slice.json").write_text(json.dumps(shape.to_dict()))
+    assert random_config(str(tmp_path / "slice.json")) == shape and random_config("tiny") == preset("tiny")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    for name in (str(tmp_path / "missing.json"), str(tmp_path / "bad.json")):
+        with pytest.raises(RgMobileError, match="--random-init"):
+            random_config(name)
+
+
+def test_random_init_user_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    for args, needle in (
+        (["export", "--random-init", "7b", "--out", str(tmp_path / "a")], "valid presets"),
+        (["export", str(tiny_checkpoint), "--random-init", "tiny", "--out", str(tmp_path / "b")], "not both"),
+    ):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and needle in res.stderr, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+# --- synthesised states -------------------------------------------------------------------
+
+
+def test_synth_state_fills_only_reached_slots() -> None:
+    c = preset("tiny")
+    assert all(not a.any() for a in synth_state_arrays(c, 0).values())
+    s5 = synth_state_arrays(c, 5)
+    key = s5[f"past_key_values.{c.layers_of('attention')[0]}.key"]
+    assert key[:, :, :5].all() and not key[:, :, 5:].any()
+    conv = s5["past_key_values.0.conv_state"]
+    assert conv.shape == (1, c.conv_width - 1, c.lru_width) and conv.all()
+    conv2 = synth_state_arrays(c, 2)["past_key_values.0.conv_state"]
+    assert not conv2[:, 0].any() and conv2[:, 1:].all()  # one row before position 0 stays zero
+    assert synth_state_arrays(c, 40)[f"past_key_values.{c.layers_of('attention')[0]}.value"].all()
+    again = synth_state_arrays(c, 40)
+    assert all(np.array_equal(again[k], v) for k, v in synth_state_arrays(c, 40).items())
+
+
+@pytest.mark.parametrize("position", [0, 5, 37])
+def test_synth_state_decodes_the_same_in_eager_and_artifact(random_artifact: Path, position: int) -> None:
+    """The eager model rebuilt from the seed *is* the artifact's model; from one synthesised state
+    at p both must produce the same logits and the same next state (decode and a prefill chunk)."""
+    eager = TorchBackend(_random_tiny())
+    onnx = open_artifact_backend(random_artifact, read_manifest(random_artifact), threads=1)
+    arrays = synth_state_arrays(preset("tiny"), position, seed=11)
+    for t in (1, CHUNK):
+        ids = np.arange(7, 7 + t, dtype=np.int64)[None, :]
+        pos = np.arange(position, position + t, dtype=np.int64)[None, :]
+        ref_logits, ref_state = eager.step(ids, pos, backend_state(eager, arrays))
+        logits, state = onnx.step(ids, pos, backend_state(onnx, arrays))
+        np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)
+        ours, ref = onnx.state_arrays(state), eager.state_arrays(ref_state)
+        for name in ref:
+            np.testing.assert_allclose(ours[name], ref[name], atol=2e-4, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("position", [5, 12])
+def test_transformers_baseline_gets_the_same_state(position: int) -> None:
+    """The synthesised state written into transformers' module attributes and DynamicCache is the
+    same state: with our weights it decodes like our model (inside the window, where they agree)."""
+    from runtime_py.bench_subjects import TransformersRecurrentGemma
+    from tests.oracles import hf_model
+
+    model = _random_tiny()
+    subject = TransformersRecurrentGemma(preset("tiny"), threads=1)
+    subject.model = hf_model(model.config, model.state_dict())
+    subject.set_position(position, seed=11)
+    subject._restore()
+    with torch.inference_mode():
+        hf = subject.model(
+            input_ids=torch.tensor([[9]]), position_ids=torch.tensor([[position]]), cache=subject.cache, use_cache=True
+        ).logits.numpy()
+    eager = TorchBackend(model)
+    ref, _ = eager.step(
+        np.array([[9]]), np.array([[position]]), backend_state(eager, synth_state_arrays(model.config, position, 11))
+    )
+    np.testing.assert_allclose(hf, ref, atol=2e-4, rtol=1e-4)
+
+
+# --- bench --------------------------------------------------------------------------------
+
+
+def test_bench_json_matches_schema(bench_run: tuple[dict, Path, Path, str], random_artifact: Path) -> None:
+    data = bench_run[0]
+    validate_bench(data)
+    assert data["schema"] == SCHEMA and data["schema_version"] == 1
+    s = data["settings"]
+    assert s["positions"] == POSITIONS and s["threads"] == 1 and s["prefill_chunk"] == CHUNK
+    assert data["bandwidth"]["threads"] == 1 and data["bandwidth"]["best_gb_s"] > 0
+    subjects = {x["name"]: x for x in data["subjects"]}
+    assert list(subjects) == [random_artifact.name, "transformers", "eager", "gemma"]
+    assert [x["kind"] for x in data["subjects"]] == ["artifact", "baseline", "baseline", "baseline"]
+    for x in data["subjects"]:
+        assert x["error"] is None
+        assert [r["position"] for r in x["positions"]] == POSITIONS
+        assert x["peak_rss_bytes"] > 0 and x["weights_bytes"] > 0
+        for r in x["positions"]:
+            d = r["decode"]
+            assert d["steps"] == 3 and len(d["step_seconds"]) == 3
+            assert d["p10_tokens_per_s"] <= d["tokens_per_s"] * 1.0001 <= d["p90_tokens_per_s"] * 1.0002
+            assert r["prefill"] is not None and r["prefill"]["chunk"] == CHUNK
+            assert 0 < r["roofline_fraction"] and r["roofline_tokens_per_s"] > 0
+    art = subjects[random_artifact.name]
+    assert art["format"] == "onnx" and art["backend"] == "onnxruntime" and art["precision"] == "fp32"
+    assert art["program_loading"].startswith("one at a time") and subjects["eager"]["program_loading"] == "together"
+    assert art["export_stats"]["peak_rss_bytes"] > 0
+    state = preset("tiny").state_bytes(1, 4)["total"]
+    for r in art["positions"]:  # our state is constant; the roofline reads weights + state in and out
+        assert r["state_bytes"] == state and r["bytes_per_token"] == art["weights_bytes"] + 2 * state
+    gemma = [r["state_bytes"] for r in subjects["gemma"]["positions"]]
+    assert gemma[0] == 0 and gemma[1] < gemma[2]  # its KV cache grows with context
+
+
+def test_bench_decode_weight_bytes_count_the_graph_weights(random_artifact: Path) -> None:
+    from runtime_py.bandwidth import decode_weight_bytes
+
+    params = preset("tiny").parameter_counts()["total"] * 4
+    nbytes, how = decode_weight_bytes(random_artifact, read_manifest(random_artifact))
+    assert params * 0.95 <= nbytes <= params * 1.5 and "onnx" in how
+
+
+def test_bench_goals_are_reported(bench_run: tuple[dict, Path, Path, str], random_artifact: Path) -> None:
+    goals = {(g["goal"], g["subject"]): g for g in bench_run[0]["goals"]}
+    name = random_artifact.name
+    for goal in ("speedup_vs_transformers_fp32", "decode_flatness", "rss_flatness", "prefill_over_decode",
+                 "export_peak_rss_bytes"):  # fmt: skip
+        g = goals[(goal, name)]
+        assert isinstance(g["value"], float) and isinstance(g["met"], bool)
+    assert goals[("export_peak_rss_bytes", name)]["met"] is True  # a tiny export is far below 20 GB
+    int4 = goals[("int4_roofline_fraction", None)]  # no int4 artifact in this run: not measured, not failed
+    assert int4["met"] is None and int4["value"] is None
+
+
+def test_bench_writes_png_and_prints_tables(bench_run: tuple[dict, Path, Path, str]) -> None:
+    _, _, png, stdout = bench_run
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "goals" in stdout and "transformers" in stdout
+
+
+def test_bench_user_errors_are_one_line(tmp_path: Path, random_artifact: Path) -> None:
+    for args, needle in (
+        (["bench", str(random_artifact), "--baselines", "llama"], "unknown baseline"),
+        (["bench"], "need a shape"),
+        (["bench", str(tmp_path / "missing")], "no manifest.json"),
+        (["bench", "--shape", "tiny", "--positions", "8,0"], "increasing"),
+        (["bench", "--shape", "tiny", "--positions", "a,b"], "comma-separated integers"),
+    ):
+        res = runner.invoke(app, [*args, "--out", str(tmp_path / "x.json")])
+        assert res.exit_code == 2 and needle in res.stderr, (args, res.output)
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_worker_reports_errors_instead_of_crashing() -> None:
+    from runtime_py.bench import run_worker
+    from runtime_py.bench_worker import WorkerSpec
+
+    spec = WorkerSpec(
+        subject="llama", threads=1, positions=(0,), steps=1, warmup=0, prefill_chunk=1, prefill_repeats=1,
+        config=preset("tiny").to_dict(),
+    )  # fmt: skip
+    assert "unknown subject" in run_worker(spec)["error"]
