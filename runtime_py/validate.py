@@ -143,7 +143,7 @@ class ValidationReport:
 
     @property
     def status(self) -> str:
-        """"failed", "incomplete" (nothing failed but a check could not run here) or "passed"."""
+        """ "failed", "incomplete" (nothing failed but a check could not run here) or "passed"."""
         if self.failures or any(c["status"] == "failed" for c in self.checks):
             return "failed"
         if any(c["status"] == "not run" for c in self.checks):

@@ -84,11 +84,17 @@ class ExecuTorchStep(StepModule):
         return (logits, *flatten_state(new_state))
 
 
-def export_programs(model: Griffin, seq_lens: dict[str, int]) -> dict[str, torch.export.ExportedProgram]:
-    """``torch.export`` of one step per method (static batch 1 and t), GELU decomposed."""
+def export_programs(
+    model: Griffin, seq_lens: dict[str, int], step: nn.Module | None = None
+) -> dict[str, torch.export.ExportedProgram]:
+    """``torch.export`` of one step per method (static batch 1 and t), GELU decomposed.
+
+    ``step``: the module to trace (a torchao-quantized step, quantization/executorch.py);
+    default the fp32 :class:`ExecuTorchStep`. Example inputs come from ``model``.
+    """
     from torch._decomp import get_decompositions
 
-    step = ExecuTorchStep(model.eval())
+    step = ExecuTorchStep(model.eval()) if step is None else step.eval()
     gelu = get_decompositions([torch.ops.aten.gelu.default])
     out = {}
     with torch.no_grad():
@@ -193,8 +199,14 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
         raise RgMobileError("the executorch target exports fp32 weights; load the checkpoint as float32")
     seq_lens = {PREFILL: options.prefill_chunk, DECODE: 1} if options.prefill_chunk > 1 else {DECODE: 1}
     spec = build_iospec(model.config)
+    recipe = options.quant_recipe
+    step, quant_facts = None, None
     t0 = time.perf_counter()
-    programs = export_programs(model, seq_lens)
+    if recipe.is_quantized:  # torchao before torch.export (quantization/executorch.py)
+        from quantization.executorch import quantized_step
+
+        step, quant_facts = quantized_step(model, recipe)
+    programs = export_programs(model, seq_lens, step)
     t1 = time.perf_counter()
     log.info("torch.export of %s took %.1fs; lowering to ExecuTorch/XNNPACK", seq_lens, t1 - t0)
     edge = lower(programs, constant_methods(model.config, options.prefill_chunk))
@@ -210,19 +222,23 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
 
     return TargetResult(
         programs={name: Program(PTE_NAME, seq, entry=name) for name, seq in seq_lens.items()},
-        precision="fp32",
+        precision=recipe.name if recipe.is_quantized else "fp32",
+        quantization={**recipe.to_dict(), "executorch": quant_facts} if quant_facts is not None else None,
         details={
             "executorch_version": executorch.version.__version__,
             "exporter": f"torch.export + to_edge_transform_and_lower, torch {torch.__version__}",
             "rgmobile_version": __version__,
-            "backend": "XnnpackBackend (fp32), portable kernels for the rest",
+            "backend": "XnnpackBackend (fp32)"
+            if quant_facts is None
+            else f"XnnpackBackend ({recipe.name}: {quant_facts['activations']}), portable kernels for the rest",
             "batch": 1,
             "symbolic_dims": {"batch": "fixed at 1", "seq": "fixed per method (programs[*].seq_len)"},
             "methods": {name: {"seq_len": seq} for name, seq in seq_lens.items()},
             "constant_methods": constant_methods(model.config, options.prefill_chunk),
             "decode_delegation": delegation,
             "pte_bytes": pte_breakdown(path),
-            "tied_head": "stored twice: portable embedding table + XNNPACK-packed linear weight",
+            "tied_head": "stored twice: portable embedding table + XNNPACK-packed linear weight"
+            + ("" if quant_facts is None or recipe.embedding is None else " (both quantized, same integers)"),
             "seconds": {"export": round(t1 - t0, 1), "lower": round(t2 - t1, 1)},
         },
     )

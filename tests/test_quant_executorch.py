@@ -1,0 +1,152 @@
+"""ExecuTorch quantization (``rgmobile export --format executorch --quant int4|int8``, issue 6).
+
+Lowering costs 1-3 minutes per .pte on the shared machine, so the session builds two:
+the tiny int4 (8da4w) artifact through the CLI, and a decode-only one whose quantized
+eager program had one linear's scales doubled before lowering. The bundled model's
+int8/int4 numbers (sizes, perplexity) are measured by scripts, not here (see the report).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from exporter.checkpoint.loader import load_checkpoint
+from exporter.cli import app
+from exporter.errors import RgMobileError
+from exporter.export import ExportOptions, export
+from exporter.package.manifest import read_manifest, write_manifest
+from quantization.executorch import StepBackend, check_recipe, quantized_step
+from quantization.recipe import WeightScheme, load_recipe
+from quantization.reference import weight_classes
+from runtime_py.executorch_backend import open_artifact
+from runtime_py.thresholds import thresholds_for
+from runtime_py.validate import ValidateOptions, compare, prompt_ids, summarize, validate
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+CHUNK = 8
+QUALITY_TOKENS = 600
+# Lowering correctness: the .pte against the torchao-quantized eager step (the same program
+# before lowering). Measured on the tiny model, int4 (67 positions, prefill 8 + t=1 + 48
+# decode steps): max_rel 0.036, max_abs 0.106, min_cosine 0.99935, top1 0.970. Wider than the
+# ~1e-2 of FINDINGS.md (one graph, fewer steps): XNNPACK's dynamic int8 activation rounding
+# differs from torchao's eager emulation and the recurrence carries it. Bound ~2x the worst.
+LOWERING_MAX_REL = 8e-2
+
+
+@pytest.fixture(scope="session")
+def int4_pte(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    out = tmp_path_factory.mktemp("et-int4") / "tiny-int4"
+    args = ["export", str(tiny_checkpoint), "--format", "executorch", "--quant", "int4", "--out", str(out),
+            "--prefill-chunk", str(CHUNK)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_recipe_checks_refuse_unverified_paths(tmp_path: Path) -> None:
+    recipe = load_recipe("int8")
+    weight_only_int8_groups = replace(recipe, linears=WeightScheme(8, "per_group", 32))
+    with pytest.raises(RgMobileError, match="no verified XNNPACK path"):
+        check_recipe(weight_only_int8_groups)
+    with pytest.raises(RgMobileError, match="--group-size"):
+        check_recipe(load_recipe("int4").with_options(group_size=64), widths=(96,))
+    ExportOptions(out=tmp_path / "a", format="executorch", quant="int4")  # accepted
+
+
+@torch.no_grad()
+def test_quantized_step_ties_embedding_to_head_integers(tiny_checkpoint: Path) -> None:
+    """The lookup table holds the head's integers: embedding rows == dequantized head rows."""
+    model = load_checkpoint(tiny_checkpoint).model
+    step, facts = quantized_step(model, load_recipe("int8"))
+    head = step.lm_head.weight
+    deq = head.qdata.float() * head.scale.reshape(head.qdata.shape[0], -1)
+    ids = torch.arange(model.config.vocab_size)[None]
+    assert torch.equal(step.model.embed_tokens(ids)[0], deq)
+    assert (deq - model.embed_tokens.weight).abs().max() <= head.scale.max() / 2 + 1e-6
+    assert facts["kept_float"]["rglru_gates"]["params"] > 0 and "int8" in facts["activations"]
+
+
+@pytest.mark.slow
+def test_int4_manifest_and_size(int4_pte: Path, tiny_checkpoint: Path) -> None:
+    m = read_manifest(int4_pte)
+    assert m.format == "executorch" and m.precision == "int4"
+    facts = m.quantization["executorch"]
+    assert "8da4w" in facts["applied"]["linears"]["scheme"] and "8da8w" in facts["applied"]["embedding"]["head"]
+    assert "dynamic per token" in facts["activations"] and facts["kept_float"]["rglru_gates"]["params"] > 0
+    model = load_checkpoint(tiny_checkpoint).model
+    params = sum(p.numel() for p in model.parameters())
+    fp32_two_tables = 4 * (params + model.embed_tokens.weight.numel())  # the fp32 .pte stores the table twice
+    # Weights only: at this size the file is dominated by the two methods' XNNPACK graphs
+    # (measured 232 KB of 653 KB); weights measured 263 KB = 0.19 x fp32.
+    sizes = m.format_details["pte_bytes"]
+    assert sizes["xnnpack_weights"] + sizes["portable_constants"] < 0.25 * fp32_two_tables, sizes
+    assert m.format_details["decode_delegation"]["delegated_ops"] > 0
+
+
+@pytest.mark.slow
+def test_pte_matches_quantized_eager(int4_pte: Path, tiny_checkpoint: Path) -> None:
+    """Correctness of lowering: the .pte vs the torchao-quantized eager step, prefill + 3 windows of decode."""
+    m = read_manifest(int4_pte)
+    model = load_checkpoint(tiny_checkpoint).model
+    step, _ = quantized_step(model, load_recipe("int4"))
+    artifact, eager = open_artifact(int4_pte, m), StepBackend(step, model.config)
+    from runtime_py.tokenizer import Tokenizer
+
+    prompt = prompt_ids(Tokenizer(int4_pte / m.tokenizer_file), 2 * CHUNK + 3)
+    cmp, greedy = compare(artifact, eager, prompt, 3 * m.config.window, greedy_tokens=8)
+    s, _ = summarize(cmp, greedy)
+    assert s["max_rel_logits"] <= LOWERING_MAX_REL, s
+    assert s["min_cosine"] >= 0.998 and s["top1_agreement"] >= 0.94, s
+
+
+@pytest.mark.slow
+def test_validate_passes_with_int4_thresholds(int4_pte: Path, tmp_path: Path) -> None:
+    """Parity against fp32 with the int4 row. Perplexity is not gated on the random tiny model:
+    8da4w measured +3.62% there (over the 3% of QUALITY_THRESHOLDS), +1.16% on the trained
+    brown-small (passes), where the quality gate means something."""
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["validate", str(int4_pte), "--no-quality", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["thresholds"] == thresholds_for("executorch", "int4")
+
+
+@pytest.mark.slow
+def test_validate_rejects_a_manifest_claiming_fp32(int4_pte: Path, tmp_path: Path) -> None:
+    artifact = tmp_path / "lying"
+    shutil.copytree(int4_pte, artifact)
+    m = read_manifest(artifact)
+    write_manifest(artifact, replace(m, precision="fp32", quantization=None))
+    report = validate(ValidateOptions(artifact=artifact, quality=False))
+    assert not report.passed and "max_abs_logits" in {f.metric for f in report.failures}
+
+
+@pytest.mark.slow
+def test_validate_rejects_doubled_scales(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One linear's int4 scales x 2 in the quantized eager program before lowering: validate fails."""
+    import quantization.executorch as qet
+
+    def broken(model, recipe):  # type: ignore[no-untyped-def]
+        step, facts = quantized_step(model, recipe)
+        name = weight_classes(model)["linears"][0].removesuffix(".weight")
+        step.model.get_submodule(name).weight.scale.mul_(2)
+        return step, facts
+
+    monkeypatch.setattr(qet, "quantized_step", broken)
+    out = tmp_path_factory.mktemp("et-broken") / "tiny-int4-broken"
+    export(ExportOptions(out=out, format="executorch", checkpoint=tiny_checkpoint, prefill_chunk=1, quant="int4"))
+    report = validate(ValidateOptions(artifact=out, quality_tokens=QUALITY_TOKENS))
+    failed = {f.metric for f in report.failures}
+    assert not report.passed, report.summary
+    result = CliRunner().invoke(app, ["validate", str(out), "--quality-tokens", str(QUALITY_TOKENS)])
+    assert result.exit_code == 1 and "validate failed" in result.output, failed
