@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -23,6 +24,7 @@ from exporter.targets import check_target, get_target
 from quantization.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
+    from exporter.model.griffin import Griffin
     from exporter.resources import ResourceMonitor
 
 log = logging.getLogger(__name__)
@@ -152,28 +154,12 @@ def _export_checkpoint(options: ExportOptions, monitor: ResourceMonitor) -> Mani
 
     source = Path(options.checkpoint) if options.checkpoint is not None else default_checkpoint()
     ckpt = load_checkpoint(source, tokenizer=options.tokenizer)
-    target = get_target(options.format)
     label = str(Path(ckpt.source).resolve())
-    with atomic_dir(Path(options.out)) as tmp:
-        result = target(ckpt.model, tmp, options, label)
-        shutil.copyfile(ckpt.tokenizer_path, tmp / TOKENIZER_FILE)
-        manifest = Manifest(
-            format=options.format,
-            source={"checkpoint": label, "kind": ckpt.kind},
-            precision=result.precision,
-            quantization=result.quantization,
-            config=ckpt.config,
-            tokenizer_file=TOKENIZER_FILE,
-            prefill_chunk=max(p.seq_len for p in result.programs.values()),
-            io=build_iospec(ckpt.config),
-            programs=result.programs,
-            files=file_entries(tmp),
-            format_details={**result.details, "export_stats": monitor.stats().to_dict()},
-        )
-        write_manifest(tmp, manifest)
-        read_manifest(tmp)  # the artifact must read back before it is renamed into place
-    log.info("exported %s (%s) to %s", label, options.format, options.out)
-    return manifest
+
+    def tokenizer(dest: Path) -> None:
+        shutil.copyfile(ckpt.tokenizer_path, dest)
+
+    return _write_artifact(options, monitor, ckpt.model, label, {"checkpoint": label, "kind": ckpt.kind}, tokenizer)
 
 
 def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest:
@@ -187,28 +173,45 @@ def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest
     if options.tokenizer is not None:
         check_tokenizer(Path(options.tokenizer), config)
     model = random_model(config, seed=options.seed)
-    target = get_target(options.format)
     label = source_label(options.random_init, options.seed)
+    source = {"random_init": options.random_init, "seed": str(options.seed), "kind": "random"}
+
+    def tokenizer(dest: Path) -> None:
+        if options.tokenizer is not None:
+            shutil.copyfile(options.tokenizer, dest)
+        else:
+            write_placeholder_tokenizer(dest, config)
+
+    return _write_artifact(options, monitor, model, label, source, tokenizer)
+
+
+def _write_artifact(
+    options: ExportOptions,
+    monitor: ResourceMonitor,
+    model: Griffin,
+    label: str,
+    source: dict[str, str],
+    write_tokenizer: Callable[[Path], None],
+) -> Manifest:
+    """Run the target into a temporary folder, add tokenizer + manifest, rename into place."""
+    target = get_target(options.format)
     with atomic_dir(Path(options.out)) as tmp:
         result = target(model, tmp, options, label)
-        if options.tokenizer is not None:
-            shutil.copyfile(options.tokenizer, tmp / TOKENIZER_FILE)
-        else:
-            write_placeholder_tokenizer(tmp / TOKENIZER_FILE, config)
+        write_tokenizer(tmp / TOKENIZER_FILE)
         manifest = Manifest(
             format=options.format,
-            source={"random_init": options.random_init, "seed": str(options.seed), "kind": "random"},
+            source=source,
             precision=result.precision,
             quantization=result.quantization,
-            config=config,
+            config=model.config,
             tokenizer_file=TOKENIZER_FILE,
             prefill_chunk=max(p.seq_len for p in result.programs.values()),
-            io=build_iospec(config),
+            io=build_iospec(model.config),
             programs=result.programs,
             files=file_entries(tmp),
             format_details={**result.details, "export_stats": monitor.stats().to_dict()},
         )
         write_manifest(tmp, manifest)
-        read_manifest(tmp)
+        read_manifest(tmp)  # the artifact must read back before it is renamed into place
     log.info("exported %s (%s) to %s", label, options.format, options.out)
     return manifest

@@ -83,7 +83,7 @@ def _config(scheme: WeightScheme) -> Any:
     from torchao.quantization.granularity import PerAxis, PerGroup
 
     granularity = PerAxis(0) if scheme.granularity == "per_channel" else PerGroup(scheme.group_size)
-    dtype = {8: torch.int8, 4: torch.int4}[scheme.bits]
+    dtype = {8: torch.int8, 4: torch.int4}[scheme.bits]  # type: ignore[attr-defined]
     return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
 
 
@@ -93,6 +93,9 @@ class IntRowEmbedding(nn.Module):
     ``qdata`` [v, d] int8 (int4 values unpacked), ``scales`` [v, groups] fp32; symmetric
     (zero point 0), as torchao's symmetric mapping. Runs on portable ExecuTorch kernels.
     """
+
+    qdata: torch.Tensor
+    scales: torch.Tensor
 
     def __init__(self, qdata: torch.Tensor, scales: torch.Tensor) -> None:
         super().__init__()

@@ -105,6 +105,8 @@ def shipped_weights(
     if kept:
         lines.append(f"kept float: {len(kept)} weights ({facts.get('kept_float_reason', '')})")
     record = {"name": SHIPPED_WEIGHTS, "status": "passed" if passed else "failed", "detail": "; ".join(lines)}
+    if shipped_model is None:
+        raise RgMobileError("Core ML artifact lists no packages to read weights from")
     backend = TorchBackend(shipped_model, threads=threads)
     backend.name = "Core ML as-shipped weights (PyTorch, fp32 compute)"  # type: ignore[misc]
     return record, backend

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check .
+mypy exporter runtime_py quantization
 python -m pytest -q -ra "$@"

@@ -48,6 +48,7 @@ from exporter.targets.coreml_convert import (
     write_package_spec,
 )
 from exporter.targets.coreml_precision import FP32_DESCRIPTION
+from exporter.targets.metadata import common_metadata
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
@@ -146,20 +147,11 @@ def user_metadata(
     fmap: dict[str, dict[str, str]],
 ) -> dict[str, str]:
     """The ``rgmobile.*`` user-defined metadata (strings) shown in Xcode's model view."""
-    c = model.config
     return {
-        "rgmobile.version": __version__,
+        **common_metadata(model, options, source),
         "rgmobile.programs": json.dumps(lens),
-        "rgmobile.prefill_chunk": str(options.prefill_chunk),
-        "rgmobile.window": str(c.window),
-        "rgmobile.vocab_size": str(c.vocab_size),
-        "rgmobile.bos_id": str(c.bos_id),
-        "rgmobile.eos_id": str(c.eos_id),
-        "rgmobile.pad_id": str(c.pad_id),
         "rgmobile.state": settings.state,
         "rgmobile.compute_precision": settings.compute_precision,
-        "rgmobile.source_checkpoint": source,
-        "rgmobile.config": json.dumps(c.to_dict(), sort_keys=True),
         "rgmobile.features": json.dumps({k: v["name"] for k, v in fmap.items()}),
     }
 

@@ -40,6 +40,7 @@ from exporter.package.manifest import Program
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule, example_inputs
 from exporter.targets import TargetResult
+from exporter.targets.metadata import common_metadata
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
@@ -201,20 +202,7 @@ def _cleanup_raw(raw_dir: Path) -> None:
 
 def metadata(model: Griffin, options: ExportOptions, source: str, program: str, seq: int) -> dict[str, str]:
     """The ``rgmobile.*`` metadata_props of one graph (strings, as ONNX requires)."""
-    c = model.config
-    return {
-        "rgmobile.version": __version__,
-        "rgmobile.program": program,
-        "rgmobile.seq_len": str(seq),
-        "rgmobile.prefill_chunk": str(options.prefill_chunk),
-        "rgmobile.window": str(c.window),
-        "rgmobile.vocab_size": str(c.vocab_size),
-        "rgmobile.bos_id": str(c.bos_id),
-        "rgmobile.eos_id": str(c.eos_id),
-        "rgmobile.pad_id": str(c.pad_id),
-        "rgmobile.source_checkpoint": source,
-        "rgmobile.config": json.dumps(c.to_dict(), sort_keys=True),
-    }
+    return {**common_metadata(model, options, source), "rgmobile.program": program, "rgmobile.seq_len": str(seq)}
 
 
 def _set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
