@@ -303,14 +303,22 @@ def test_validate_off_macos_checks_the_stateful_program(artifact) -> None:
 @pytest.mark.skipif(
     not BUNDLED_CONFIG.is_file(), reason="the bundled model (exporter/bundled/brown-small) is not there yet"
 )
-def test_bundled_model_converts(tmp_path: Path) -> None:
-    """The default export (iOS 18 multifunction, fp16) of the bundled model, decode program only to save
-    time here; its pre-conversion parity runs with `rgmobile validate` (see the module docstring)."""
+@pytest.mark.parametrize(("ios", "precision"), [(18, "fp16"), (17, "fp32")])
+def test_bundled_model_converts(tmp_path: Path, ios: int, precision: str) -> None:
+    """The bundled model converts for iOS 18 (multifunction, fp16) and iOS 17 (fp32), decode program only
+    to save time here; the spec and the pre-conversion program are then checked by ``validate``."""
     from exporter.checkpoint.loader import default_checkpoint
 
     out = tmp_path / "bundled-coreml"
-    manifest = export(ExportOptions(out=out, format="coreml", checkpoint=default_checkpoint(), prefill_chunk=1))
-    assert manifest.format_details["deployment_target"] == "iOS18" and manifest.precision == "fp16"
-    assert check_spec(out, read_manifest(out)).lines[1].startswith("model.mlpackage:decode: t=1")
-    spec = read_package_spec(out / "model.mlpackage")
+    options = ExportOptions(
+        out=out, format="coreml", checkpoint=default_checkpoint(), prefill_chunk=1, ios=ios,
+        compute_precision=precision,
+    )  # fmt: skip
+    manifest = export(options)
+    assert manifest.format_details["deployment_target"] == f"iOS{ios}" and manifest.precision == precision
+    package = "model.mlpackage" if ios == 18 else "decode.mlpackage"
+    spec = read_package_spec(out / package)
     assert spec.description.metadata.userDefined["rgmobile.window"] == str(manifest.config.window)
+    report = validate(ValidateOptions(artifact=out))  # prompt + 3 x window decode steps
+    assert report.status == "incomplete" and not report.failures
+    assert [c["status"] for c in report.checks] == ["passed", "passed", "not run"]
