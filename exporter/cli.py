@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -396,11 +395,6 @@ def _print_bench(data: dict[str, Any]) -> None:
         value = "-" if g["value"] is None else f"{g['value']:.3g}"
         goals.add_row(g["goal"], g["subject"] or "-", value, f"{g['comparison']} {g['target']:.3g}", marks[g["met"]])
     out.print(goals)
-
-
-def run() -> None:  # pragma: no cover - console entry for `python -m exporter.cli`
-    app()
-    sys.exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover
