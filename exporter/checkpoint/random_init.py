@@ -92,18 +92,14 @@ def random_config(name: str) -> GriffinConfig:
     """A preset name ("2b") or a ``.json`` file holding ``GriffinConfig.to_dict()`` (any other shape,
     e.g. the 2B width with 3 layers to calibrate export memory before a full 2B run)."""
     if name.endswith(".json"):
-        import json
         from pathlib import Path
 
-        path = Path(name)
-        if not path.is_file():
-            raise RgMobileError(f"--random-init {name}: no such config file")
+        from exporter.checkpoint.hf import read_json  # missing, unreadable, invalid or non-object JSON
+
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RgMobileError(f"--random-init {name}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise RgMobileError(f"--random-init {name}: expected a JSON object (GriffinConfig fields)")
+            data = read_json(Path(name))
+        except RgMobileError as exc:
+            raise RgMobileError(f"--random-init: {exc}") from None
         return GriffinConfig.from_dict(data)
     from exporter.config import preset
 
