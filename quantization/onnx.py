@@ -1,20 +1,24 @@
-"""Apply a quantization recipe to the exported fp32 ONNX graphs with onnxruntime's quantizer.
+"""Apply a quantization recipe to the exported fp32 ONNX graphs: ``MatMulNBits`` with onnxruntime's integers.
 
-Per recipe class (quantization/recipe.py), on each program graph (decode, prefill):
+The graph surgery is ours and the integers are onnxruntime's (its MLAS block quantizer,
+the kernel ``MatMulNBitsQuantizer`` calls: quantization/onnx_mlas.py). Not the quantizer
+class itself, because it needs the whole fp32 model in memory as a protobuf (10.7 GB
+at 2B, next to the torch model that was exported): here every weight is read through a
+memory map from the exporter's external data, quantized in chunks, and written once to
+a spill file (:class:`SpillStore`) that both graphs (decode, prefill) point at.
+
+Per recipe class (quantization/recipe.py), on each program graph:
 
   linears      every MatMul with a constant 2-D weight -> ``MatMulNBits`` (bits, block).
-  embedding    the dynamo graph reaches the tied head through ``Transpose(embed_tokens)``,
-               which the quantizer skips ("non constant B", FINDINGS.md), so the head is
-               untied first: a ``[width, vocab]`` initializer feeds the head MatMul. The
-               head becomes ``MatMulNBits``; the embedding ``Gather`` becomes a
-               ``GatherBlockQuantized`` reading the *same* integers (its uint8 layout
-               ``[vocab, width * bits / 8]`` is byte-identical to MatMulNBits'
+  embedding    the dynamo graph reaches the tied head through ``Transpose(embed_tokens)``.
+               The head becomes ``MatMulNBits`` over the embedding's rows (B^T is the
+               table, so its rows are the head's output channels); the embedding ``Gather``
+               becomes a ``GatherBlockQuantized`` reading the *same* integers (its uint8
+               layout ``[vocab, width * bits / 8]`` is byte-identical to MatMulNBits'
                ``[vocab, k_blocks, blob]``) and the same scales initializer: still tied,
                quantized once, and stored once in the shared weights file.
   rglru_gates  the block-diagonal gates are ``Einsum("bthi,hij->bthj")`` with a 3-D
-               weight, which the quantizer skips ("N-D batched quantization not
-               supported"); each is rewritten as Split(h) -> h 2-D MatMuls -> Concat,
-               and those MatMuls are quantized like any other.
+               weight; each is rewritten as Split(h) -> h ``MatMulNBits`` -> Concat.
 
 A class whose scheme is None keeps its fp32 graph (the head stays tied, the gates stay
 Einsum); ``kept_fp32_params`` in the facts counts every float parameter left.
@@ -34,12 +38,12 @@ fp32 scale per 256 weights at most).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +54,7 @@ from onnx import helper, numpy_helper
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
+from quantization.onnx_mlas import CHUNK_BYTES, Columns, ort_fake_quantize, quantize_blocks
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import weight_classes
 
@@ -57,8 +62,7 @@ log = logging.getLogger(__name__)
 
 MLAS_BLOCKS = (256, 128, 64, 32, 16)
 EINSUM_GATES = "bthi,hij->bthj"  # exporter/model/layers.py block_diagonal
-HEAD_NAME = "lm_head.weight_t"  # the untied head [width, vocab]
-_ORT_LOGGER = "onnxruntime.quantization.matmul_nbits_quantizer"
+HEAD_NAME = "lm_head.weight_t"  # the head's quantized initializers: lm_head.weight_t_Q<bits>, _scales
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
@@ -85,30 +89,6 @@ def check_recipe(recipe: Recipe) -> None:
 # --- the eager reference with onnxruntime's integers ----------------------------------------------
 
 
-def ort_fake_quantize(w_kn: np.ndarray, bits: int, block: int) -> np.ndarray:
-    """dequantize(quantize(w)) exactly as MatMulNBitsQuantizer does it; w [K, N] (MatMul's B) -> [K, N]."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
-
-    k, n = w_kn.shape
-    kb = -(-k // block)
-    padded = np.zeros((kb * block, n), np.float32)
-    padded[:k] = w_kn
-    packed = np.zeros((n, kb, block * bits // 8), np.uint8)
-    zero_points = np.zeros((n, -(-kb * bits // 8)), np.uint8)
-    scales = np.zeros((n, kb), np.float32)
-    quant = {8: quantize_matmul_8bits, 4: quantize_matmul_4bits}[bits]
-    quant(packed, padded, scales, zero_points, block, n, kb * block, True)
-    q = unpack(packed, bits).reshape(n, kb, block) - 2 ** (bits - 1)
-    return (q * scales[:, :, None]).reshape(n, kb * block)[:, :k].T.copy()
-
-
-def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 blobs -> one unsigned integer per weight (int32), low bits first."""
-    if bits == 8:
-        return packed.astype(np.int32)
-    return np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.int32)
-
-
 @torch.no_grad()
 def ort_reference(model: Griffin, recipe: Recipe) -> Griffin:
     """A copy of ``model`` with every weight replaced by the dequantized integers the ONNX graph holds."""
@@ -129,6 +109,134 @@ def ort_reference(model: Griffin, recipe: Recipe) -> Griffin:
             w = params[name]  # [h, i, j], used as x @ w[h]
             w.copy_(torch.stack([fq(w[h].contiguous(), recipe.rglru_gates) for h in range(w.shape[0])]))
     return q
+
+
+# --- quantized weights, written once to a spill file ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """Where one quantized B [K, N] lives in the spill file: packed integers and fp32 scales (offset, length)."""
+
+    k: int
+    n: int
+    bits: int
+    block: int
+    packed: tuple[int, int]
+    scales: tuple[int, int]
+
+    @property
+    def k_blocks(self) -> int:
+        return -(-self.k // self.block)
+
+
+class SpillStore:
+    """Quantized weights of one export, shared by its graphs (decode, prefill).
+
+    Each weight is quantized once (keyed by its fp32 bytes, bits and block), its integers
+    and scales appended to ``path``, and the graphs' initializers point at those bytes as
+    external data with an absolute location: the ONNX target then regroups every graph's
+    tensors into the artifact's ``weights.bin`` (or inlines them with ``--external-data
+    never``). Nothing quantized is held in memory, and no weight is ever loaded whole
+    (memory-mapped reads, quantized in chunks along N: quantization/onnx_mlas.py).
+    """
+
+    def __init__(self, path: Path, model: Griffin) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "wb")  # noqa: SIM115  # closed by close()
+        self._done: dict[tuple[str, int, int], QuantizedWeight] = {}
+        self._model = model
+        self._param_hashes: dict[str, str] | None = None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def param_hashes(self) -> dict[str, str]:
+        """sha256 of every 2-D parameter transposed (as MatMul's B) -> parameter name; computed once."""
+        if self._param_hashes is None:
+            self._param_hashes = {}
+            for name, p in self._model.named_parameters():
+                if p.ndim == 2 and name != "embed_tokens.weight":
+                    digest = hashlib.sha256(p.detach().float().t().contiguous().numpy().tobytes()).hexdigest()
+                    self._param_hashes[digest] = name
+        return self._param_hashes
+
+    def _append(self, array: np.ndarray) -> tuple[int, int]:
+        self._file.write(b"\0" * (-self._file.tell() % _ALIGN))
+        offset = self._file.tell()
+        self._file.write(np.ascontiguousarray(array).tobytes())
+        return offset, array.nbytes
+
+    def quantize(self, columns: Columns, k: int, n: int, bits: int, block: int, key: str) -> QuantizedWeight:
+        """Quantize B [K, N] (read through ``columns``) unless a weight with the same ``key`` was."""
+        if (key, bits, block) not in self._done:
+            packed, scales = quantize_blocks(columns, k, n, bits, block)
+            spans = self._append(packed), self._append(scales)
+            self._done[(key, bits, block)] = QuantizedWeight(k, n, bits, block, *spans)
+        return self._done[(key, bits, block)]
+
+    def initializer(self, name: str, dtype: int, dims: tuple[int, ...], span: tuple[int, int]) -> onnx.TensorProto:
+        """A tensor whose bytes are ``span`` of the spill file (inline below 1 KB, as the exporter does)."""
+        self._file.flush()
+        t = onnx.TensorProto(name=name, data_type=dtype, dims=list(dims))
+        if span[1] < _INLINE_BYTES:
+            with open(self.path, "rb") as f:
+                f.seek(span[0])
+                t.raw_data = f.read(span[1])
+            return t
+        for key, value in (("location", str(self.path)), ("offset", str(span[0])), ("length", str(span[1]))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        t.data_location = onnx.TensorProto.EXTERNAL
+        return t
+
+
+_ALIGN = 4096
+_INLINE_BYTES = 1024  # smaller tensors stay in the graph (exporter/targets/onnx.py _tensor_bytes)
+_NP_TYPES: dict[int, type[np.floating[Any]]] = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+}
+
+
+def _rows(init: onnx.TensorProto, r0: int | None = None, r1: int | None = None) -> np.ndarray:
+    """Rows ``r0:r1`` (leading axis) of an initializer, read into memory; external data is read
+    by offset, so nothing else of the file is loaded (or kept mapped)."""
+    shape = tuple(int(d) for d in init.dims)
+    r0, r1 = r0 or 0, shape[0] if r1 is None else r1
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(init)[r0:r1]
+    if init.data_type not in _NP_TYPES:
+        raise RgMobileError(f"onnx quantization: {init.name} has data type {init.data_type}, expected fp32/fp16")
+    dtype = np.dtype(_NP_TYPES[init.data_type])
+    row = math.prod(shape[1:])
+    info = {e.key: e.value for e in init.external_data}
+    offset = int(info.get("offset", 0)) + r0 * row * dtype.itemsize
+    data = np.fromfile(info["location"], dtype, count=(r1 - r0) * row, offset=offset)
+    return data.reshape((r1 - r0, *shape[1:]))
+
+
+def _column_reader(b: np.ndarray) -> Columns:
+    """Column ranges of B [K, N] as float32."""
+
+    def columns(n0: int, n1: int) -> np.ndarray:
+        return np.asarray(b[:, n0:n1], np.float32)
+
+    return columns
+
+
+def _digest(init: onnx.TensorProto) -> str:
+    """sha256 of an initializer's values as float32 (read in chunks of rows)."""
+    h = hashlib.sha256()
+    shape = [int(d) for d in init.dims]
+    step = max(1, CHUNK_BYTES // (4 * max(1, math.prod(shape[1:]))))
+    for r0 in range(0, shape[0], step):
+        h.update(np.ascontiguousarray(_rows(init, r0, min(shape[0], r0 + step)), np.float32).tobytes())
+    return h.hexdigest()
 
 
 # --- graph surgery ---------------------------------------------------------------------------------
@@ -162,21 +270,17 @@ def _matmul_weights(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.T
     return out
 
 
-def _name_weights(graph: onnx.GraphProto, model: Griffin) -> int:
+def _name_weights(graph: onnx.GraphProto, store: SpillStore) -> int:
     """Give the exporter's anonymous MatMul weights (``val_123``) their parameter names (``<name>_t``).
 
     The weights are matched by content (B is the parameter transposed), so the names are
     right by construction; unmatched weights keep their names. Returns how many were named.
     """
-    by_hash: dict[str, str] = {}
-    for name, p in model.named_parameters():
-        if p.ndim == 2 and name != "embed_tokens.weight":
-            by_hash[hashlib.sha256(p.detach().float().t().contiguous().numpy().tobytes()).hexdigest()] = name
+    by_hash = store.param_hashes()
     named = 0
     taken = {i.name for i in graph.initializer}
     for _, b in _matmul_weights(graph):
-        digest = hashlib.sha256(numpy_helper.to_array(b).astype(np.float32).tobytes()).hexdigest()
-        param = by_hash.get(digest)
+        param = by_hash.get(_digest(b))
         if param is not None and f"{param}_t" not in taken:
             taken.add(f"{param}_t")
             _rename_initializer(graph, b.name, f"{param}_t")
@@ -192,29 +296,77 @@ def _embedding_gather(graph: onnx.GraphProto, vocab: int, width: int) -> tuple[o
     raise RgMobileError("onnx quantization: no embedding Gather [vocab, width] in the graph (exporter changed?)")
 
 
-def _untie_head(graph: onnx.GraphProto, embed: onnx.TensorProto) -> onnx.NodeProto:
-    """Replace MatMul(h, Transpose(embed)) by MatMul(h, lm_head.weight_t); returns the head MatMul."""
-    for tr in list(graph.node):
+def _tied_head(graph: onnx.GraphProto, embed: onnx.TensorProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """(Transpose(embed), MatMul(h, that)): the tied head as the dynamo exporter writes it."""
+    for tr in graph.node:
         if tr.op_type != "Transpose" or tr.input[0] != embed.name:
             continue
         users = _consumers(graph, tr.output[0])
-        if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[1] != tr.output[0]:
-            continue
-        head = users[0]
-        head_t = np.ascontiguousarray(numpy_helper.to_array(embed).T)  # [width, vocab]
-        graph.initializer.append(numpy_helper.from_array(head_t, HEAD_NAME))
-        head.input[1] = HEAD_NAME
-        graph.node.remove(tr)
-        return head
+        if len(users) == 1 and users[0].op_type == "MatMul" and users[0].input[1] == tr.output[0]:
+            return tr, users[0]
     raise RgMobileError(
         "onnx quantization: the tied head (MatMul of Transpose(embed_tokens)) was not found (exporter changed?)"
     )
 
 
-def _split_gates(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Rewrite each block-diagonal Einsum as Split(h) -> h MatMuls -> Concat; returns the new MatMuls."""
+def _replace(graph: onnx.GraphProto, old: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
+    at = list(graph.node).index(old)
+    graph.node.remove(old)
+    for i, n in enumerate(new):
+        graph.node.insert(at + i, n)
+
+
+def _nbits_node(
+    graph: onnx.GraphProto, store: SpillStore, a: str, out: str, name: str, base: str, q: QuantizedWeight,
+    accuracy_level: int,
+) -> onnx.NodeProto:  # fmt: skip
+    """MatMulNBits(a, <base>_Q<bits>, <base>_scales) -> out, as onnxruntime's quantizer names it."""
+    packed = (q.n, q.k_blocks, q.block * q.bits // 8)
+    graph.initializer.append(store.initializer(f"{base}_Q{q.bits}", onnx.TensorProto.UINT8, packed, q.packed))
+    graph.initializer.append(store.initializer(f"{base}_scales", onnx.TensorProto.FLOAT, packed[:2], q.scales))
+    attrs: dict[str, Any] = {"K": q.k, "N": q.n, "bits": q.bits, "block_size": q.block}
+    if accuracy_level:
+        attrs["accuracy_level"] = accuracy_level
+    inputs = [a, f"{base}_Q{q.bits}", f"{base}_scales"]
+    return helper.make_node("MatMulNBits", inputs, [out], name=f"{name}_Q{q.bits}", domain="com.microsoft", **attrs)
+
+
+def _quantize_head(
+    graph: onnx.GraphProto, store: SpillStore, gather: onnx.NodeProto, embed: onnx.TensorProto,
+    scheme: WeightScheme, accuracy_level: int,
+) -> int:  # fmt: skip
+    """Head -> MatMulNBits over the embedding's rows; embedding Gather -> GatherBlockQuantized over
+    the same integers and scales (stored once). Returns the parameters quantized."""
+    tr, head = _tied_head(graph, embed)
+    n, k = (int(d) for d in embed.dims)  # [vocab, width] = B^T of the head
+    block = block_size_for(scheme, k)
+    if k % block:
+        raise RgMobileError(f"onnx quantization: width {k} is not a multiple of the embedding block {block}")
+
+    def columns(n0: int, n1: int) -> np.ndarray:  # the table's rows n0:n1, transposed
+        return np.asarray(_rows(embed, n0, n1), np.float32).T
+
+    q = store.quantize(columns, k, n, scheme.bits, block, "embed:" + _digest(embed))
+    node = _nbits_node(graph, store, head.input[0], head.output[0], head.name, HEAD_NAME, q, accuracy_level)
+    _replace(graph, head, [node])
+    graph.node.remove(tr)
+    data = f"embed_tokens.weight_q{q.bits}"  # the head's bytes seen as [vocab, width * bits / 8]
+    graph.initializer.append(store.initializer(data, onnx.TensorProto.UINT8, (n, k * q.bits // 8), q.packed))
+    gbq = helper.make_node(
+        "GatherBlockQuantized", [data, gather.input[1], node.input[2]], list(gather.output),
+        name=f"{gather.name}_Q{q.bits}", domain="com.microsoft",
+        bits=q.bits, block_size=block, gather_axis=0, quantize_axis=1,
+    )  # fmt: skip
+    _replace(graph, gather, [gbq])
+    return n * k
+
+
+def _quantize_gates(
+    graph: onnx.GraphProto, store: SpillStore, scheme: WeightScheme, accuracy_level: int, blocks: dict[int, int]
+) -> tuple[int, int]:  # fmt: skip
+    """Each block-diagonal Einsum -> Split(h) -> h MatMulNBits -> Concat. Returns (matmuls, params)."""
     inits = _inits(graph)
-    out: list[onnx.NodeProto] = []
+    matmuls = params = 0
     for node in list(graph.node):
         if node.op_type != "Einsum" or node.input[1] not in inits or len(inits[node.input[1]].dims) != 3:
             continue
@@ -223,93 +375,55 @@ def _split_gates(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
         if eq.replace(" ", "") != EINSUM_GATES:
             raise RgMobileError(f"onnx quantization: unexpected gate Einsum {eq!r} (expected {EINSUM_GATES})")
         w_init = inits[node.input[1]]
-        w = numpy_helper.to_array(w_init)  # [h, i, j]
-        heads = w.shape[0]
+        w = _rows(w_init)  # [h, i, j]
+        heads, k, n = w.shape
         base = node.name or w_init.name
         parts = [f"{node.output[0]}__x{h}" for h in range(heads)]
         outs = [f"{node.output[0]}__y{h}" for h in range(heads)]
         new = [helper.make_node("Split", [node.input[0]], parts, name=f"{base}_split", axis=-2, num_outputs=heads)]
+        block = block_size_for(scheme, k)
         for h in range(heads):
-            wname = f"{w_init.name}.head{h}"
-            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[h]), wname))
-            mm = helper.make_node("MatMul", [parts[h], wname], [outs[h]], name=f"{base}_head{h}")
-            new.append(mm)
-            out.append(mm)
+            wh = w[h]
+            key = hashlib.sha256(np.ascontiguousarray(wh, np.float32).tobytes()).hexdigest()
+            q = store.quantize(_column_reader(wh), k, n, scheme.bits, block, key)
+            new.append(_nbits_node(graph, store, parts[h], outs[h], f"{base}_head{h}", f"{w_init.name}.head{h}", q,
+                                   accuracy_level))  # fmt: skip
         new.append(helper.make_node("Concat", outs, [node.output[0]], name=f"{base}_concat", axis=-2))
-        at = list(graph.node).index(node)
-        graph.node.remove(node)
-        for k, n in enumerate(new):
-            graph.node.insert(at + k, n)
-        if not _consumers(graph, w_init.name):
-            graph.initializer.remove(w_init)
-    return out
+        _replace(graph, node, new)
+        blocks[block] = blocks.get(block, 0) + heads
+        matmuls += heads
+        params += heads * k * n
+    return matmuls, params
 
 
-@contextlib.contextmanager
-def _quiet_ort_quantizer() -> Iterator[None]:
-    """The quantizer logs every node at INFO; keep it to warnings while it runs."""
-    logger = logging.getLogger(_ORT_LOGGER)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+def _quantize_linears(
+    graph: onnx.GraphProto, store: SpillStore, scheme: WeightScheme, accuracy_level: int, blocks: dict[int, int]
+) -> tuple[int, int]:  # fmt: skip
+    """Every MatMul with a constant 2-D weight -> MatMulNBits. Returns (matmuls, params)."""
+    matmuls = params = 0
+    for node, b in _matmul_weights(graph):
+        w = _rows(b)  # [K, N]
+        k, n = w.shape
+        block = block_size_for(scheme, k)
+        q = store.quantize(_column_reader(w), k, n, scheme.bits, block, _digest(b))
+        _replace(graph, node, [_nbits_node(graph, store, node.input[0], node.output[0], node.name, b.name, q,
+                                           accuracy_level)])  # fmt: skip
+        blocks[block] = blocks.get(block, 0) + 1
+        matmuls += 1
+        params += k * n
+    return matmuls, params
 
 
-def _quantize_nodes(
-    proto: onnx.ModelProto, names: set[str], bits: int, block: int, accuracy_level: int
-) -> onnx.ModelProto:
-    """MatMulNBitsQuantizer (RTN, symmetric, QOperator) on exactly the MatMul nodes ``names``."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    exclude = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name not in names]
-    with _quiet_ort_quantizer():
-        quantizer = MatMulNBitsQuantizer(
-            proto, bits=bits, block_size=block, is_symmetric=True, accuracy_level=accuracy_level or None,
-            nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
-        )  # fmt: skip
-        quantizer.process()
-    result: onnx.ModelProto = quantizer.model.model
-    missing = names & {n.name for n in result.graph.node if n.op_type == "MatMul"}
-    if missing:
-        raise RgMobileError(f"onnx quantization: onnxruntime's quantizer skipped {sorted(missing)[:3]}")
-    return result
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    used = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
 
 
-def _quantized_node(graph: onnx.GraphProto, matmul_name: str, bits: int) -> onnx.NodeProto:
-    for n in graph.node:
-        if n.op_type == "MatMulNBits" and n.name == f"{matmul_name}_Q{bits}":
-            return n
-    raise RgMobileError(f"onnx quantization: no MatMulNBits for {matmul_name}")
-
-
-def _tie_embedding(graph: onnx.GraphProto, gather: onnx.NodeProto, head_q: onnx.NodeProto, bits: int) -> None:
-    """Gather(embed) -> GatherBlockQuantized over the head's integers and scales."""
-    inits = _inits(graph)
-    attrs = {a.name: helper.get_attribute_value(a) for a in head_q.attribute}
-    k, n, block = int(attrs["K"]), int(attrs["N"]), int(attrs["block_size"])
-    if k % block:
-        raise RgMobileError(f"onnx quantization: width {k} is not a multiple of the embedding block {block}")
-    packed = numpy_helper.to_array(inits[head_q.input[1]])  # [vocab, k_blocks, blob]
-    data = numpy_helper.from_array(packed.reshape(n, k * bits // 8), f"embed_tokens.weight_q{bits}")
-    graph.initializer.append(data)
-    gbq = helper.make_node(
-        "GatherBlockQuantized", [data.name, gather.input[1], head_q.input[2]], list(gather.output),
-        name=f"{gather.name}_Q{bits}", domain="com.microsoft",
-        bits=bits, block_size=block, gather_axis=0, quantize_axis=1,
-    )  # fmt: skip
-    at = list(graph.node).index(gather)
-    embed = inits[gather.input[0]]
-    graph.node.remove(gather)
-    graph.node.insert(at, gbq)
-    if not _consumers(graph, embed.name):
-        graph.initializer.remove(embed)
-
-
-def _load_external(proto: onnx.ModelProto) -> None:
-    """Bring external initializers into memory. Their locations are absolute (the exporter's
-    temporary files, exporter/targets/onnx.py), which onnx's own loader refuses."""
+def load_external(proto: onnx.ModelProto) -> None:
+    """Bring external initializers (absolute locations: the exporter's temporary files and the
+    spill file, which onnx's own loader refuses) into memory, for ``--external-data never``."""
     for init in proto.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             info = {e.key: e.value for e in init.external_data}
@@ -321,52 +435,42 @@ def _load_external(proto: onnx.ModelProto) -> None:
 
 
 def quantize_graph(
-    proto: onnx.ModelProto, model: Griffin, recipe: Recipe, accuracy_level: int = 0
+    proto: onnx.ModelProto, model: Griffin, recipe: Recipe, store: SpillStore, accuracy_level: int = 0
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Quantize one exported program graph of ``model`` under ``recipe``; returns (graph, facts)."""
+    """Quantize one exported program graph of ``model`` under ``recipe`` in place; returns (graph, facts).
+
+    Quantized weights go to ``store`` (shared by the graphs of one export); fp32 weights are read
+    from wherever the graph keeps them (raw data or external files) one at a time.
+    """
     if not 0 <= accuracy_level <= 4:
         raise RgMobileError(f"--accuracy-level must be 0..4, got {accuracy_level}")
-    _load_external(proto)
     cfg = model.config
     graph = proto.graph
-    _name_weights(graph, model)
+    _name_weights(graph, store)
     gather, embed = _embedding_gather(graph, cfg.vocab_size, cfg.width)
-    head = _untie_head(graph, embed) if recipe.embedding is not None else None
-    gates = _split_gates(graph) if recipe.rglru_gates is not None else []
-    special = {n.name for n in gates} | ({head.name} if head is not None else set())
-    linears = [n.name for n, _ in _matmul_weights(graph) if n.name not in special] if recipe.linears else []
-    # (bits, block) -> MatMul node names, one quantizer pass per group
-    groups: dict[tuple[int, int], set[str]] = {}
     classes: dict[str, dict[str, Any]] = {}
-    weights = {n.name: b for n, b in _matmul_weights(graph)}
-    for cls, scheme, names in (
-        ("linears", recipe.linears, linears),
-        ("embedding", recipe.embedding, [head.name] if head is not None else []),
-        ("rglru_gates", recipe.rglru_gates, [n.name for n in gates]),
-    ):
-        if scheme is None or not names:
-            continue
+    if recipe.embedding is not None:
+        block = block_size_for(recipe.embedding, cfg.width)
+        params = _quantize_head(graph, store, gather, embed, recipe.embedding, accuracy_level)
+        op = "MatMulNBits (head) + GatherBlockQuantized (embedding), same integers"
+        classes["embedding"] = {"bits": recipe.embedding.bits, "block_sizes": {block: 1}, "matmuls": 1,
+                                "params": params, "op": op}  # fmt: skip
+    if recipe.rglru_gates is not None:
         blocks: dict[int, int] = {}
-        params = 0
-        for name in names:
-            k = int(weights[name].dims[0])
-            block = block_size_for(scheme, k)
-            groups.setdefault((scheme.bits, block), set()).add(name)
-            blocks[block] = blocks.get(block, 0) + 1
-            params += int(np.prod(weights[name].dims))
-        classes[cls] = {"bits": scheme.bits, "block_sizes": dict(sorted(blocks.items())),
-                        "matmuls": len(names), "params": params}  # fmt: skip
-    for (bits, block), group in sorted(groups.items()):
-        proto = _quantize_nodes(proto, group, bits, block, accuracy_level)
-    graph = proto.graph
-    if head is not None:
-        assert recipe.embedding is not None
-        _tie_embedding(graph, gather, _quantized_node(graph, head.name, recipe.embedding.bits), recipe.embedding.bits)
-        classes["embedding"]["op"] = "MatMulNBits (head) + GatherBlockQuantized (embedding), shared integers"
-    if "linears" in classes:
-        classes["linears"]["op"] = "MatMulNBits"
-    if "rglru_gates" in classes:
-        classes["rglru_gates"]["op"] = "Einsum split per head: Split -> MatMulNBits x heads -> Concat"
+        matmuls, params = _quantize_gates(graph, store, recipe.rglru_gates, accuracy_level, blocks)
+        if matmuls:
+            classes["rglru_gates"] = {"bits": recipe.rglru_gates.bits, "block_sizes": dict(sorted(blocks.items())),
+                                      "matmuls": matmuls, "params": params,
+                                      "op": "Einsum per head: Split -> MatMulNBits x heads -> Concat"}  # fmt: skip
+    if recipe.linears is not None:
+        blocks = {}
+        matmuls, params = _quantize_linears(graph, store, recipe.linears, accuracy_level, blocks)
+        if matmuls:
+            classes["linears"] = {"bits": recipe.linears.bits, "block_sizes": dict(sorted(blocks.items())),
+                                  "matmuls": matmuls, "params": params, "op": "MatMulNBits"}  # fmt: skip
+    _drop_unused(graph)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return proto, _facts(proto, classes, accuracy_level)
 
 
@@ -378,7 +482,7 @@ def _facts(proto: onnx.ModelProto, classes: dict[str, Any], accuracy_level: int)
     kept = [(name, n) for name, n in floats if not name.endswith("_scales")]
     largest = max(kept, key=lambda x: x[1], default=("", 0))
     return {
-        "tool": f"onnxruntime {onnxruntime.__version__} MatMulNBitsQuantizer (RTN, symmetric, QOperator)",
+        "tool": f"onnxruntime {onnxruntime.__version__} MLAS block quantizer (MatMulNBits, RTN, symmetric, QOperator)",
         "scale_rule": "per block along K: scale = value of largest magnitude / -2^(bits-1); implicit zero point",
         "accuracy_level": accuracy_level,
         "classes": classes,

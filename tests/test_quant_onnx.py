@@ -206,6 +206,22 @@ def test_onnxruntime_matches_the_quantized_eager_reference(quantized, tiny_token
     assert errors["fake"]["max_abs_logits"] < 2 * limit and errors["fp32"]["max_abs_logits"] < limit
 
 
+def test_inline_quantized_graphs_match_the_shared_weights_file(
+    quantized, tmp_path: Path, tiny_checkpoint: Path, tiny_tokenizer: Path
+) -> None:
+    """--external-data never: every graph self-contained, the same integers (same logits)."""
+    name, artifact = quantized
+    out = tmp_path / "inline"
+    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, external_data="never"))
+    m = read_manifest(out)
+    assert {f.path for f in m.files} == {"decode.onnx", "prefill.onnx", "tokenizer.model"}
+    for graph in GRAPHS:
+        assert not [i.name for i in _initializers(out / graph) if i.data_location == onnx.TensorProto.EXTERNAL]
+    prompt = prompt_ids(Tokenizer(tiny_tokenizer), CHUNK + 3)
+    cmp, greedy = compare(OnnxBackend(out, m), OnnxBackend(artifact, read_manifest(artifact)), prompt, 6, 4)
+    assert summarize(cmp, greedy)[0]["max_abs_logits"] == 0.0
+
+
 # --- validate + quality --------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ weights, so identical tensors are written once and both graphs point at the
 same bytes (offset/length), which halves the artifact on disk.
 
 Quantized exports (``--quant int8|int4``, quantization/onnx.py) quantize each graph
-with onnxruntime's MatMulNBitsQuantizer after the fp32 export, and keep their weights
+after the fp32 export (onnxruntime's MLAS integers, one weight at a time from the
+exporter's external data, so a 2B export never holds an fp32 copy), and keep their weights
 in the shared ``weights.bin`` by default (``external_data="auto"``): tensors with the
 same bytes are stored once, including the embedding and the head, which read the same
 quantized integers through differently shaped initializers.
@@ -68,25 +69,38 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     external = mode == "always" or (mode == "auto" and (weight_bytes > PROTO_LIMIT or recipe.is_quantized))
     protos: dict[str, onnx.ModelProto] = {}
     facts: dict[str, dict[str, Any]] = {}
-    for name, seq in lens.items():
-        log.info("exporting %s (t=%d) to ONNX opset %d", name, seq, OPSET)
-        protos[name] = _export_graph(model, seq, spec, out_dir / f".{name}.raw", external)
-        _strip_node_metadata(protos[name])
-        meta = metadata(model, options, source, name, seq)
-        if recipe.is_quantized:
-            from quantization.onnx import quantize_graph
+    store = None
+    if recipe.is_quantized:
+        from quantization.onnx import SpillStore, load_external, quantize_graph
 
-            log.info("quantizing %s with recipe %s", name, recipe.name)
-            protos[name], facts[name] = quantize_graph(protos[name], model, recipe, options.accuracy_level)
-            meta["rgmobile.quantization"] = json.dumps(recipe.to_dict(), sort_keys=True)
-        _set_metadata(protos[name], meta)
-    if external:
-        _write_shared(protos, out_dir, SHARED_WEIGHTS)
-    else:
-        for name, proto in protos.items():
-            onnx.save_model(proto, str(out_dir / f"{name}.onnx"))
+        store = SpillStore(out_dir / ".quantized.bin", model)
+    try:
+        for name, seq in lens.items():
+            log.info("exporting %s (t=%d) to ONNX opset %d", name, seq, OPSET)
+            # quantized graphs always start from external data: the quantizer memory-maps the weights
+            protos[name] = _export_graph(model, seq, spec, out_dir / f".{name}.raw", external or store is not None)
+            _strip_node_metadata(protos[name])
+            meta = metadata(model, options, source, name, seq)
+            if store is not None:
+                log.info("quantizing %s with recipe %s", name, recipe.name)
+                protos[name], facts[name] = quantize_graph(protos[name], model, recipe, store, options.accuracy_level)
+                meta["rgmobile.quantization"] = json.dumps(recipe.to_dict(), sort_keys=True)
+                if not external:
+                    load_external(protos[name])
+            _set_metadata(protos[name], meta)
+        if store is not None:
+            store.close()
+        if external:
+            _write_shared(protos, out_dir, SHARED_WEIGHTS)
+        else:
+            for name, proto in protos.items():
+                onnx.save_model(proto, str(out_dir / f"{name}.onnx"))
+    finally:
+        if store is not None:
+            store.remove()
+        for name in lens:
+            _cleanup_raw(out_dir / f".{name}.raw")
     for name in protos:
-        _cleanup_raw(out_dir / f".{name}.raw")
         _check(out_dir / f"{name}.onnx", spec)
     return TargetResult(
         programs={name: Program(f"{name}.onnx", seq) for name, seq in lens.items()},
