@@ -93,9 +93,19 @@ def _op_config(scheme: WeightScheme, cls: str, rank: int, ios: int) -> Any:
     return cto.OpLinearQuantizerConfig(granularity="per_block", block_size=block, **common)
 
 
-def quantize_mlmodel(mlmodel: Any, model: Griffin, recipe: Recipe, ios: int) -> tuple[Any, dict[str, Any]]:
-    """(the quantized MLModel, facts) for one converted program of ``model``."""
+def quantize_mlmodel(
+    mlmodel: Any, model: Griffin, recipe: Recipe, ios: int, release_program: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """(the quantized MLModel, facts) for one converted program of ``model``.
+
+    ``release_program``: drop ``mlmodel``'s in-memory MIL program (its float weights)
+    once the const names are read; coremltools quantizes a copy it loads from the saved
+    weights anyway, so the float weights are held once, not twice. ``mlmodel`` is then
+    only good for ``get_spec()`` / ``save()``; for callers done with it (the export).
+    """
     import coremltools.optimize.coreml as cto
+
+    from exporter.targets.coreml_lean import lean_coremltools
 
     effective = effective_recipe(recipe, ios)
     classes = class_of(model)
@@ -119,7 +129,10 @@ def quantize_mlmodel(mlmodel: Any, model: Griffin, recipe: Recipe, ios: int) -> 
             "(exporter changed the const names?)"
         )
     config = cto.OptimizationConfig(op_name_configs=configs)
-    quantized = cto.linear_quantize_weights(mlmodel, config=config)
+    if release_program:
+        mlmodel._mil_program = None
+    with lean_coremltools():
+        quantized = cto.linear_quantize_weights(mlmodel, config=config)
     kept = sorted(n for n, c in classes.items() if getattr(effective, c) is None and getattr(recipe, c) is not None)
     facts = {
         "tool": "coremltools.optimize.coreml.linear_quantize_weights (linear_symmetric)",

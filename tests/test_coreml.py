@@ -33,9 +33,10 @@ from exporter.export import ExportOptions, export
 from exporter.package.manifest import read_manifest
 from exporter.step.iospec import build_iospec
 from exporter.step.step import export_step
-from exporter.targets import coreml_rewrites
+from exporter.targets import coreml_lean, coreml_rewrites
 from exporter.targets.coreml_check import check_spec
 from exporter.targets.coreml_convert import build_program, feature_map, read_package_spec
+from exporter.targets.coreml_memory import StageMemory
 from exporter.targets.coreml_parity import ProgramBackend, build_programs
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import ValidateOptions, compare, summarize, validate
@@ -122,6 +123,70 @@ def test_options_are_checked() -> None:
         ExportOptions(out=Path("x"), format="coreml", compute_precision="int8")
 
 
+# --- memory: chunked coremltools checks (exporter/targets/coreml_lean.py) ---------------------
+
+
+def _original_overflow(value: np.ndarray) -> bool:
+    """coremltools 9.0 ``FP16ComputePrecision.fp16_overflow`` on one const value."""
+    a = np.abs(np.expand_dims(value, 0))
+    return bool(np.max(a[np.where(a < 1e38)], initial=0.0) > 65504)
+
+
+def test_chunked_fp16_overflow_matches_coremltools(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coreml_lean, "CHUNK", 7)  # many chunks, a ragged last one
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(5, 9)).astype(np.float32)
+    cases = [base, np.float32(3.0), np.float32(7e4), np.zeros((0, 3), np.float32)]
+    for where, v in [((4, 8), 7e4), ((0, 0), -7e4), ((2, 3), np.inf), ((1, 1), -np.inf), ((3, 3), np.nan),
+                     ((4, 7), 1e38), ((4, 7), 9.9e37), ((2, 2), 65504.0)]:  # fmt: skip
+        x = base.copy()
+        x[where] = v
+        cases.append(x)
+    cases.append(base.T)  # not contiguous
+    for x in cases:
+        assert coreml_lean.exceeds_fp16(x) == _original_overflow(np.asarray(x)), x
+
+
+def test_chunked_allclose_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coreml_lean, "CHUNK", 5)
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(6, 7)).astype(np.float16)
+    q = rng.integers(-8, 8, size=(6, 7)).astype(np.int8)
+    pairs = [(a, a.copy()), (a, a + np.float16(1e-3)), (q, q.copy()), (q, np.where(q == 0, 1, q).astype(np.int8))]
+    nan = a.copy()
+    nan[5, 6] = np.nan
+    pairs += [(nan, nan.copy()), (a, a[:1])]  # the last broadcasts: plain np.allclose
+    for x, y in pairs:
+        for kw in ({"rtol": 0.0, "atol": 1e-12}, {"rtol": 0.0, "atol": 1e-2}, {"equal_nan": True}):
+            assert coreml_lean.chunked_allclose(x, y, **kw) == np.allclose(x, y, **kw), (x, y, kw)
+
+
+def test_lean_coremltools_patches_and_restores() -> None:
+    import importlib
+
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    dedup = importlib.import_module("coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication")
+    before = FP16ComputePrecision.__dict__["fp16_overflow"]
+    with coreml_lean.lean_coremltools():
+        assert dedup.np.allclose is coreml_lean.chunked_allclose and dedup.np.sum is np.sum
+        assert FP16ComputePrecision.fp16_overflow is coreml_lean._fp16_overflow
+        with coreml_lean.lean_coremltools():  # nested: a no-op
+            pass
+        assert dedup.np.allclose is coreml_lean.chunked_allclose
+    assert dedup.np is np and FP16ComputePrecision.__dict__["fp16_overflow"] is before
+
+
+def test_stage_memory_records_stages() -> None:
+    mem = StageMemory(interval=0.01)
+    mem.mark("one")
+    mem.mark("two", collect=False)
+    mem.close()
+    assert [s["stage"] for s in mem.stages] == ["one", "two"]
+    if sys.platform.startswith("linux"):
+        assert all(s["peak_gb"] > 0 and s["end_gb"] > 0 for s in mem.stages)
+
+
 def _program_parity(model, lens: dict[str, int], state: str, steps: int) -> dict:
     backend = ProgramBackend(build_programs(model, lens, state), model.config, state)  # type: ignore[arg-type]
     prompt = list(np.random.default_rng(0).integers(3, model.config.vocab_size, 2 * CHUNK + 3))
@@ -171,6 +236,9 @@ def test_converts_and_spec_matches_manifest(artifact, name: str) -> None:
     assert manifest.precision == precision
     lines = check_spec(path, manifest).lines
     assert len(lines) == 1 + len(manifest.programs)
+    stages = [s["stage"] for s in d["memory_stages"]]  # where the export's memory went
+    assert {f"{n}: ct.convert" for n in manifest.programs} <= set(stages)
+    assert ("save_multifunction" in stages) == (ios == 18)
     files = {p.file for p in manifest.programs.values()}
     if ios == 18:
         assert files == {"model.mlpackage"}

@@ -47,6 +47,8 @@ from exporter.targets.coreml_convert import (
     set_metadata,
     write_package_spec,
 )
+from exporter.targets.coreml_lean import lean_coremltools
+from exporter.targets.coreml_memory import StageMemory
 from exporter.targets.coreml_precision import FP32_DESCRIPTION
 from exporter.targets.metadata import common_metadata
 
@@ -87,21 +89,29 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     seconds: dict[str, float] = {}
     recipe = options.quant_recipe
     quant_facts: dict[str, object] = {}
+    mem = StageMemory()
     for name, seq in lens.items():
         t0 = time.perf_counter()
         log.info("coreml: %s (t=%d), %s, %s compute, %s state", name, seq, settings.deployment_target,
                  settings.compute_precision, settings.state)  # fmt: skip
-        mlmodel = convert_program(build_program(model, seq, settings.state), settings)
+        program = build_program(model, seq, settings.state)
+        mem.mark(f"{name}: torch.export")
+        mlmodel = convert_program(program, settings, mem)
+        del program  # coremltools holds what it needs; the torch weights stay with ``model``
+        mem.mark(f"{name}: ct.convert")
         if recipe.is_quantized:  # before save_multifunction, so both functions share the same quantized consts
             from quantization.coreml import quantize_mlmodel
 
-            mlmodel, quant_facts = quantize_mlmodel(mlmodel, model, recipe, settings.ios)
+            mlmodel, quant_facts = quantize_mlmodel(mlmodel, model, recipe, settings.ios, release_program=True)
+            mem.mark(f"{name}: quantize")
         spec = mlmodel.get_spec()
         rename_spec(spec, io, fmap)
         mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
         path = (staging if settings.multifunction else out_dir) / f"{name}.mlpackage"
         path.parent.mkdir(parents=True, exist_ok=True)
         mlmodel.save(str(path))
+        del mlmodel, spec  # the next program starts from the model's weights alone
+        mem.mark(f"{name}: save")
         seconds[name] = round(time.perf_counter() - t0, 1)
     meta = user_metadata(model, options, settings, source, lens, fmap)
     if settings.multifunction:
@@ -109,14 +119,17 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
         for name in lens:
             desc.add_function(str(staging / f"{name}.mlpackage"), src_function_name="main", target_function_name=name)
         desc.default_function_name = DEFAULT_FUNCTION
-        ct.utils.save_multifunction(desc, str(out_dir / MULTIFUNCTION_FILE))
+        with lean_coremltools():  # the cross-function const comparison, chunked
+            ct.utils.save_multifunction(desc, str(out_dir / MULTIFUNCTION_FILE))
         shutil.rmtree(staging)
+        mem.mark("save_multifunction")
         _finish(out_dir / MULTIFUNCTION_FILE, model, settings, lens, fmap, meta, "prefill + decode")
         programs = {name: Program(MULTIFUNCTION_FILE, seq, entry=name) for name, seq in lens.items()}
     else:
         for name, seq in lens.items():
             _finish(out_dir / f"{name}.mlpackage", model, settings, {name: seq}, fmap, meta, name)
         programs = {name: Program(f"{name}.mlpackage", seq) for name, seq in lens.items()}
+    mem.close()
     log.info("coreml: conversion seconds %s", seconds)
     return TargetResult(
         programs=programs,
@@ -134,6 +147,7 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
             "exporter": f"torch.export + coremltools {ct.__version__}",
             "rewrites": "exporter/targets/coreml_rewrites.py",
             "conversion_seconds": seconds,
+            "memory_stages": mem.stages,
         },
     )
 

@@ -30,6 +30,7 @@ from exporter.model.griffin import Griffin
 from exporter.step.iospec import IOSpec, TensorSpec
 from exporter.step.step import export_step
 from exporter.targets import coreml_stateful
+from exporter.targets.coreml_lean import lean_coremltools
 from exporter.targets.coreml_precision import fp16_op_selector
 from exporter.targets.coreml_rewrites import check_convertible, feature_name, float32_weights_, rewrite_program
 
@@ -123,8 +124,11 @@ def build_program(model: Griffin, seq: int, state: StateMode) -> torch.export.Ex
     return program
 
 
-def convert_program(program: torch.export.ExportedProgram, settings: CoreMLSettings) -> Any:
-    """``coremltools.convert`` of a program from :func:`build_program`; returns an unloaded MLModel."""
+def convert_program(program: torch.export.ExportedProgram, settings: CoreMLSettings, mem: Any = None) -> Any:
+    """``coremltools.convert`` of a program from :func:`build_program`; returns an unloaded MLModel.
+
+    ``mem``: a :class:`exporter.targets.coreml_memory.StageMemory` to mark the MIL stage in.
+    """
     import coremltools as ct
 
     target = {17: ct.target.iOS17, 18: ct.target.iOS18}[settings.ios]
@@ -139,15 +143,19 @@ def convert_program(program: torch.export.ExportedProgram, settings: CoreMLSetti
 
     t0 = time.perf_counter()
     common = dict(minimum_deployment_target=target, pass_pipeline=pipeline())
-    if settings.compute_precision == "fp32":
-        mlmodel = ct.convert(
-            program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32, skip_model_load=True, **common
-        )
-    else:  # see the module docstring: fp32 MIL first keeps the graph I/O fp32
-        mil = ct.convert(program, convert_to="milinternal", compute_precision=ct.precision.FLOAT32, **common)
-        common["pass_pipeline"] = pipeline()
-        fp16 = ct.transform.FP16ComputePrecision(op_selector=fp16_op_selector)  # RG-LRU and RoPE stay fp32
-        mlmodel = ct.convert(mil, convert_to="mlprogram", compute_precision=fp16, skip_model_load=True, **common)
+    with lean_coremltools():  # chunked numpy checks: no whole-embedding temporaries (coreml_lean)
+        if settings.compute_precision == "fp32":
+            mlmodel = ct.convert(
+                program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32, skip_model_load=True, **common
+            )
+        else:  # see the module docstring: fp32 MIL first keeps the graph I/O fp32
+            mil = ct.convert(program, convert_to="milinternal", compute_precision=ct.precision.FLOAT32, **common)
+            if mem is not None:
+                mem.mark("convert to MIL (fp32)")
+            common["pass_pipeline"] = pipeline()
+            fp16 = ct.transform.FP16ComputePrecision(op_selector=fp16_op_selector)  # RG-LRU and RoPE stay fp32
+            mlmodel = ct.convert(mil, convert_to="mlprogram", compute_precision=fp16, skip_model_load=True, **common)
+            del mil
     log.info("coremltools.convert (%s, %s): %.1fs", settings.deployment_target, settings.compute_precision,
              time.perf_counter() - t0)  # fmt: skip
     return mlmodel
