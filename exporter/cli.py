@@ -165,8 +165,12 @@ def export(
         int | None, typer.Option(help="bits of the tied embedding/head, 8 or 4 (default: the recipe's)")
     ] = None,
     accuracy_level: Annotated[
-        int, typer.Option(help="onnx MatMulNBits accuracy_level: 0 = fp32 activations ... 4 = int8 activations")
-    ] = 0,
+        int,
+        typer.Option(
+            help="onnx MatMulNBits accuracy_level: 4 = int8 activations per block (default: onnxruntime's "
+            "fast kernels; 8-bit weights have no other), 0 = fp32 activations (exact integers, slow for 8-bit)"
+        ),
+    ] = 4,
 ) -> None:
     """Export a checkpoint to an artifact folder: program files, tokenizer.model, manifest.json."""
     from exporter.export import ExportOptions

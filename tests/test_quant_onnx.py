@@ -44,7 +44,8 @@ _CACHE: dict[str, Path] = {}
 def _quantized(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, recipe: str) -> Path:
     if recipe not in _CACHE:
         out = tmp_path_factory.mktemp(f"onnx-{recipe}") / f"tiny-{recipe}"
-        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=recipe))
+        # accuracy level 0 (fp32 activations): the eager reference with the graph's integers is then exact
+        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=recipe, accuracy_level=0))
         _CACHE[recipe] = out
     return _CACHE[recipe]
 
@@ -95,6 +96,26 @@ def test_quant_options_map_to_the_recipe(tmp_path: Path) -> None:
     r = opts.quant_recipe
     assert (r.name, r.linears.group_size, r.embedding.bits, r.embedding.group_size) == ("int4", 64, 4, 64)
     assert not ExportOptions(out=tmp_path / "b").quant_recipe.is_quantized
+    assert ExportOptions(out=tmp_path / "c").accuracy_level == 4  # onnxruntime's fast int8-activation kernels
+
+
+def test_default_accuracy_level_is_written_to_every_matmulnbits(
+    quantized, tmp_path: Path, tiny_checkpoint: Path, tiny_tokenizer: Path
+) -> None:
+    """The default export (accuracy level 4) differs from the level-0 one only in that attribute,
+    and stays within the recipe's thresholds of fp32."""
+    name, level0 = quantized
+    out = tmp_path / "default"
+    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name))
+    m = read_manifest(out)
+    assert m.quantization["onnx"]["accuracy_level"] == 4
+    for graph in GRAPHS:
+        nodes = [n for n in onnx.load(str(out / graph), load_external_data=False).graph.node]
+        nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+        assert nbits and all(onnx.helper.get_node_attr_value(n, "accuracy_level") == 4 for n in nbits)
+    assert (out / "weights.bin").read_bytes() == (level0 / "weights.bin").read_bytes()  # same integers
+    report = validate(ValidateOptions(artifact=out, greedy_tokens=8))
+    assert report.passed, [f.message() for f in report.failures]
 
 
 def test_cli_bad_quant_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -212,7 +233,8 @@ def test_inline_quantized_graphs_match_the_shared_weights_file(
     """--external-data never: every graph self-contained, the same integers (same logits)."""
     name, artifact = quantized
     out = tmp_path / "inline"
-    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, external_data="never"))
+    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, external_data="never",
+                         accuracy_level=0))  # fmt: skip
     m = read_manifest(out)
     assert {f.path for f in m.files} == {"decode.onnx", "prefill.onnx", "tokenizer.model"}
     for graph in GRAPHS:

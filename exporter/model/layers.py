@@ -187,29 +187,36 @@ class LocalAttention(nn.Module):
         kn = apply_rope(kn, positions, self.rotary_dim, self.theta)
 
         start = positions[:, :1]  # [b, 1]
-        keys = torch.cat([state.key.to(x.dtype), kn], dim=2)  # [b, k, w + t, e]
-        values = torch.cat([state.value.to(x.dtype), vn], dim=2)
+        old_key, old_value = state.key.to(x.dtype), state.value.to(x.dtype)
         k_pos = torch.cat([ring_positions(start, w), positions], dim=1)  # [b, w + t]
 
         q_pos = positions.unsqueeze(-1)  # [b, t, 1]
         kp = k_pos.unsqueeze(1)  # [b, 1, w + t]
         mask = torch.logical_and(torch.logical_and(kp >= 0, kp <= q_pos), q_pos <= kp + w)  # [b, t, w + t]
 
+        # Scores against the ring and against this chunk separately, concatenated as scores
+        # (t x (w + t) values per head) rather than concatenating the keys/values (w x e each).
         g = h // k
         qg = q.reshape(b, k, g * t, e)
-        scores = torch.matmul(qg, keys.transpose(2, 3)).reshape(b, k, g, t, w + t) * (e**-0.5)
+        scores = torch.cat([torch.matmul(qg, old_key.transpose(2, 3)), torch.matmul(qg, kn.transpose(2, 3))], dim=-1)
+        scores = scores.reshape(b, k, g, t, w + t) * (e**-0.5)
         scores = torch.where(mask.unsqueeze(1).unsqueeze(1), scores, _MASK_VALUE)
-        probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)
-        out = torch.matmul(probs.reshape(b, k, g * t, w + t), values)  # [b, k, g*t, e]
+        probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).reshape(b, k, g * t, w + t)
+        out = torch.matmul(probs[..., :w], old_value) + torch.matmul(probs[..., w:], vn)  # [b, k, g*t, e]
         out = out.reshape(b, h, t, e).transpose(1, 2).reshape(b, t, h * e)
 
         # New ring: slot s takes the latest position <= start + t - 1 with p % w == s,
         # from this chunk when that position is in it, else the old slot.
         slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
-        last = start + (t - 1)
-        newest = last - torch.remainder(last + w - slots, w)  # [b, w]
-        src = torch.where(newest >= start, newest - start + w, slots)  # index into keys' w + t axis
-        idx = src.reshape(b, 1, w, 1).expand(b, k, w, e)
-        new_key = torch.gather(keys, 2, idx).to(state.key.dtype)
-        new_value = torch.gather(values, 2, idx).to(state.value.dtype)
+        if t == 1:  # decode: one slot changes; a select, no index tensor of the ring's size
+            take = (slots == torch.remainder(start, w)).reshape(b, 1, w, 1)
+            new_key = torch.where(take, kn, old_key).to(state.key.dtype)
+            new_value = torch.where(take, vn, old_value).to(state.value.dtype)
+        else:
+            last = start + (t - 1)
+            newest = last - torch.remainder(last + w - slots, w)  # [b, w]
+            src = torch.where(newest >= start, newest - start + w, slots)  # index into [ring, chunk]
+            idx = src.reshape(b, 1, w, 1).expand(b, k, w, e)
+            new_key = torch.gather(torch.cat([old_key, kn], dim=2), 2, idx).to(state.key.dtype)
+            new_value = torch.gather(torch.cat([old_value, vn], dim=2), 2, idx).to(state.value.dtype)
         return self.o_proj(out), AttentionLayerState(new_key, new_value)
