@@ -116,8 +116,11 @@ class QuantizedStep(nn.Module):
     def __init__(self, model: Griffin) -> None:
         super().__init__()
         self.model = model
-        self.lm_head = nn.Linear(model.config.width, model.config.vocab_size, bias=False)
-        self.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone())
+        with torch.device("meta"):  # no throwaway [v, d] initialisation
+            self.lm_head = nn.Linear(model.config.width, model.config.vocab_size, bias=False)
+        # The embedding's own storage, not a clone: torchao quantizes the head from it (new
+        # integer tensors), and the fp32 table goes once the lookup becomes an IntRowEmbedding.
+        self.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach(), requires_grad=False)
 
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, *state: torch.Tensor
@@ -141,16 +144,25 @@ def _integers(weight: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def quantized_step(model: Griffin, recipe: Recipe) -> tuple[QuantizedStep, dict[str, Any]]:
-    """A copy of ``model`` as a step module quantized with torchao per ``recipe``, and the facts."""
+def quantized_step(model: Griffin, recipe: Recipe, in_place: bool = False) -> tuple[QuantizedStep, dict[str, Any]]:
+    """``model`` as a step module quantized with torchao per ``recipe``, and the facts.
+
+    ``in_place=False`` quantizes a deep copy (``model`` is left as it was: tests, references).
+    ``in_place=True`` quantizes ``model`` itself, swapping its linears and embedding for integer
+    modules (each fp32 weight is freed as soon as it is replaced): the export target's mode,
+    where the model has no other user and a copy would double the fp32 weights (10.7 GB at 2B).
+    """
     from torchao.quantization import quantize_
 
     widths = tuple(sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)}))
     check_recipe(recipe, widths + (model.config.width,))
-    step = QuantizedStep(copy.deepcopy(model).float().eval()).eval()
     classes = weight_classes(model)
     params = dict(model.named_parameters())
     count = {cls: sum(params[n].numel() for n in names) for cls, names in classes.items()}
+    classified = {n for names in classes.values() for n in names}
+    other_params = sum(p.numel() for n, p in params.items() if n not in classified)
+    del params  # holds no fp32 weight alive while quantizing in place
+    step = QuantizedStep((model if in_place else copy.deepcopy(model)).float().eval()).eval()
     facts: dict[str, Any] = {"tool": "torchao.quantization.quantize_ before to_edge_transform_and_lower"}
     applied: dict[str, Any] = {}
     if recipe.linears is not None:
@@ -176,9 +188,7 @@ def quantized_step(model: Griffin, recipe: Recipe) -> tuple[QuantizedStep, dict[
         },
         "other": "conv1d, norms, biases, RG-LRU a_param",
     }
-    facts["kept_float_params"] = sum(kept.values()) + sum(
-        p.numel() for n, p in params.items() if not any(n in names for names in classes.values())
-    )
+    facts["kept_float_params"] = sum(kept.values()) + other_params
     log.info(
         "executorch quantization %s: %s", recipe.name, {k: v.get("scheme", v.get("head")) for k, v in applied.items()}
     )

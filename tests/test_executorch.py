@@ -225,6 +225,59 @@ def test_xnnpack_tanh_gelu_is_computed_as_erf_gelu() -> None:
     assert (got - nn.functional.gelu(x, approximate="tanh")).abs().max() > 4e-4
 
 
+def test_lean_lowering_writes_the_same_pte_as_executorch(tmp_path: Path) -> None:
+    """``lower`` shares the weights between ExecuTorch's per-partition copies and between the
+    methods' named data (memory, exporter/targets/executorch.py): the bytes of the .pte are
+    those of the plain ``to_edge_transform_and_lower``, and XNNPACK's hooks are restored."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+    from executorch.exir import to_edge_transform_and_lower
+
+    from exporter.targets.executorch import lower, pte_breakdown
+
+    class Tied(nn.Module):  # two methods over the same weights, a table used by a lookup and a head
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(64, 32)
+            self.mlp = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 32))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(self.mlp(self.table(ids)), self.table.weight)
+
+    torch.manual_seed(0)
+    module = Tied().eval()
+    hooks = dict(vars(XnnpackBackend))
+
+    def programs() -> dict[str, torch.export.ExportedProgram]:
+        return {f"t{t}": torch.export.export(module, (torch.arange(t)[None],)) for t in (1, 4)}
+
+    lean = lower(programs(), {}).to_executorch().buffer
+    plain = to_edge_transform_and_lower(programs(), partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    assert lean == plain
+    assert dict(vars(XnnpackBackend)) == hooks
+    path = tmp_path / "tied.pte"
+    path.write_bytes(lean)
+    sizes = pte_breakdown(path)
+    assert sizes["xnnpack_weights"] >= 4 * (32 * 48 + 48 * 32 + 64 * 32) and sizes["portable_constants"] >= 4 * 64 * 32
+
+
+@pytest.mark.slow
+def test_pte_breakdown_reads_the_header_like_the_full_parse(et_artifact: Path) -> None:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    from exporter.targets.executorch import pte_breakdown
+
+    path = et_artifact / "model.pte"
+    pte = deserialize_pte_binary(path.read_bytes())
+    assert pte.named_data is not None
+    assert pte_breakdown(path) == {
+        "file": path.stat().st_size,
+        "xnnpack_weights": sum(len(b) for b in pte.named_data.buffers),
+        "portable_constants": sum(len(b.storage) for b in pte.program.constant_buffer),
+        "delegate_graphs": sum(len(d.data) for d in pte.program.backend_delegate_data),
+    }
+
+
 @pytest.mark.slow
 def test_decode_has_no_gelu_and_a_delegated_head(et_artifact: Path) -> None:
     d = read_manifest(et_artifact).format_details["decode_delegation"]

@@ -74,6 +74,25 @@ def test_quantized_step_ties_embedding_to_head_integers(tiny_checkpoint: Path) -
     assert facts["kept_float"]["rglru_gates"]["params"] > 0 and "int8" in facts["activations"]
 
 
+@torch.no_grad()
+def test_in_place_quantization_equals_the_copying_mode(tiny_checkpoint: Path) -> None:
+    """The export target's in-place mode (no deep copy of the fp32 model) builds the same step:
+    same logits and state; it consumes the model, the copying mode leaves it untouched."""
+    recipe = load_recipe("int4")
+    model = load_checkpoint(tiny_checkpoint).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copied, facts = quantized_step(model, recipe)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # copying mode: untouched
+    in_place, facts_in_place = quantized_step(model, recipe, in_place=True)
+    assert in_place.model is model and facts_in_place == facts
+    assert not any(p.dtype == torch.float32 and p.ndim == 2 for p in model.embed_tokens.parameters())
+    ids = torch.tensor([[2, 17, 250, 3, 99, 4, 8, 1]])
+    pos = torch.arange(ids.shape[1])[None]
+    state = StepBackend(copied, model.config).init_state()
+    for a, b in zip(copied(ids, pos, *state), in_place(ids, pos, *state), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.slow
 def test_int4_manifest_and_size(int4_pte: Path, tiny_checkpoint: Path) -> None:
     m = read_manifest(int4_pte)
@@ -136,8 +155,8 @@ def test_validate_rejects_doubled_scales(
     """One linear's int4 scales x 2 in the quantized eager program before lowering: validate fails."""
     import quantization.executorch as qet
 
-    def broken(model, recipe):  # type: ignore[no-untyped-def]
-        step, facts = quantized_step(model, recipe)
+    def broken(model, recipe, **kwargs):  # type: ignore[no-untyped-def]
+        step, facts = quantized_step(model, recipe, **kwargs)
         name = weight_classes(model)["linears"][0].removesuffix(".weight")
         step.model.get_submodule(name).weight.scale.mul_(2)
         return step, facts

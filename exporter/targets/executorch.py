@@ -31,9 +31,14 @@ Two deliberate changes to the traced step, both numerically faithful:
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import ctypes
+import gc
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +49,11 @@ from exporter import __version__
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_file
-from exporter.model.state import flatten_state, unflatten_state
+from exporter.model.griffin import positions
+from exporter.model.state import flatten_state, init_state, unflatten_state
 from exporter.package.manifest import Program
 from exporter.step.iospec import IOSpec, build_iospec
-from exporter.step.step import StepModule, example_inputs
+from exporter.step.step import StepModule
 from exporter.targets import TargetResult
 
 if TYPE_CHECKING:
@@ -90,7 +96,8 @@ def export_programs(
     """``torch.export`` of one step per method (static batch 1 and t), GELU decomposed.
 
     ``step``: the module to trace (a torchao-quantized step, quantization/executorch.py);
-    default the fp32 :class:`ExecuTorchStep`. Example inputs come from ``model``.
+    default the fp32 :class:`ExecuTorchStep`. Example inputs come from ``model.config``
+    (fp32 state): ``model`` may have been quantized in place, its embedding no longer a table.
     """
     from torch._decomp import get_decompositions
 
@@ -99,7 +106,9 @@ def export_programs(
     out = {}
     with torch.no_grad():
         for name, seq in seq_lens.items():
-            ep = torch.export.export(step, example_inputs(model, seq), strict=False)
+            ids = torch.zeros(1, seq, dtype=torch.int64)
+            example = (ids, positions(0, seq, 1), *flatten_state(init_state(model.config, 1)))
+            ep = torch.export.export(step, example, strict=False)
             out[name] = ep.run_decompositions(gelu)  # only gelu; the rest stays for the partitioner
     return out
 
@@ -132,7 +141,56 @@ def lower(
     from executorch.exir import to_edge_transform_and_lower
 
     partitioner = [XnnpackPartitioner()] if xnnpack else None
-    return to_edge_transform_and_lower(programs, partitioner=partitioner, constant_methods=metadata)
+    with _lean_xnnpack_preprocess():
+        return to_edge_transform_and_lower(programs, partitioner=partitioner, constant_methods=metadata)
+
+
+@contextlib.contextmanager
+def _lean_xnnpack_preprocess() -> Iterator[None]:
+    """Lower without the two whole-weight copies ExecuTorch 1.5.1 makes for XNNPACK (pinned version).
+
+    * ``BackendDetails.copy_exported_program_for_preprocess`` deep-copies every partition of
+      every method, constants included, all before the first ``preprocess``: one more copy of
+      the weights per method. XNNPACK's preprocess only reads constants (its passes replace
+      ``state_dict`` entries, never a tensor in place), so the copy here shares the tensors and
+      copies the rest (graph, signature, dicts).
+    * each method's partitions serialize their weights into their own named-data bytes, so
+      prefill and decode each held a copy until the .pte is written (which dedups by key). The
+      keys are the sha256 of the bytes: identical blobs are replaced by the first one seen.
+    Both hooks are restored on exit.
+    """
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    saved = {name: XnnpackBackend.__dict__.get(name) for name in ("copy_exported_program_for_preprocess", "preprocess")}
+    preprocess = XnnpackBackend.preprocess
+    blobs: dict[str, Any] = {}
+
+    def copy_sharing_constants(cls: type, program: torch.export.ExportedProgram, specs: Any) -> Any:
+        tensors = [*program.state_dict.values(), *program.constants.values()]
+        memo: dict[int, Any] = {id(t): t for t in tensors if isinstance(t, torch.Tensor)}
+        return copy.deepcopy(program, memo)
+
+    def preprocess_sharing_blobs(program: torch.export.ExportedProgram, specs: Any) -> Any:
+        result = preprocess(program, specs)
+        store = result.data_store_output
+        if store is not None:
+            for key, entry in store.pte_data.items():
+                blob = store.buffers[entry.buffer_index]
+                first = blobs.setdefault(key, blob)
+                if first is not blob and isinstance(first, bytes) and first == blob:
+                    store.buffers[entry.buffer_index] = first
+        return result
+
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_constants)  # type: ignore[assignment]
+    XnnpackBackend.preprocess = staticmethod(preprocess_sharing_blobs)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                delattr(XnnpackBackend, name)
+            else:
+                setattr(XnnpackBackend, name, value)
 
 
 def delegation_summary(edge: EdgeProgramManager, method: str) -> dict[str, Any]:
@@ -159,19 +217,48 @@ def delegation_summary(edge: EdgeProgramManager, method: str) -> dict[str, Any]:
 
 
 def pte_breakdown(path: Path) -> dict[str, int]:
-    """Bytes of a .pte by kind: XNNPACK weights (named data), portable constants, delegate graphs."""
-    # Private but pinned (executorch==1.5.1): the same parser ExecuTorch's tools use.
-    from executorch.exir._serialize._program import deserialize_pte_binary
+    """Bytes of a .pte by kind: XNNPACK weights (named data), portable constants, delegate graphs.
 
-    pte = deserialize_pte_binary(Path(path).read_bytes())
-    prog = pte.program
-    named = sum(len(b) for b in pte.named_data.buffers) if pte.named_data is not None else 0
-    return {
-        "file": Path(path).stat().st_size,
-        "xnnpack_weights": named,
-        "portable_constants": sum(len(b.storage) for b in prog.constant_buffer),
-        "delegate_graphs": sum(len(d.data) for d in prog.backend_delegate_data),
-    }
+    Reads only the header and the program flatbuffer (the segments are sized from the
+    program's segment table, not loaded): the whole-file parse would hold ~3 copies of a
+    multi-GB .pte in memory.
+    """
+    # Private but pinned (executorch==1.5.1): the same parser ExecuTorch's tools use.
+    from executorch.exir._serialize._program import (
+        _flatbuffer_to_program,
+        _get_extended_header,
+        deserialize_pte_binary,
+    )
+    from executorch.exir.schema import DataLocation
+
+    path = Path(path)
+    with path.open("rb") as f:
+        eh = _get_extended_header(f.read(64))
+        if eh is None:  # no segments: everything is inline in the flatbuffer
+            f.seek(0)
+            pte = deserialize_pte_binary(f.read())
+            named = sum(len(b) for b in pte.named_data.buffers) if pte.named_data is not None else 0
+            return {
+                "file": path.stat().st_size,
+                "xnnpack_weights": named,
+                "portable_constants": sum(len(b.storage) for b in pte.program.constant_buffer),
+                "delegate_graphs": sum(len(d.data) for d in pte.program.backend_delegate_data),
+            }
+        f.seek(0)
+        prog = _flatbuffer_to_program(f.read(eh.program_size))
+    sizes = [s.size for s in prog.segments]
+    named = sum(sizes[i] for i in {entry.segment_index for entry in prog.named_data})
+    constants = sum(len(b.storage) for b in prog.constant_buffer)
+    if prog.constant_segment is not None and prog.constant_segment.offsets:
+        constants += sizes[prog.constant_segment.segment_index] - prog.constant_segment.offsets[0]
+    delegates = sum(len(d.data) for d in prog.backend_delegate_data) + sum(
+        sizes[d.processed.index]
+        for plan in prog.execution_plan
+        for d in plan.delegates
+        if d.processed.location == DataLocation.SEGMENT
+    )
+    return {"file": path.stat().st_size, "xnnpack_weights": named, "portable_constants": constants,
+            "delegate_graphs": delegates}  # fmt: skip
 
 
 def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int]) -> None:
@@ -193,6 +280,26 @@ def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int]) -> None:
                 raise RuntimeError(f"{path.name}:{name}: {s.name} is {tuple(info.sizes())}, IOSpec says {s.shape}")
 
 
+def _malloc_trim() -> None:
+    """Hand the heap's free pages back to the OS (glibc): lowering frees many weight-sized blobs."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
+
+
+def _stage(stages: dict[str, int], name: str) -> None:
+    """Record (and log) the process RSS after an export stage: where the memory of an export goes."""
+    from exporter.resources import current_rss_bytes
+
+    gc.collect()  # the previous stage's graphs and programs hold tensors in reference cycles
+    _malloc_trim()
+    rss = current_rss_bytes()
+    if rss is not None:
+        stages[name] = rss
+        log.info("executorch export: RSS %.2f GB after %s", rss / 1e9, name)
+
+
 def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -> TargetResult:
     """Write ``model.pte`` (methods prefill + decode) for ``model`` (loaded from ``source``) into ``out_dir``."""
     if model.embed_tokens.weight.dtype != torch.float32:
@@ -201,20 +308,32 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     spec = build_iospec(model.config)
     recipe = options.quant_recipe
     step, quant_facts = None, None
+    rss: dict[str, int] = {}
+    _stage(rss, "start")
     t0 = time.perf_counter()
     if recipe.is_quantized:  # torchao before torch.export (quantization/executorch.py)
         from quantization.executorch import quantized_step
 
-        step, quant_facts = quantized_step(model, recipe)
+        # In place: the model has no other user after this target (the caller reads its config).
+        step, quant_facts = quantized_step(model, recipe, in_place=True)
+        _stage(rss, "quantize")
     programs = export_programs(model, seq_lens, step)
+    del step
+    _stage(rss, "torch.export")
     t1 = time.perf_counter()
     log.info("torch.export of %s took %.1fs; lowering to ExecuTorch/XNNPACK", seq_lens, t1 - t0)
     edge = lower(programs, constant_methods(model.config, options.prefill_chunk))
+    del programs
+    _stage(rss, "to_edge_transform_and_lower")
     delegation = delegation_summary(edge, DECODE)
     et_program = edge.to_executorch()
+    del edge
+    _stage(rss, "to_executorch")
     path = Path(out_dir) / PTE_NAME
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(et_program.buffer)
+    with atomic_file(path) as tmp, tmp.open("wb") as f:
+        et_program.write_to_file(f)  # streams the serialized pieces: no whole-file bytes object
+    del et_program
+    _stage(rss, "write")
     t2 = time.perf_counter()
     log.info("lowered and wrote %s (%d bytes) in %.1fs", path, path.stat().st_size, t2 - t1)
     check_methods(path, spec, seq_lens)
