@@ -2,7 +2,10 @@
 
 Per recipe class (quantization/recipe.py), on each converted program (before it is
 renamed and saved; both functions of an iOS 18 multifunction package and both iOS 17
-packages), one ``OpLinearQuantizerConfig(mode="linear_symmetric")`` per weight const,
+packages), one ``OpLinearQuantizerConfig(mode="linear_symmetric")`` per weight const.
+In two steps, so the export can free the torch weights in between: :func:`plan_quantization`
+(needs the converted MIL program and the model's names and shapes, not its weight values)
+and :func:`apply_plan` (loads the program from its saved package);
 selected by the const's name (torch.export names it ``p_model_<parameter, dots as _>``,
 with ``_to_fp16`` once the fp16 pass has cast it):
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from exporter.errors import RgMobileError
@@ -93,20 +96,21 @@ def _op_config(scheme: WeightScheme, cls: str, rank: int, ios: int) -> Any:
     return cto.OpLinearQuantizerConfig(granularity="per_block", block_size=block, **common)
 
 
-def quantize_mlmodel(
-    mlmodel: Any, model: Griffin, recipe: Recipe, ios: int, release_program: bool = False
-) -> tuple[Any, dict[str, Any]]:
-    """(the quantized MLModel, facts) for one converted program of ``model``.
+@dataclass(frozen=True)
+class QuantPlan:
+    """What :func:`apply_plan` does to one converted program: per-const configs and the facts.
 
-    ``release_program``: drop ``mlmodel``'s in-memory MIL program (its float weights)
-    once the const names are read; coremltools quantizes a copy it loads from the saved
-    weights anyway, so the float weights are held once, not twice. ``mlmodel`` is then
-    only good for ``get_spec()`` / ``save()``; for callers done with it (the export).
+    Built by :func:`plan_quantization` from the const names of the converted MIL program
+    and the names / shapes / module types of ``model`` (no weight values: a model whose
+    weights were released by ``exporter.model.release`` plans the same).
     """
-    import coremltools.optimize.coreml as cto
 
-    from exporter.targets.coreml_lean import lean_coremltools
+    op_configs: dict[str, Any]
+    facts: dict[str, Any]
 
+
+def plan_quantization(mlmodel: Any, model: Griffin, recipe: Recipe, ios: int) -> QuantPlan:
+    """The :class:`QuantPlan` of ``recipe`` for ``mlmodel`` (a converted program of ``model``, MIL in memory)."""
     effective = effective_recipe(recipe, ios)
     classes = class_of(model)
     params = dict(model.named_parameters())
@@ -128,11 +132,6 @@ def quantize_mlmodel(
             f"coreml quantization: weights not found as consts: {sorted(want - set(seen))[:3]} "
             "(exporter changed the const names?)"
         )
-    config = cto.OptimizationConfig(op_name_configs=configs)
-    if release_program:
-        mlmodel._mil_program = None
-    with lean_coremltools():
-        quantized = cto.linear_quantize_weights(mlmodel, config=config)
     kept = sorted(n for n, c in classes.items() if getattr(effective, c) is None and getattr(recipe, c) is not None)
     facts = {
         "tool": "coremltools.optimize.coreml.linear_quantize_weights (linear_symmetric)",
@@ -145,4 +144,36 @@ def quantize_mlmodel(
         "quantized_consts": len(configs),
     }
     log.info("coreml quantization: %d weight consts (%s), kept float: %d", len(configs), effective.name, len(kept))
-    return quantized, facts
+    return QuantPlan(configs, facts)
+
+
+def apply_plan(mlmodel: Any, plan: QuantPlan) -> Any:
+    """The quantized MLModel: ``linear_quantize_weights`` with ``plan``'s configs.
+
+    coremltools quantizes a program it loads from ``mlmodel``'s saved spec and weights
+    (``mlmodel.weights_dir``), never from an in-memory MIL program, so ``mlmodel`` may be
+    an unloaded ``MLModel`` of a saved package.
+    """
+    import coremltools.optimize.coreml as cto
+
+    from exporter.targets.coreml_lean import lean_coremltools
+
+    config = cto.OptimizationConfig(op_name_configs=plan.op_configs)
+    with lean_coremltools():
+        return cto.linear_quantize_weights(mlmodel, config=config)
+
+
+def quantize_mlmodel(
+    mlmodel: Any, model: Griffin, recipe: Recipe, ios: int, release_program: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """(the quantized MLModel, facts) for one converted program of ``model``: plan, then apply.
+
+    ``release_program``: drop ``mlmodel``'s in-memory MIL program (its float weights)
+    once the const names are read; coremltools quantizes a copy it loads from the saved
+    weights anyway, so the float weights are held once, not twice. ``mlmodel`` is then
+    only good for ``get_spec()`` / ``save()``; for callers done with it.
+    """
+    plan = plan_quantization(mlmodel, model, recipe, ios)
+    if release_program:
+        mlmodel._mil_program = None
+    return apply_plan(mlmodel, plan), plan.facts

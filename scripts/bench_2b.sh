@@ -20,7 +20,7 @@ LIMIT_GB=${LIMIT_GB:-20}
 SHAPE=${SHAPE:-2b}
 POSITIONS=${POSITIONS:-0,2048,8192,32768}
 STEPS=${STEPS:-32}
-TARGETS=${TARGETS:-"onnx-fp32 onnx-int8 onnx-int4 onnx-int4-acc4 executorch-fp32 coreml-fp16"}
+TARGETS=${TARGETS:-"onnx-int4 executorch-int4 coreml-int4"}
 mkdir -p "$OUT"
 
 # target -> rgmobile export options. ONNX always with external data: 2B goes there anyway (> 2 GB),
@@ -29,10 +29,12 @@ declare -A OPTS=(
   [onnx-fp32]="--format onnx --external-data always"
   [onnx-int8]="--format onnx --external-data always --quant int8"
   [onnx-int4]="--format onnx --external-data always --quant int4"
-  [onnx-int4-acc4]="--format onnx --external-data always --quant int4 --accuracy-level 4"
+  [onnx-int4-acc0]="--format onnx --external-data always --quant int4 --accuracy-level 0"
   [executorch-fp32]="--format executorch"
-  [executorch-8da4w]="--format executorch --quant int4"  # once the executorch target takes --quant
+  [executorch-int8]="--format executorch --quant int8"
+  [executorch-int4]="--format executorch --quant int4"
   [coreml-fp16]="--format coreml --ios 18 --compute-precision fp16"
+  [coreml-int4]="--format coreml --ios 18 --quant int4"
 )
 
 python - "$OUT/2b-slice.json" <<'EOF'

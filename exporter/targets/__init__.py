@@ -6,6 +6,12 @@ into ``out_dir`` (a temporary folder that :mod:`exporter.export` renames into
 place) and says which program is which.
 The orchestrator copies the tokenizer and writes the manifest; a target does not.
 
+A target owns ``model`` for the call: :func:`exporter.export.export` passes a model
+it loaded itself and only reads ``model.config`` afterwards, so a target may call
+:func:`exporter.model.release.release_weights` once it no longer needs the weights
+(the Core ML target does, before quantizing; a caller of a target that still
+needs the weights must pass a copy).
+
 Modules are imported only when their target is used, so a missing optional
 toolchain (executorch, coremltools) only fails for that target.
 To add a target: write ``exporter/targets/<name>.py`` with an ``export`` function

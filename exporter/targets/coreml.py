@@ -17,6 +17,13 @@ internal`` keeps the KV ring buffers as Core ML states instead
 dots: ``format_details["features"]`` maps every IOSpec name to its feature (or
 state) name, kind and Core ML dtype. The models are batch 1.
 
+Memory: the torch weights are needed only to convert. Every program is converted
+first (quantized programs wait as unloaded packages on disk, with their quantization
+plan), then the torch weights are released (exporter/model/release.py; a target owns
+its model) before quantization and ``save_multifunction`` load the saved weights
+again. ``format_details["memory_stages"]`` records the RSS of each stage
+(exporter/targets/coreml_memory.py).
+
 Each model carries Xcode-readable metadata: author, description, version,
 a description of every input/output/state, and ``rgmobile.*`` user-defined
 metadata (config, window, vocab, special tokens, programs, feature map, source).
@@ -29,11 +36,12 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
+from exporter.model.release import release_weights
 from exporter.package.manifest import Program
-from exporter.step.iospec import build_iospec
+from exporter.step.iospec import IOSpec, build_iospec
 from exporter.targets import TargetResult
 from exporter.targets.coreml_convert import (
     SPEC_VERSION,
@@ -55,6 +63,7 @@ from exporter.targets.metadata import common_metadata
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from quantization.coreml import QuantPlan
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,11 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     recipe = options.quant_recipe
     quant_facts: dict[str, object] = {}
     mem = StageMemory()
+    # 1. Convert every program while the torch weights exist. Unquantized programs are
+    # renamed and saved right away; quantized ones wait, converted but not loaded: an
+    # unloaded MLModel of coremltools' saved package (its MIL program dropped) and the
+    # quantization plan, made from the const names and the model's names and shapes.
+    pending: dict[str, tuple[Any, QuantPlan]] = {}
     for name, seq in lens.items():
         t0 = time.perf_counter()
         log.info("coreml: %s (t=%d), %s, %s compute, %s state", name, seq, settings.deployment_target,
@@ -100,20 +114,41 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
         del program  # coremltools holds what it needs; the torch weights stay with ``model``
         mem.mark(f"{name}: ct.convert")
         if recipe.is_quantized:  # before save_multifunction, so both functions share the same quantized consts
-            from quantization.coreml import quantize_mlmodel
+            from quantization.coreml import plan_quantization
 
-            mlmodel, quant_facts = quantize_mlmodel(mlmodel, model, recipe, settings.ios, release_program=True)
-            mem.mark(f"{name}: quantize")
-        spec = mlmodel.get_spec()
-        rename_spec(spec, io, fmap)
-        mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
-        path = (staging if settings.multifunction else out_dir) / f"{name}.mlpackage"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mlmodel.save(str(path))
-        del mlmodel, spec  # the next program starts from the model's weights alone
-        mem.mark(f"{name}: save")
+            plan = plan_quantization(mlmodel, model, recipe, settings.ios)
+            mlmodel._mil_program = None  # the fp16/fp32 weights stay in the package on disk only
+            pending[name] = (mlmodel, plan)
+        else:
+            _save_program(mlmodel, _program_path(out_dir, staging, name, settings), io, fmap)
+            _drop_temp_package(mlmodel)
+        del mlmodel  # the next program starts from the model's weights alone
+        mem.mark(f"{name}: plan quantization" if recipe.is_quantized else f"{name}: save")
         seconds[name] = round(time.perf_counter() - t0, 1)
     meta = user_metadata(model, options, settings, source, lens, fmap)
+    # 2. Nothing below needs the torch weights (only model.config): free them before the
+    # quantization and the multifunction merge, which load the saved weights again.
+    freed = release_weights(model)
+    mem.mark("release torch weights")
+    log.info("coreml: released %.2f GB of torch weights", freed / 1e9)
+    # 3. Quantize each saved program from disk, then rename and save it.
+    for name in lens:
+        if name not in pending:
+            continue
+        from quantization.coreml import apply_plan
+
+        t0 = time.perf_counter()
+        mlmodel, plan = pending.pop(name)
+        quantized = apply_plan(mlmodel, plan)
+        quant_facts = plan.facts
+        _drop_temp_package(mlmodel)  # the unquantized weights, on disk until exit otherwise
+        del mlmodel
+        mem.mark(f"{name}: quantize")
+        _save_program(quantized, _program_path(out_dir, staging, name, settings), io, fmap)
+        _drop_temp_package(quantized)
+        del quantized
+        mem.mark(f"{name}: save")
+        seconds[name] = round(seconds[name] + time.perf_counter() - t0, 1)
     if settings.multifunction:
         desc = ct.utils.MultiFunctionDescriptor()
         for name in lens:
@@ -150,6 +185,33 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
             "memory_stages": mem.stages,
         },
     )
+
+
+def _program_path(out_dir: Path, staging: Path, name: str, settings: CoreMLSettings) -> Path:
+    """Where program ``name`` is saved: staging (merged by save_multifunction later) or the artifact."""
+    path = (staging if settings.multifunction else out_dir) / f"{name}.mlpackage"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save_program(mlmodel: Any, path: Path, io: IOSpec, fmap: dict[str, dict[str, str]]) -> None:
+    """Rename the features of a converted (or quantized) program and save it to ``path``."""
+    import coremltools as ct
+
+    spec = mlmodel.get_spec()
+    rename_spec(spec, io, fmap)
+    renamed = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+    renamed.save(str(path))
+    _drop_temp_package(renamed)
+
+
+def _drop_temp_package(mlmodel: Any) -> None:
+    """Delete the temporary .mlpackage coremltools made for ``mlmodel`` (else removed only at exit).
+
+    ``mlmodel`` must not be used afterwards.
+    """
+    if getattr(mlmodel, "is_temp_package", False) and getattr(mlmodel, "package_path", None):
+        shutil.rmtree(mlmodel.package_path, ignore_errors=True)
 
 
 def user_metadata(
