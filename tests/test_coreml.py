@@ -177,6 +177,89 @@ def test_lean_coremltools_patches_and_restores() -> None:
     assert dedup.np is np and FP16ComputePrecision.__dict__["fp16_overflow"] is before
 
 
+def _blob_bytes(writer_fn, cases: list[tuple[object, np.ndarray]], path: Path) -> tuple[list[int], bytes]:
+    """Every case written by ``writer_fn`` into one fresh blob file: the offsets and the file's bytes."""
+    import types as pytypes
+
+    from coremltools.libmilstoragepython import _BlobStorageWriter
+
+    writer = _BlobStorageWriter(str(path))
+    offsets = [writer_fn(pytypes.SimpleNamespace(dtype=mil, val=val), writer) for mil, val in cases]
+    del writer  # flushes and closes the file
+    return offsets, path.read_bytes()
+
+
+def _weight_writer_cases() -> list[tuple[object, np.ndarray]]:
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(7, 13, 3)) * 100  # odd sizes: not a multiple of the 64-byte blob alignment
+    full_byte = [
+        (types.fp16, np.float16), (types.fp32, np.float32), (types.int8, np.int8), (types.uint8, np.uint8),
+        (types.int16, np.int16), (types.uint16, np.uint16), (types.int32, np.int32), (types.uint32, np.uint32),
+    ]  # fmt: skip
+    cases: list[tuple[object, np.ndarray]] = []
+    for mil, dt in full_byte:
+        a = base.astype(dt)
+        cases += [(mil, a), (mil, a.transpose(2, 0, 1)), (mil, a[::2, 1:, ::-1]), (mil, a[3:4, 5:6, 1:2]),
+                  (mil, np.asfortranarray(a)), (mil, a.reshape(-1)[1:]), (mil, np.asarray(a[0, 0, 0]))]  # fmt: skip
+    special = base.astype(np.float16).reshape(-1)[:6].copy()
+    special[:] = [np.nan, -np.inf, np.inf, -0.0, 65504, 6e-8]  # fp16 bits pass through unchanged
+    cases.append((types.fp16, special))
+    cases.append((types.fp16, base.astype(">f2")))  # big-endian: the same raw bytes as the original
+    small = rng.integers(0, 16, size=(5, 9)).astype(np.uint8)  # sub-byte: delegated to coremltools
+    cases += [(types.int4, (small.astype(np.int8) - 8)), (types.uint4, small), (types.uint4, small.T),
+              (types.uint2, small % 4), (types.uint1, small % 2)]  # fmt: skip
+    return cases
+
+
+def test_lean_weight_writer_writes_the_same_blob(tmp_path: Path) -> None:
+    from coremltools.converters.mil.backend.mil import helper
+
+    original = helper._get_offset_by_writing_data
+    cases = _weight_writer_cases()
+    want = _blob_bytes(original, cases, tmp_path / "original.bin")
+    with coreml_lean.lean_coremltools():
+        assert helper._get_offset_by_writing_data is not original
+        with coreml_lean.lean_coremltools():  # nested: a no-op, the outer patch stays
+            patched = helper._get_offset_by_writing_data
+            assert patched.func is coreml_lean._lean_offset_by_writing_data and patched.args == (original,)
+        assert helper._get_offset_by_writing_data is patched
+        got = _blob_bytes(helper._get_offset_by_writing_data, cases, tmp_path / "lean.bin")
+    assert helper._get_offset_by_writing_data is original
+    assert got[0] == want[0] and got[1] == want[1]
+    for i, (mil, val) in enumerate(cases):  # one at a time, so a mismatch names its case
+        one = _blob_bytes(original, [(mil, val)], tmp_path / f"o{i}.bin")
+        assert _blob_bytes(patched, [(mil, val)], tmp_path / f"l{i}.bin") == one, (i, val.dtype, val.shape)
+
+
+def test_lean_weight_writer_skips_the_copies(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from coremltools.converters.mil.backend.mil import helper
+    from coremltools.converters.mil.mil import types
+
+    original = helper._get_offset_by_writing_data
+    weight = np.ones((1024, 1024), np.float16)  # 2 MB
+    with coreml_lean.lean_coremltools():
+        patched = helper._get_offset_by_writing_data
+    peaks = []
+    for fn in (original, patched):
+
+        def traced(var, writer, fn=fn):  # the writer call alone, not reading the file back
+            tracemalloc.start()
+            try:
+                return fn(var, writer)
+            finally:
+                peaks.append(tracemalloc.get_traced_memory()[1])
+                tracemalloc.stop()
+
+        _blob_bytes(traced, [(types.fp16, weight)], tmp_path / f"{len(peaks)}.bin")
+    assert peaks[0] >= 2 * weight.nbytes and peaks[1] < weight.nbytes // 4, peaks
+    with pytest.raises(TypeError, match="Unsupported type"):  # float64: the original's error
+        _blob_bytes(patched, [(types.fp32, np.zeros(3))], tmp_path / "f64.bin")
+
+
 def test_stage_memory_records_stages() -> None:
     mem = StageMemory(interval=0.01)
     mem.mark("one")

@@ -1,4 +1,4 @@
-"""Two whole-tensor numpy temporaries in coremltools 9.0, computed in bounded chunks instead.
+"""Whole-tensor numpy temporaries in coremltools 9.0, avoided (chunked or skipped).
 
 Measured on the ``2b`` shape cut to 3 layers and a 32000 vocab (exporter/targets/coreml_memory.py),
 both scale with the largest weight, the tied [vocab, width] embedding (655M values at 2B):
@@ -13,17 +13,23 @@ both scale with the largest weight, the tied [vocab, width] embedding (655M valu
   whose ``isclose`` makes several float temporaries of the full tensor; for the
   int8/int4 data of a quantized embedding they are float64 (8 bytes per value each).
   Decode and prefill share every weight, so every weight is compared once.
+* ``backend.mil.helper._get_offset_by_writing_data`` (saving the weight blob)
+  passes ``np.ascontiguousarray(val.flatten())`` to the blob writer: ``flatten``
+  always copies, and the fp16 path copies again with ``tobytes`` before
+  reinterpreting the bytes as uint16. Two full-size copies of the fp16 embedding
+  (2 x 1.3 GB at 2B); one for the other dtypes.
 
-:func:`lean_coremltools` swaps in chunked equivalents (same answers, chunk-sized
-temporaries) while it is active and restores the originals after. Both are
-checked against the originals in tests/test_coreml.py. If a future coremltools
-moves these functions, nothing is patched (a warning says so) and conversion
-runs as before.
+:func:`lean_coremltools` swaps in equivalents (same answers or the same bytes
+written, chunk-sized or no temporaries) while it is active and restores the
+originals after. All are checked against the originals in tests/test_coreml.py.
+If a future coremltools moves these functions, that one is not patched (a warning
+says so) and conversion runs as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import types
 from collections.abc import Iterator
@@ -97,9 +103,76 @@ class _NumpyWithChunkedAllclose(types.ModuleType):
         return getattr(np, name)
 
 
+# numpy (kind, itemsize) of a full-byte weight -> the coremltools 9.0 blob writer method its dtype uses
+_BLOB_WRITERS = {
+    ("f", 4): "write_float_data",
+    ("f", 2): "write_fp16_data",  # the fp16 bits, as uint16
+    ("u", 1): "write_uint8_data",
+    ("i", 1): "write_int8_data",
+    ("u", 2): "write_uint16_data",
+    ("i", 2): "write_int16_data",
+    ("i", 4): "write_int32_data",
+    ("u", 4): "write_uint32_data",
+}
+_FULL_BYTE_MIL_DTYPES = ("fp16", "fp32", "int8", "uint8", "int16", "uint16", "int32", "uint32")
+
+
+def _lean_offset_by_writing_data(original: Any, output_var: Any, blob_writer: Any) -> Any:
+    """``helper._get_offset_by_writing_data`` (coremltools 9.0) without the whole-weight copies.
+
+    Full-byte dtypes get the same array the original hands the writer, ``np.ravel`` instead
+    of ``flatten`` (a view when the weight is C-contiguous, else the same C-order copy), and
+    for fp16 a ``view(np.uint16)`` of it instead of ``frombuffer(tobytes())`` (the same bits).
+    Sub-byte MIL dtypes (int4, uint1..uint6: bit packing), anything not a numpy array and
+    dtypes the original rejects are left to ``original``.
+    """
+    from coremltools.converters.mil.mil import types
+
+    val = output_var.val
+    full_byte = tuple(getattr(types, name) for name in _FULL_BYTE_MIL_DTYPES)
+    method = None
+    if output_var.dtype in full_byte and isinstance(val, (np.ndarray, np.generic)):
+        method = _BLOB_WRITERS.get((val.dtype.kind, val.dtype.itemsize))
+    if method is None:
+        return original(output_var, blob_writer)
+    flat = np.ravel(val)  # C order, like flatten(); 1-D and contiguous
+    if method == "write_fp16_data":
+        flat = flat.view(np.uint16)
+    return getattr(blob_writer, method)(np.ascontiguousarray(flat))
+
+
+@contextlib.contextmanager
+def _lean_weight_writer() -> Iterator[None]:
+    """Within the block, coremltools writes weight blobs via :func:`_lean_offset_by_writing_data`."""
+    try:
+        from coremltools.converters.mil.backend.mil import helper
+    except ImportError:  # pragma: no cover - coremltools layout changed
+        helper = None
+    current = getattr(helper, "_get_offset_by_writing_data", None)
+    if isinstance(current, functools.partial) and current.func is _lean_offset_by_writing_data:
+        yield  # nested: already patched
+        return
+    if current is None or not callable(current):
+        log.warning("coreml: coremltools internals moved; writing weights with their full-size copies")
+        yield
+        return
+    helper._get_offset_by_writing_data = functools.partial(_lean_offset_by_writing_data, current)
+    try:
+        yield
+    finally:
+        helper._get_offset_by_writing_data = current
+
+
 @contextlib.contextmanager
 def lean_coremltools() -> Iterator[None]:
-    """Within the block, coremltools uses the chunked versions (see the module docstring)."""
+    """Within the block, coremltools uses the lean versions (see the module docstring)."""
+    with _lean_weight_writer(), _chunked_numpy_checks():
+        yield
+
+
+@contextlib.contextmanager
+def _chunked_numpy_checks() -> Iterator[None]:
+    """Within the block, the fp16 overflow check and const deduplication are chunked."""
     import importlib
 
     try:
