@@ -136,6 +136,13 @@ def decode_weight_bytes(artifact_dir: Path, manifest: Manifest) -> tuple[int, st
     size = sum(p.stat().st_size for p in paths)
     shared = sum(1 for p in manifest.programs.values() if p.file == manifest.program_for(1)[1].file)
     how = "size of the decode program file(s)"
+    if manifest.format == "executorch":
+        # The tied table is stored twice in a .pte (exporter/targets/executorch.py): the head reads
+        # all of it, the lookup reads one row per token, so the lookup copy is not read.
+        cfg = manifest.config
+        itemsize = 1 if (manifest.quantization or {}).get("embedding") else 4  # int8 lookup table or fp32
+        size -= (cfg.vocab_size - 1) * cfg.width * itemsize
+        how += f" minus the embedding lookup table but one row ({'int8' if itemsize == 1 else 'fp32'} copy)"
     if shared > 1:
         how += f" (the file holds {shared} programs: an upper bound if their weights are not shared)"
     return size, how

@@ -223,6 +223,21 @@ def test_bench_decode_weight_bytes_count_the_graph_weights(random_artifact: Path
     assert params * 0.95 <= nbytes <= params * 1.5 and "onnx" in how
 
 
+def test_bench_decode_weight_bytes_of_a_pte_read_the_table_once(tmp_path: Path) -> None:
+    """ExecuTorch stores the tied table twice (lookup + head); a decode step reads the head and one row."""
+    from exporter.export import ExportOptions, export
+    from runtime_py.bandwidth import decode_weight_bytes
+
+    out = tmp_path / "et"
+    export(ExportOptions(out=out, format="executorch", random_init="tiny", prefill_chunk=1))
+    m = read_manifest(out)
+    nbytes, how = decode_weight_bytes(out, m)
+    c = m.config
+    assert nbytes == (out / "model.pte").stat().st_size - (c.vocab_size - 1) * c.width * 4 and "lookup" in how
+    params = c.parameter_counts()["total"] * 4
+    assert params * 0.95 <= nbytes <= params * 1.5
+
+
 def test_bench_goals_are_reported(bench_run: tuple[dict, Path, Path, str], random_artifact: Path) -> None:
     goals = {(g["goal"], g["subject"]): g for g in bench_run[0]["goals"]}
     name = random_artifact.name
