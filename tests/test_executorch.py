@@ -7,6 +7,7 @@ the bundled model's .pte is built only by the one test that needs it.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -226,12 +227,14 @@ def test_xnnpack_tanh_gelu_is_computed_as_erf_gelu() -> None:
 
 
 def test_lean_lowering_writes_the_same_pte_as_executorch(tmp_path: Path) -> None:
-    """``lower`` shares the weights between ExecuTorch's per-partition copies and between the
-    methods' named data (memory, exporter/targets/executorch.py): the bytes of the .pte are
-    those of the plain ``to_edge_transform_and_lower``, and XNNPACK's hooks are restored."""
+    """``lower`` shares the weights between ExecuTorch's per-partition copies, the tied table's
+    duplicate and the methods' named data, and can spill XNNPACK's blobs to disk (memory,
+    exporter/targets/executorch.py): the bytes of the .pte are those of the plain
+    ``to_edge_transform_and_lower``, and every hook is restored."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
     from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir.backend.canonical_partitioners import duplicate_constant_node_pass
 
     from exporter.targets.executorch import lower, pte_breakdown
 
@@ -255,6 +258,19 @@ def test_lean_lowering_writes_the_same_pte_as_executorch(tmp_path: Path) -> None
     plain = to_edge_transform_and_lower(programs(), partitioner=[XnnpackPartitioner()]).to_executorch().buffer
     assert lean == plain
     assert dict(vars(XnnpackBackend)) == hooks
+    assert duplicate_constant_node_pass.copy is copy
+
+    # Spilled: every XNNPACK blob goes to a file while lowering; the written .pte is the same.
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    edge = lower(programs(), {}, spill_dir=spill, spill_min_bytes=1)
+    files = sorted(spill.iterdir())
+    assert len(files) == 5  # two linear weights, their biases and the tied head, once for both methods
+    spilled = edge.to_executorch()
+    with (tmp_path / "spilled.pte").open("wb") as f:
+        spilled.write_to_file(f)
+    assert (tmp_path / "spilled.pte").read_bytes() == plain
+    assert duplicate_constant_node_pass.copy is copy
     path = tmp_path / "tied.pte"
     path.write_bytes(lean)
     sizes = pte_breakdown(path)

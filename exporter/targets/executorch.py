@@ -35,7 +35,9 @@ import contextlib
 import copy
 import ctypes
 import gc
+import hashlib
 import logging
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -73,6 +75,8 @@ UNBOUNDED_CONTEXT = 2**31 - 1
 SCALAR_TYPES = {"int64": 4, "float16": 5, "float32": 6}
 # Graph bookkeeping nodes that get_delegation_info counts but that run no kernel.
 _NOT_OPS = {"getitem", "alloc"}
+# XNNPACK blobs at least this large are spilled to disk during an export (see ``lower``).
+SPILL_MIN_BYTES = 1 << 20
 
 
 class ExecuTorchStep(StepModule):
@@ -134,20 +138,39 @@ def constant_methods(config: GriffinConfig, prefill_chunk: int) -> dict[str, Any
 
 
 def lower(
-    programs: dict[str, torch.export.ExportedProgram], metadata: dict[str, Any], xnnpack: bool = True
+    programs: dict[str, torch.export.ExportedProgram],
+    metadata: dict[str, Any],
+    xnnpack: bool = True,
+    spill_dir: Path | None = None,
+    spill_min_bytes: int = SPILL_MIN_BYTES,
 ) -> EdgeProgramManager:
-    """Edge programs lowered together (shared weights); ``xnnpack=False`` keeps everything portable."""
+    """Edge programs lowered together (shared weights); ``xnnpack=False`` keeps everything portable.
+
+    ``spill_dir``: XNNPACK's serialized weights of at least ``spill_min_bytes`` go to files there
+    instead of memory (ExecuTorch's own ``FileBackedData``, streamed into the .pte when it is
+    written). The directory must outlive the returned program's serialization.
+    """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     partitioner = [XnnpackPartitioner()] if xnnpack else None
-    with _lean_xnnpack_preprocess():
+    with _lean_xnnpack_preprocess(spill_dir, spill_min_bytes):
         return to_edge_transform_and_lower(programs, partitioner=partitioner, constant_methods=metadata)
 
 
+class _ShareTensors:
+    """Stands in for the ``copy`` module of ExecuTorch's duplicate_constant_node pass: its "copy"
+    of a constant used inside and outside a partition (the tied table: portable lookup + XNNPACK
+    head) is the same tensor under a second name. Neither user writes to it."""
+
+    @staticmethod
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return value if isinstance(value, torch.Tensor) else copy.deepcopy(value, memo)
+
+
 @contextlib.contextmanager
-def _lean_xnnpack_preprocess() -> Iterator[None]:
-    """Lower without the two whole-weight copies ExecuTorch 1.5.1 makes for XNNPACK (pinned version).
+def _lean_xnnpack_preprocess(spill_dir: Path | None = None, spill_min_bytes: int = SPILL_MIN_BYTES) -> Iterator[None]:
+    """Lower without the whole-weight copies ExecuTorch 1.5.1 makes for XNNPACK (pinned version).
 
     * ``BackendDetails.copy_exported_program_for_preprocess`` deep-copies every partition of
       every method, constants included, all before the first ``preprocess``: one more copy of
@@ -157,13 +180,34 @@ def _lean_xnnpack_preprocess() -> Iterator[None]:
     * each method's partitions serialize their weights into their own named-data bytes, so
       prefill and decode each held a copy until the .pte is written (which dedups by key). The
       keys are the sha256 of the bytes: identical blobs are replaced by the first one seen.
-    Both hooks are restored on exit.
+    * a constant used both by a delegated and by a portable op (the tied table) is deep-copied
+      per method by ``duplicate_constant_node``; here the copy is the same tensor
+      (:class:`_ShareTensors`).
+    * with ``spill_dir``, every blob of at least ``spill_min_bytes`` is written to a file there
+      when its partition is preprocessed and replaced by a ``FileBackedData``: the serialized
+      weights are never all in memory next to the torch weights (at 2B fp32 that is 10.7 GB).
+    All hooks are restored on exit.
     """
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+    from executorch.exir._serialize._cord import FileBackedData
+    from executorch.exir.backend.canonical_partitioners import duplicate_constant_node_pass
 
     saved = {name: XnnpackBackend.__dict__.get(name) for name in ("copy_exported_program_for_preprocess", "preprocess")}
     preprocess = XnnpackBackend.preprocess
     blobs: dict[str, Any] = {}
+
+    def spilled(blob: bytes) -> Any:
+        if spill_dir is None or len(blob) < spill_min_bytes:
+            return blob
+        path = Path(spill_dir) / f"xnnpack-{len(blobs)}.bin"
+        with path.open("wb") as f:
+            f.write(blob)
+        return FileBackedData(str(path), cleanup=True, sha256=hashlib.sha256(blob).digest())
+
+    def same(first: Any, blob: bytes) -> bool:
+        if isinstance(first, FileBackedData):
+            return len(first) == len(blob) and first.sha256() == hashlib.sha256(blob).digest()
+        return isinstance(first, bytes) and first == blob
 
     def copy_sharing_constants(cls: type, program: torch.export.ExportedProgram, specs: Any) -> Any:
         tensors = [*program.state_dict.values(), *program.constants.values()]
@@ -176,16 +220,22 @@ def _lean_xnnpack_preprocess() -> Iterator[None]:
         if store is not None:
             for key, entry in store.pte_data.items():
                 blob = store.buffers[entry.buffer_index]
-                first = blobs.setdefault(key, blob)
-                if first is not blob and isinstance(first, bytes) and first == blob:
+                if not isinstance(blob, bytes):  # already replaced (a second key of the same buffer)
+                    continue
+                first = blobs.get(key)
+                if first is None:
+                    blobs[key] = store.buffers[entry.buffer_index] = spilled(blob)
+                elif same(first, blob):
                     store.buffers[entry.buffer_index] = first
         return result
 
     XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_constants)  # type: ignore[assignment]
     XnnpackBackend.preprocess = staticmethod(preprocess_sharing_blobs)  # type: ignore[method-assign]
+    duplicate_constant_node_pass.copy = _ShareTensors  # type: ignore[assignment]
     try:
         yield
     finally:
+        duplicate_constant_node_pass.copy = copy
         for name, value in saved.items():
             if value is None:
                 delattr(XnnpackBackend, name)
@@ -322,18 +372,20 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     _stage(rss, "torch.export")
     t1 = time.perf_counter()
     log.info("torch.export of %s took %.1fs; lowering to ExecuTorch/XNNPACK", seq_lens, t1 - t0)
-    edge = lower(programs, constant_methods(model.config, options.prefill_chunk))
-    del programs
-    _stage(rss, "to_edge_transform_and_lower")
-    delegation = delegation_summary(edge, DECODE)
-    et_program = edge.to_executorch()
-    del edge
-    _stage(rss, "to_executorch")
     path = Path(out_dir) / PTE_NAME
-    with atomic_file(path) as tmp, tmp.open("wb") as f:
-        et_program.write_to_file(f)  # streams the serialized pieces: no whole-file bytes object
-    del et_program
-    _stage(rss, "write")
+    # XNNPACK's serialized weights wait on disk, beside the output, until the .pte is written.
+    with tempfile.TemporaryDirectory(prefix=".xnnpack-spill-", dir=out_dir) as spill:
+        edge = lower(programs, constant_methods(model.config, options.prefill_chunk), spill_dir=Path(spill))
+        del programs
+        _stage(rss, "to_edge_transform_and_lower")
+        delegation = delegation_summary(edge, DECODE)
+        et_program = edge.to_executorch()
+        del edge
+        _stage(rss, "to_executorch")
+        with atomic_file(path) as tmp, tmp.open("wb") as f:
+            et_program.write_to_file(f)  # streams the serialized pieces: no whole-file bytes object
+        del et_program
+        _stage(rss, "write")
     t2 = time.perf_counter()
     log.info("lowered and wrote %s (%d bytes) in %.1fs", path, path.stat().st_size, t2 - t1)
     check_methods(path, spec, seq_lens)
