@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from exporter.errors import RgMobileError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -70,3 +72,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def first_line(exc: BaseException) -> str:
+    """The gist of a library message: its first line, first sentence (the CLI shows one line)."""
+    text = str(exc).strip().splitlines()
+    return text[0].split(". ")[0] if text else type(exc).__name__
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; unreadable, invalid or non-object JSON is a clear error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RgMobileError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise RgMobileError(f"{path}: invalid JSON (not UTF-8 text)") from None
+    except OSError as exc:
+        raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
+    except json.JSONDecodeError as exc:
+        raise RgMobileError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise RgMobileError(f"{path}: invalid JSON content: expected an object, got {type(data).__name__}")
+    return data

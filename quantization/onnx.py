@@ -52,6 +52,7 @@ from onnx import helper
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
+from exporter.targets.onnx_external import external_bytes, external_span
 from quantization.onnx_mlas import ort_fake_quantize
 from quantization.onnx_store import QuantizedWeight, SpillStore, column_reader, digest, read_rows
 from quantization.recipe import Recipe, WeightScheme
@@ -296,11 +297,9 @@ def load_external(proto: onnx.ModelProto) -> None:
     """Bring external initializers (absolute locations: the exporter's temporary files and the
     spill file, which onnx's own loader refuses) into memory, for ``--external-data never``."""
     for init in proto.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in init.external_data}
-            with open(info["location"], "rb") as f:
-                f.seek(int(info.get("offset", 0)))
-                init.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
+        span = external_span(init)
+        if span is not None:
+            init.raw_data = external_bytes(span)
             init.data_location = onnx.TensorProto.DEFAULT
             del init.external_data[:]
 

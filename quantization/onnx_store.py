@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
+from exporter.targets.onnx_external import external_span
 from quantization.onnx_mlas import CHUNK_BYTES, Columns, quantize_blocks
 
 
@@ -116,15 +117,15 @@ def read_rows(init: onnx.TensorProto, r0: int | None = None, r1: int | None = No
     by offset, so nothing else of the file is loaded (or kept mapped)."""
     shape = tuple(int(d) for d in init.dims)
     r0, r1 = r0 or 0, shape[0] if r1 is None else r1
-    if init.data_location != onnx.TensorProto.EXTERNAL:
+    span = external_span(init)
+    if span is None:
         return numpy_helper.to_array(init)[r0:r1]
     if init.data_type not in _NP_TYPES:
         raise RgMobileError(f"onnx quantization: {init.name} has data type {init.data_type}, expected fp32/fp16")
     dtype = np.dtype(_NP_TYPES[init.data_type])
     row = math.prod(shape[1:])
-    info = {e.key: e.value for e in init.external_data}
-    offset = int(info.get("offset", 0)) + r0 * row * dtype.itemsize
-    data = np.fromfile(info["location"], dtype, count=(r1 - r0) * row, offset=offset)
+    offset = span.offset + r0 * row * dtype.itemsize
+    data = np.fromfile(span.location, dtype, count=(r1 - r0) * row, offset=offset)
     return data.reshape((r1 - r0, *shape[1:]))
 
 

@@ -9,10 +9,8 @@ shards, and every shard it names must exist and hold the tensors it lists.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,6 +19,7 @@ from exporter.checkpoint.hf_config import config_from_hf
 from exporter.checkpoint.weight_map import from_hf
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
+from exporter.fsio import first_line, read_json
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +28,6 @@ SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
 Tensor = torch.Tensor
-
-
-def first_line(exc: BaseException) -> str:
-    """The gist of a library message: its first line, first sentence (the CLI shows one line)."""
-    text = str(exc).strip().splitlines()
-    return text[0].split(". ")[0] if text else type(exc).__name__
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; unreadable, invalid or non-object JSON is a clear error."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RgMobileError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise RgMobileError(f"{path}: invalid JSON (not UTF-8 text)") from None
-    except OSError as exc:
-        raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
-    except json.JSONDecodeError as exc:
-        raise RgMobileError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    if not isinstance(data, dict):
-        raise RgMobileError(f"{path}: invalid JSON content: expected an object, got {type(data).__name__}")
-    return data
 
 
 def read_hf_config(path: Path) -> GriffinConfig:

@@ -15,11 +15,12 @@ from typing import Literal
 
 import torch
 
-from exporter.checkpoint.hf import CONFIG_NAME, first_line, load_hf_folder
+from exporter.checkpoint.hf import CONFIG_NAME, load_hf_folder
 from exporter.checkpoint.official import load_official
 from exporter.checkpoint.weight_map import check_state_dict
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
+from exporter.fsio import first_line
 from exporter.model.griffin import Griffin
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from exporter.checkpoint.hf import CONFIG_NAME, first_line, read_hf_config
+from exporter.checkpoint.hf import CONFIG_NAME, read_hf_config
 from exporter.checkpoint.weight_map import from_official
 from exporter.config import BlockType, GriffinConfig
 from exporter.errors import RgMobileError
+from exporter.fsio import first_line
 
 log = logging.getLogger(__name__)
 

@@ -94,7 +94,7 @@ def random_config(name: str) -> GriffinConfig:
     if name.endswith(".json"):
         from pathlib import Path
 
-        from exporter.checkpoint.hf import read_json  # missing, unreadable, invalid or non-object JSON
+        from exporter.fsio import read_json  # missing, unreadable, invalid or non-object JSON
 
         try:
             data = read_json(Path(name))

@@ -42,6 +42,7 @@ from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule, example_inputs
 from exporter.targets import TargetResult
 from exporter.targets.metadata import common_metadata
+from exporter.targets.onnx_external import external_bytes, external_span
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
@@ -170,11 +171,9 @@ def _set_external(init: onnx.TensorProto, info: dict[str, str]) -> None:
 
 def _tensor_bytes(init: onnx.TensorProto) -> bytes | None:
     """Raw bytes of an initializer stored in raw_data or (absolute) external data; None otherwise."""
-    if init.data_location == onnx.TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in init.external_data}
-        with open(info["location"], "rb") as f:
-            f.seek(int(info.get("offset", 0)))
-            return f.read(int(info["length"])) if "length" in info else f.read()
+    span = external_span(init)
+    if span is not None:
+        return external_bytes(span)
     if init.HasField("raw_data") and len(init.raw_data) >= 1024:
         return bytes(init.raw_data)
     return None
