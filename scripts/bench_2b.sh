@@ -20,7 +20,7 @@ LIMIT_GB=${LIMIT_GB:-20}
 SHAPE=${SHAPE:-2b}
 POSITIONS=${POSITIONS:-0,2048,8192,32768}
 STEPS=${STEPS:-32}
-TARGETS=${TARGETS:-"onnx-int4 executorch-int4 coreml-int4"}
+TARGETS=${TARGETS:-"onnx-fp32 onnx-int8 onnx-int4 executorch-fp32 executorch-int8 executorch-int4 coreml-fp16 coreml-int8 coreml-int4"}
 mkdir -p "$OUT"
 
 # target -> rgmobile export options. ONNX always with external data: 2B goes there anyway (> 2 GB),
@@ -34,6 +34,7 @@ declare -A OPTS=(
   [executorch-int8]="--format executorch --quant int8"
   [executorch-int4]="--format executorch --quant int4"
   [coreml-fp16]="--format coreml --ios 18 --compute-precision fp16"
+  [coreml-int8]="--format coreml --ios 18 --quant int8"
   [coreml-int4]="--format coreml --ios 18 --quant int4"
 )
 

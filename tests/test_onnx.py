@@ -189,3 +189,32 @@ def test_bundled_model_onnx_greedy_128(tmp_path: Path) -> None:
     assert art.new_ids == ref.new_ids
     worst_logits, worst_state, _ = _parity(artifact, ckpt, decode_steps=3 * manifest.config.window)
     assert worst_logits <= 1e-4 and worst_state <= 1e-4
+
+
+def test_external_data_is_read_by_span_with_clear_errors(tmp_path: Path) -> None:
+    """The one reader of external initializers (exporter/targets/onnx_external.py): bytes at
+    the offset, to the end without a length, and named errors for a missing location or a
+    file shorter than the length it claims."""
+    from exporter.targets.onnx_external import external_bytes, external_span
+
+    data = tmp_path / "w.bin"
+    data.write_bytes(bytes(range(32)))
+
+    def init(**info: str) -> onnx.TensorProto:
+        t = onnx.TensorProto(name="w", data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in info.items():
+            t.external_data.add(key=key, value=value)
+        return t
+
+    def read(**info: str) -> bytes:
+        span = external_span(init(**info))
+        assert span is not None
+        return external_bytes(span)
+
+    assert external_span(onnx.TensorProto(name="inline")) is None
+    assert read(location=str(data), offset="4", length="3") == bytes([4, 5, 6])
+    assert read(location=str(data), offset="30") == bytes([30, 31])
+    with pytest.raises(RgMobileError, match="without a location"):
+        read(offset="4")
+    with pytest.raises(RgMobileError, match="2 bytes at offset 30, expected 8"):
+        read(location=str(data), offset="30", length="8")
