@@ -6,8 +6,10 @@ on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -30,8 +32,13 @@ CheckpointArg = Annotated[
 ]
 
 
+def _disk_full(exc: OSError) -> bool:
+    """ENOSPC, also inside a ``shutil.Error`` (copytree collects its errors as text)."""
+    return exc.errno == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(exc)
+
+
 def user_errors(fn: F) -> F:
-    """Turn RgMobileError into one line on stderr and exit code 2."""
+    """Turn RgMobileError (and a full disk) into one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,6 +46,16 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except RgMobileError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            where = getattr(exc, "filename", None) or "a temporary or output folder"
+            err.print(
+                f"[bold red]error:[/] no space left on the device while writing {where}; the output was left as "
+                "it was (writes are atomic). Free disk space (or point TMPDIR at a larger disk) and retry.",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,34 @@ def test_user_errors_are_one_line_exit_2(args: list[str], needle: str, tiny_chec
     assert res.exit_code == 2, res.output
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(28, "No space left on device", "/out/weights.bin"),
+        # shutil.copytree (coremltools' save) reports its errors as text in a list
+        shutil.Error([("/tmp/a.mlpackage/weight.bin", "/out/weight.bin", "[Errno 28] No space left on device")]),
+    ],
+)
+def test_full_disk_is_one_line_exit_2(exc: OSError, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(options: object) -> None:
+        raise exc
+
+    monkeypatch.setattr("exporter.export.export", full)
+    res = runner.invoke(app, ["export", "--format", "onnx", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2, res.output
+    assert "no space left on the device" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
+
+
+def test_other_os_errors_are_not_called_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(options: object) -> None:
+        raise PermissionError(13, "Permission denied", "/out")
+
+    monkeypatch.setattr("exporter.export.export", denied)
+    res = runner.invoke(app, ["export", "--format", "onnx", "--out", str(tmp_path / "a")])
+    assert isinstance(res.exception, PermissionError)
 
 
 def test_samplers() -> None:
