@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config, tiny_model
 from torch import nn
 from typer.testing import CliRunner
 
@@ -301,6 +302,52 @@ def test_decode_has_no_gelu_and_a_delegated_head(et_artifact: Path) -> None:
     assert not any("gelu" in op for op in ops)
     assert "aten_linear_default" in d["delegated"] and "aten_mm_default" not in d["portable"]
     assert "aten_embedding_default" in d["portable"]  # XNNPACK has no gather: the lookup stays portable
+
+
+@pytest.mark.slow
+def test_decode_keeps_norms_in_xnnpack_and_touches_the_ring_once(et_artifact: Path) -> None:
+    """The costs xnnpack_friendly/fold_constants remove stay removed (tiny model: 2 attention layers)."""
+    d = read_manifest(et_artifact).format_details["decode_delegation"]
+    assert "aten_mean_dim" in d["delegated"] and "aten_mean_dim" not in d["portable"]
+    assert d["portable"].get("aten_scatter_src") == 4  # K and V rows written, no where over the ring
+    assert "aten_expand_copy_default" not in d["portable"] or d["portable"]["aten_expand_copy_default"] <= 2
+    for folded in ("aten_arange_start_step", "aten_log1p_default", "aten_pow_scalar", "aten_reciprocal_default"):
+        assert folded not in d["portable"], folded
+
+
+@pytest.mark.parametrize("t, start", [(1, 0), (1, 5), (1, 37), (5, 3), (8, 30)])
+def test_xnnpack_friendly_forms_match_the_default_step(t: int, start: int) -> None:
+    """The forms traced for ExecuTorch compute the default step: ring state bit-identical."""
+    from exporter.model.griffin import positions
+    from exporter.model.layers import LocalAttention
+    from exporter.model.state import AttentionLayerState, flatten_state
+    from exporter.targets.executorch import ExecuTorchStep, xnnpack_friendly
+
+    model = tiny_model(tiny_config(window=WINDOW))
+    step = ExecuTorchStep(model)
+    gen = torch.Generator().manual_seed(t + start)
+    state = [torch.randn(s.shape, generator=gen) for s in flatten_state(model.init_state(1))]
+    ids = torch.randint(0, model.config.vocab_size, (1, t), generator=gen)
+    with torch.no_grad():
+        want = step(ids, positions(start, t), *state)
+        with xnnpack_friendly(step):
+            got = step(ids, positions(start, t), *state)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    # restored on exit: the eager model (every other target's reference) is unchanged
+    assert not any(vars(m).keys() & {"ring_as_lhs", "pool_mean"} for m in model.modules())
+
+    attention = next(m for m in model.modules() if isinstance(m, LocalAttention))
+    x = torch.randn(1, t, model.config.width, generator=gen)
+    ring_shape = (1, model.config.num_kv_heads, WINDOW, model.config.head_dim)
+    kv = AttentionLayerState(*(torch.randn(ring_shape, generator=gen) for _ in range(2)))
+    with torch.no_grad():
+        want_y, want_kv = attention(x, positions(start, t), kv)
+        attention.ring_as_lhs = True
+        got_y, got_kv = attention(x, positions(start, t), kv)
+        del attention.ring_as_lhs
+    torch.testing.assert_close(got_y, want_y, rtol=0, atol=1e-5)
+    assert torch.equal(got_kv.key, want_kv.key) and torch.equal(got_kv.value, want_kv.value)  # a copy, exactly
 
 
 @pytest.mark.slow

@@ -30,13 +30,27 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
+    """``x / rms(x) * (1 + w)``.
+
+    ``pool_mean`` (off by default; the ExecuTorch target turns it on while tracing) takes
+    the mean over a ``[..., 1, d]`` view as a mean over the last two dims: the same
+    reduction, in the one form XNNPACK delegates (4-D global average pooling), so the
+    norm does not split the graph around a portable ``mean``.
+    """
+
+    pool_mean = False
+
     def __init__(self, width: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., d]
-        var = torch.mean(torch.square(x), dim=-1, keepdim=True)
+        if self.pool_mean:
+            lead, d = x.shape[:-1], x.shape[-1]
+            var = torch.mean(torch.square(x).reshape(*lead, 1, d), dim=(-2, -1), keepdim=True).reshape(*lead, 1)
+        else:
+            var = torch.mean(torch.square(x), dim=-1, keepdim=True)
         return x * torch.rsqrt(var + self.eps) * (self.weight + 1.0)
 
 
@@ -161,7 +175,18 @@ def ring_positions(start: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class LocalAttention(nn.Module):
-    """Multi-query local attention over a KV ring buffer of ``window`` slots."""
+    """Multi-query local attention over a KV ring buffer of ``window`` slots.
+
+    ``ring_as_lhs`` (off by default; the ExecuTorch target turns it on while tracing,
+    exporter/targets/executorch.py) writes the same maths so that the ring is read once
+    and never copied: scores as ``bmm(ring, q^T)^T`` on 3-D views (``matmul`` on 4-D
+    operands traces to ``expand`` copies, and ``q @ ring^T`` to a transpose of the whole
+    ring), and the decode write as a ``scatter`` of the one new row instead of a
+    ``where`` over all ``window`` slots. The ring update is bit-identical; the scores are
+    the same dot products.
+    """
+
+    ring_as_lhs = False
 
     def __init__(self, config: GriffinConfig) -> None:
         super().__init__()
@@ -198,17 +223,33 @@ class LocalAttention(nn.Module):
         # (t x (w + t) values per head) rather than concatenating the keys/values (w x e each).
         g = h // k
         qg = q.reshape(b, k, g * t, e)
-        scores = torch.cat([torch.matmul(qg, old_key.transpose(2, 3)), torch.matmul(qg, kn.transpose(2, 3))], dim=-1)
+        if self.ring_as_lhs:
+            q3 = qg.reshape(b * k, g * t, e)
+            ring_scores = torch.bmm(old_key.reshape(b * k, w, e), q3.transpose(1, 2)).transpose(1, 2)
+            chunk_scores = torch.bmm(q3, kn.reshape(b * k, t, e).transpose(1, 2))
+            scores = torch.cat([ring_scores, chunk_scores], dim=-1)  # [b*k, g*t, w + t]
+        else:
+            ring_scores = torch.matmul(qg, old_key.transpose(2, 3))
+            scores = torch.cat([ring_scores, torch.matmul(qg, kn.transpose(2, 3))], dim=-1)  # [b, k, g*t, w + t]
         scores = scores.reshape(b, k, g, t, w + t) * (e**-0.5)
         scores = torch.where(mask.unsqueeze(1).unsqueeze(1), scores, _MASK_VALUE)
         probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).reshape(b, k, g * t, w + t)
-        out = torch.matmul(probs[..., :w], old_value) + torch.matmul(probs[..., w:], vn)  # [b, k, g*t, e]
+        if self.ring_as_lhs:
+            p3 = probs.reshape(b * k, g * t, w + t)
+            out = torch.bmm(p3[..., :w], old_value.reshape(b * k, w, e))
+            out = out + torch.bmm(p3[..., w:], vn.reshape(b * k, t, e))  # [b*k, g*t, e]
+        else:
+            out = torch.matmul(probs[..., :w], old_value) + torch.matmul(probs[..., w:], vn)  # [b, k, g*t, e]
         out = out.reshape(b, h, t, e).transpose(1, 2).reshape(b, t, h * e)
 
         # New ring: slot s takes the latest position <= start + t - 1 with p % w == s,
         # from this chunk when that position is in it, else the old slot.
         slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
-        if t == 1:  # decode: one slot changes; a select, no index tensor of the ring's size
+        if t == 1 and self.ring_as_lhs:  # decode: write the one new row, copy the rest
+            idx = torch.remainder(start, w).reshape(b, 1, 1, 1).expand(b, k, 1, e)
+            new_key = torch.scatter(old_key, 2, idx, kn).to(state.key.dtype)
+            new_value = torch.scatter(old_value, 2, idx, vn).to(state.value.dtype)
+        elif t == 1:  # decode: one slot changes; a select, no index tensor of the ring's size
             take = (slots == torch.remainder(start, w)).reshape(b, 1, w, 1)
             new_key = torch.where(take, kn, old_key).to(state.key.dtype)
             new_value = torch.where(take, vn, old_value).to(state.value.dtype)
