@@ -66,6 +66,10 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log prog
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not verbose:
+        from exporter.quiet import quiet_upstream
+
+        quiet_upstream()
 
 
 @app.command()
