@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install rgmobile with everything its tests need. Idempotent.
-# torch is pinned to 2.13.0 (the CPU wheel on the machines' disk); it is installed
-# first so that nothing else can pull a multi-GB CUDA build.
+# torch is pinned to 2.13.0 and installed first, so that nothing else picks another build.
+# PyPI's build is a few GB with its CUDA libraries (it runs on the CPU); pip keeps it in its
+# cache, so a second setup on the same machine does not download it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
