@@ -10,17 +10,52 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer._click import exceptions as click_errors  # Typer vendors click: its own classes
+from typer.core import TyperGroup
 
 from exporter.errors import RgMobileError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+class _OneLineUsageErrors(TyperGroup):
+    """A usage error (unknown option, a value of the wrong type) is one line on stderr and exit 2, no box."""
+
+    def main(
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+        standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any,
+    ) -> Any:  # fmt: skip
+        run = functools.partial(super().main, args, prog_name, complete_var, False, windows_expand_args, **extra)
+        if not standalone_mode:
+            return run()
+        try:
+            code = run()  # returns the exit code of a typer.Exit
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()  # `rgmobile` alone: the help text
+            sys.exit(exc.exit_code)
+        except click_errors.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "rgmobile"
+            print(f"error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, cls=_OneLineUsageErrors, pretty_exceptions_enable=False
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -37,17 +72,52 @@ def _disk_full(exc: OSError) -> bool:
     return exc.errno == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(exc)
 
 
+_NOT_WRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM)
+
+
+def _printable(value: object) -> str:
+    """Text the terminal can print: bytes that were not UTF-8 (surrogate escapes) shown as \\udcXX."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_utf8(name: str, value: Any) -> None:
+    """Argv bytes that are not UTF-8 reach us as lone surrogates: refuse them up front, naming the option."""
+    for item in value if isinstance(value, list | tuple) else (value,):
+        if isinstance(item, str | Path):
+            try:
+                str(item).encode("utf-8")
+            except UnicodeEncodeError:
+                option = "--" + name.replace("_", "-")
+                raise RgMobileError(f"{option} is not valid UTF-8 text ({_printable(item)}); pass UTF-8") from None
+
+
 def user_errors(fn: F) -> F:
     """Turn RgMobileError (and a full disk) into one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            for name, value in kwargs.items():  # before anything prints them (a console cannot)
+                _check_utf8(name, value)
             return fn(*args, **kwargs)
         except RgMobileError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {_printable(exc)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as surrogate escapes
+            err.print(
+                f"[bold red]error:[/] an argument is not valid UTF-8 text ({exc.reason}); pass UTF-8 text and paths",
+                highlight=False, markup=True, soft_wrap=True,
+            )  # fmt: skip
             raise typer.Exit(2) from None
         except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                where = escape(_printable(getattr(exc, "filename", None) or "a file or folder"))
+                err.print(
+                    f"[bold red]error:[/] {os.strerror(exc.errno or 0)}: {where}; choose files, an --out and a "
+                    "--report you can read and write",
+                    highlight=False, soft_wrap=True,
+                )  # fmt: skip
+                raise typer.Exit(2) from None
             if not _disk_full(exc):
                 raise
             where = getattr(exc, "filename", None) or "a temporary or output folder"
@@ -76,13 +146,21 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log prog
 @user_errors
 def generate(
     checkpoint: CheckpointArg = None,
-    prompt: Annotated[str, typer.Option(help="text to continue")] = "The",
+    prompt: Annotated[
+        str | None, typer.Option(help="text to continue (default 'The'; with --resume, text to add, default none)")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
     top_k: Annotated[int, typer.Option(help="0 = off")] = 0,
     top_p: Annotated[float, typer.Option(help="1.0 = off")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+    save_state: Annotated[
+        Path | None, typer.Option(help="write the state after the run to this .rgstate file (docs/bundle.md)")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue from a .rgstate file saved by --save-state (same model)")
+    ] = None,
 ) -> None:
     """Generate text from a checkpoint or an exported artifact, streaming it."""
     from runtime_py.generate import generate as run
@@ -91,6 +169,8 @@ def generate(
     from runtime_py.tokenizer import Tokenizer
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if prompt is None:
+        prompt = "" if resume is not None else "The"
     opened = open_path(checkpoint, threads=threads)
     tok = Tokenizer(opened.tokenizer_path)
     out.print(prompt, end="", highlight=False, markup=False)
@@ -101,12 +181,17 @@ def generate(
         max_new_tokens,
         sampling,
         on_text=lambda s: out.print(s, end="", highlight=False, markup=False),
+        save_state=save_state,
+        resume=resume,
     )
     out.print()
+    resumed = f" (resumed {result.resumed_tokens})" if resume is not None else ""
+    saved = f"; state saved to {save_state} ({_fmt_bytes(result.state_bytes)})" if save_state is not None else ""
     err.print(
-        f"[dim]{opened.backend.name}: {len(result.prompt_ids)} prompt tokens in {result.prefill_seconds:.2f}s, "
-        f"{len(result.new_ids)} new tokens at {result.decode_tokens_per_second:.1f} tok/s"
-        f"{', stopped on EOS' if result.stopped_on_eos else ''}[/]"
+        f"[dim]{opened.backend.name}: {len(result.prompt_ids)} prompt tokens{resumed} in "
+        f"{result.prefill_seconds:.2f}s, {len(result.new_ids)} new tokens at "
+        f"{result.decode_tokens_per_second:.1f} tok/s{', stopped on EOS' if result.stopped_on_eos else ''}{saved}[/]",
+        highlight=False,
     )
 
 
@@ -283,8 +368,8 @@ def validate(
 ) -> None:
     """Check an artifact against the PyTorch reference; exit 1 when a parity threshold is exceeded.
 
-    Exit 3 ("incomplete"): nothing failed, but a check could not run on this machine
-    (a Core ML artifact off macOS: its predictions were not run).
+    Exit 3 ("incomplete", or "emulated-pass"): nothing failed, but a check could not run on this
+    machine (a Core ML artifact off macOS: its program was emulated, Core ML predictions not run).
     """
     from runtime_py.thresholds import METRICS
     from runtime_py.validate import ValidateOptions
@@ -327,13 +412,87 @@ def validate(
         for f in result.failures:
             err.print(f"[bold red]validate failed:[/] {f.message()}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    if result.status == "incomplete":
+    if result.status in ("incomplete", "emulated-pass"):  # exit 3 either way: the device did not run it
         for c in result.checks:
             if c["status"] == "not run":
                 err.print(f"[yellow]{c['name']}: not run[/] ({c['detail']})", highlight=False, soft_wrap=True)
-        out.print("[yellow]validate incomplete[/]: the checks above that ran passed; the rest need another machine")
+        what = "emulated pass" if result.status == "emulated-pass" else "incomplete"
+        out.print(f"[yellow]validate {what}[/]: the checks above that ran passed; the rest need another machine")
         raise typer.Exit(3)
     out.print("[green]validate passed[/]")
+
+
+@app.command()
+@user_errors
+def package(
+    path: Annotated[Path, typer.Argument(help="artifact folder to package (with --check: a bundle folder)")],
+    target: Annotated[str | None, typer.Option(help="android (onnx, executorch) or ios (coreml, onnx)")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="bundle folder (an existing bundle is replaced)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="bundle name (default: the --out folder name)")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="reference checkpoint (default: the manifest's source)")
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="re-verify the bundle PATH instead of packaging")] = False,
+    selftest: Annotated[bool, typer.Option("--selftest", help="with --check: also run selftest.json here")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+) -> None:
+    """Package a validated artifact into a phone bundle (docs/bundle.md); --check re-verifies a bundle."""
+    from exporter.package.bundle import PackageOptions, check_bundle, selftest_bundle
+    from exporter.package.bundle import package as run_package
+
+    if check:
+        summary = check_bundle(path)
+        _print_bundle(path, summary.manifest)
+        cases = summary.selftest["cases"]
+        out.print(f"selftest.json: {len(cases)} cases, {len(summary.selftest['tokenizer'])} tokenizer strings; "
+                  "manifest and every sha256 verified", highlight=False)  # fmt: skip
+        if selftest:
+            with err.status("running the self-test..."):
+                result = selftest_bundle(path, threads=threads)
+            out.print(("[green]" if result.passed else "[red]") + result.summary() + "[/]", highlight=False)
+            if not result.passed:
+                for line in result.failures:
+                    err.print(f"[bold red]self-test:[/] {line}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1)
+        return
+    if target is None or out_dir is None:
+        raise RgMobileError("package needs --target android|ios and --out BUNDLE_DIR (or --check BUNDLE_DIR)")
+    options = PackageOptions(
+        artifact=path, target=target, out=out_dir, name=name, checkpoint=checkpoint, threads=threads
+    )
+    with err.status(f"validating and packaging {path} for {target}..."):
+        packaged = run_package(options)
+    _print_bundle(out_dir, packaged.manifest)
+    if packaged.validation_status == "incomplete":
+        out.print("[yellow]validation INCOMPLETE[/] (not a pass): packaged, and the bundle records status "
+                  "'incomplete'. Not run here:", highlight=False)  # fmt: skip
+        for line in packaged.incomplete_checks:
+            out.print(f"  - {line}", highlight=False, markup=False)
+    else:
+        out.print("[green]validation passed[/]; bundle written to " + str(out_dir), highlight=False)
+
+
+def _print_bundle(path: Path, manifest: Any) -> None:
+    """Files, sizes, total, precision, minimum runtime, state size of a bundle."""
+    bundle = manifest.bundle or {}
+    subject = f"{bundle.get('target')}, {manifest.format} {manifest.precision}"
+    table = Table(title=f"{path}: {bundle.get('name')} ({subject})")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    for f in manifest.files:
+        table.add_row(f.path, _fmt_bytes(f.size))
+    table.add_row("[bold]total[/]", f"[bold]{_fmt_bytes(sum(f.size for f in manifest.files))}[/]")
+    out.print(table)
+    needs = ", ".join(f"{k} >= {v}" for k, v in (manifest.runtime_requirements or {}).items()) or "-"
+    validation = bundle.get("validation", {}).get("status", "-")
+    out.print(
+        f"precision {manifest.precision}; minimum runtime: {needs}; "
+        f"state {_fmt_bytes(int(bundle.get('state_bytes', 0)))} "
+        f"per sequence (constant in context length); validation: {validation}",
+        highlight=False,
+    )
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:

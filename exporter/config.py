@@ -24,6 +24,38 @@ def griffin_pattern(num_layers: int) -> tuple[BlockType, ...]:
     return tuple(cycle[i % 3] for i in range(num_layers))
 
 
+# Bounds of every integer / float field. Generous (RecurrentGemma-9B is far inside them) but finite:
+# a config read from JSON must not make us build a 10^12-layer model or a 10^9-slot KV ring.
+MAX_LAYERS = 1024
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, 1 << 21),
+    "width": (1, 1 << 16),
+    "mlp_width": (1, 1 << 18),
+    "num_heads": (1, 1024),
+    "num_kv_heads": (1, 1024),
+    "lru_width": (1, 1 << 16),
+    "window": (1, 1 << 20),
+    "conv_width": (1, 64),
+    "bos_id": (0, (1 << 21) - 1),
+    "eos_id": (0, (1 << 21) - 1),
+    "pad_id": (0, (1 << 21) - 1),
+}
+FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
+    "logits_soft_cap": (0.0, 1e6),  # 0 disables it
+    "rope_theta": (1e-6, 1e12),
+    "partial_rotary_factor": (1e-6, 1.0),
+    "rms_norm_eps": (0.0, 1.0),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class GriffinConfig:
     """Architecture of a RecurrentGemma / Griffin model.
@@ -72,19 +104,31 @@ class GriffinConfig:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
-        positive = {
-            "vocab_size": self.vocab_size,
-            "width": self.width,
-            "mlp_width": self.mlp_width,
-            "num_heads": self.num_heads,
-            "num_kv_heads": self.num_kv_heads,
-            "lru_width": self.lru_width,
-            "window": self.window,
-            "conv_width": self.conv_width,
-        }
-        for key, value in positive.items():
-            if not isinstance(value, int) or value <= 0:
-                raise RgMobileError(f"config: {key} must be a positive integer, got {value!r}")
+        # Types and ranges first (a config is read from untrusted JSON): every message names the key.
+        for key, (lo, hi) in INT_BOUNDS.items():
+            value = getattr(self, key)
+            if not _is_int(value) or not lo <= value <= hi:
+                want = "a positive integer" if lo == 1 else "a non-negative integer"
+                raise RgMobileError(f"config: {key} must be {want} (at most {hi:,}), got {value!r}")
+        for key, (low, high) in FLOAT_BOUNDS.items():
+            number = getattr(self, key)
+            if not _is_number(number) or not math.isfinite(number) or not low <= number <= high:
+                raise RgMobileError(f"config: {key} must be a finite number in [{low:g}, {high:g}], got {number!r}")
+            object.__setattr__(self, key, float(number))  # 30 and 30.0 are one config (same config_sha256)
+        for key in ("embed_scale_by_sqrt_width", "attention_bias"):
+            if not isinstance(getattr(self, key), bool):
+                raise RgMobileError(f"config: {key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.name, str):
+            raise RgMobileError(f"config: name must be a string, got {self.name!r}")
+        if not isinstance(self.block_types, tuple) or not all(isinstance(b, str) for b in self.block_types):
+            raise RgMobileError(f"config: block_types must be a list of strings, got {self.block_types!r}")
+        if len(self.block_types) > MAX_LAYERS:
+            raise RgMobileError(f"config: {len(self.block_types):,} layers; at most {MAX_LAYERS} are supported")
+        for key in ("bos_id", "eos_id", "pad_id"):
+            if getattr(self, key) >= self.vocab_size:
+                raise RgMobileError(
+                    f"config: {key} {getattr(self, key)} is not a token id of vocab_size {self.vocab_size}"
+                )
         if not self.block_types:
             raise RgMobileError("config: block_types is empty; a model needs at least one layer")
         bad = [b for b in self.block_types if b not in BLOCK_TYPES]
@@ -104,8 +148,6 @@ class GriffinConfig:
                 f"config: partial_rotary_factor {self.partial_rotary_factor} gives rotary dim {rot}; "
                 f"it must be even and within head_dim {self.head_dim}"
             )
-        if self.logits_soft_cap < 0:
-            raise RgMobileError("config: logits_soft_cap must be >= 0 (0 disables it)")
 
     # --- derived sizes -----------------------------------------------------------
     @property
@@ -162,6 +204,21 @@ class GriffinConfig:
         kv = n_att * 2 * self.num_kv_heads * self.window * self.head_dim * dtype_bytes
         return {"conv": batch * conv, "rg_lru": batch * rglru, "kv": batch * kv, "total": batch * (conv + rglru + kv)}
 
+    def memory_bytes(self, dtype_bytes: int = 4) -> int:
+        """What holding this model needs at least: its parameters plus one batch-1 state, in bytes."""
+        return self.parameter_counts()["total"] * dtype_bytes + self.state_bytes(dtype_bytes=dtype_bytes)["total"]
+
+    def check_memory(self, dtype_bytes: int = 4, what: str = "this model") -> None:
+        """Refuse, before anything is allocated, a config whose weights + state exceed the memory available."""
+        need = self.memory_bytes(dtype_bytes)
+        have = available_memory_bytes()
+        if have is not None and need > have:
+            raise RgMobileError(
+                f"config: {what} needs {need / 2**30:.1f} GiB for its weights and state "
+                f"({self.parameter_counts()['total']:,} parameters x {dtype_bytes} B + state) but only "
+                f"{have / 2**30:.1f} GiB of memory is available; check the config's sizes"
+            )
+
     # --- (de)serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -170,12 +227,18 @@ class GriffinConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GriffinConfig:
+        """Parse ``to_dict()`` output (e.g. a manifest's config); wrong types or ranges name the key."""
+        if not isinstance(data, dict):
+            raise RgMobileError(f"config: expected an object, got {type(data).__name__}")
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(map(str, data)) - known)
         if unknown:
             raise RgMobileError(f"config: unknown field(s) {unknown}")
         data = dict(data)
-        data["block_types"] = tuple(data.get("block_types", ()))
+        blocks = data.get("block_types", ())
+        if not isinstance(blocks, list | tuple):
+            raise RgMobileError(f"config: block_types must be a list of strings, got {blocks!r}")
+        data["block_types"] = tuple(blocks)
         try:
             return cls(**data)
         except TypeError as exc:
@@ -183,6 +246,16 @@ class GriffinConfig:
 
     def with_(self, **changes: Any) -> GriffinConfig:
         return replace(self, **changes)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still give us (MemAvailable + free swap, Linux); None when unknown."""
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/meminfo", encoding="ascii").read().splitlines())
+        kib = int(fields["MemAvailable"].split()[0]) + int(fields.get("SwapFree", "0 kB").split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+    return kib * 1024
 
 
 def _preset_2b() -> GriffinConfig:

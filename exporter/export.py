@@ -10,6 +10,7 @@ artifact.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from exporter.errors import RgMobileError
-from exporter.fsio import atomic_dir
+from exporter.fsio import atomic_dir, first_line
 from exporter.package.manifest import MANIFEST_NAME, Manifest, file_entries, read_manifest, write_manifest
 from exporter.step.iospec import build_iospec
 from exporter.targets import check_target, get_target
@@ -101,12 +102,7 @@ class ExportOptions:
             raise RgMobileError(f"--prefill-chunk must be an integer in 1..4096, got {self.prefill_chunk!r}")
         if self.external_data not in ("auto", "always", "never"):
             raise RgMobileError(f"--external-data must be auto, always or never, got {self.external_data!r}")
-        out = Path(self.out)
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file())):
-            raise RgMobileError(
-                f"{out} exists and is not an rgmobile artifact folder; choose a new or empty --out "
-                "(an existing artifact is replaced)"
-            )
+        check_out(Path(self.out))  # before any work: a refused --out must not cost a whole export
 
     @property
     def quant_recipe(self) -> Recipe:
@@ -136,6 +132,64 @@ class ExportOptions:
             from quantization.executorch import check_recipe as check_executorch_recipe
 
             check_executorch_recipe(recipe)  # only the verified XNNPACK paths (8da8w, 8da4w)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` we could not write or must not replace, with one line; before any work.
+
+    A new or empty folder is fine; an existing folder only if it is provably an rgmobile artifact
+    (:func:`check_replaceable`): replacing anything else would delete files we did not write.
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise RgMobileError(
+            f"--out {out} is the current folder or holds it, which the export replaces; run from another "
+            "folder or choose another --out"
+        )
+    if out.is_symlink():
+        raise RgMobileError(f"--out {out} is a symbolic link; pass the folder it points to, or another --out")
+    if out.exists() and not out.is_dir():
+        raise RgMobileError(f"--out {out} exists and is a file, not a folder; choose a new or empty --out")
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RgMobileError(f"--out {out}: cannot write in {parent} (permission denied or read-only)")
+    if out.is_dir() and any(out.iterdir()):
+        check_replaceable(out)
+
+
+def check_replaceable(out: Path) -> None:
+    """``out`` may be replaced only if it is an rgmobile artifact and holds nothing but the files its
+    manifest lists: a folder that merely has a ``manifest.json`` (a web app) or an artifact the user
+    added files to must never be deleted."""
+    out = Path(out)
+    manifest = out / MANIFEST_NAME
+    if not manifest.is_file() or manifest.is_symlink():
+        raise RgMobileError(
+            f"--out {out} exists and is not an rgmobile artifact folder (no {MANIFEST_NAME}); it is not replaced: "
+            "choose a new or empty --out"
+        )
+    try:
+        listed = {f.path for f in read_manifest(out, verify=False).files} | {MANIFEST_NAME}
+    except RgMobileError as exc:
+        raise RgMobileError(
+            f"--out {out} has a {MANIFEST_NAME} that is not an rgmobile manifest ({first_line(exc)}); it is not "
+            "replaced: choose a new or empty --out"
+        ) from None
+    unlisted = []
+    for root, dirs, files in os.walk(out):
+        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            rel = (Path(root) / name).relative_to(out).as_posix()
+            if rel not in listed:
+                unlisted.append(rel)
+    if unlisted:
+        raise RgMobileError(
+            f"--out {out} holds {len(unlisted)} file(s) the artifact there does not list (e.g. "
+            f"{', '.join(sorted(unlisted)[:3])}); replacing it would delete them: move them out or choose another --out"
+        )
 
 
 def export(options: ExportOptions) -> Manifest:
@@ -198,9 +252,17 @@ def _write_artifact(
 ) -> Manifest:
     """Run the target into a temporary folder, add tokenizer + manifest, rename into place."""
     target = get_target(options.format)
-    with atomic_dir(Path(options.out)) as tmp:
+    from exporter.package.identity import compute_identity
+    from exporter.package.requirements import runtime_requirements
+
+    weights = compute_identity(model, "fp32")  # before the target runs: a target may retie or quantize in place
+    with atomic_dir(Path(options.out), check_replace=check_replaceable) as tmp:
         result = target(model, tmp, options, label)
         write_tokenizer(tmp / TOKENIZER_FILE)
+        if options.format == "onnx":  # onnxruntime-genai reads its own config and tokenizer.json
+            from exporter.package.genai import write_genai_files
+
+            write_genai_files(tmp, model.config, tmp / TOKENIZER_FILE)
         manifest = Manifest(
             format=options.format,
             source=source,
@@ -213,6 +275,8 @@ def _write_artifact(
             programs=result.programs,
             files=file_entries(tmp),
             format_details={**result.details, "export_stats": monitor.stats().to_dict()},
+            identity={**weights, "precision": result.precision},
+            runtime_requirements=runtime_requirements(options.format, result.precision, result.details),
         )
         write_manifest(tmp, manifest)
         read_manifest(tmp)  # the artifact must read back before it is renamed into place

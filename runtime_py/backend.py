@@ -35,20 +35,32 @@ class Backend(Protocol):
         ...
 
     def state_arrays(self, state: State) -> dict[str, np.ndarray]:
-        """The state as numpy arrays keyed by IOSpec input name (for parity checks)."""
+        """The state as numpy arrays keyed by IOSpec input name, in the IOSpec's dtypes."""
         ...
+
+    def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> State:
+        """Inverse of :meth:`state_arrays`: a state of this backend from arrays keyed by IOSpec input name."""
+        ...
+
+
+# Longest step for a backend that runs any t (seq_lens() None): a prompt is prefilled in
+# chunks of at most this many tokens, so per-step memory (attention scores [t, t], logits
+# [t, v]) does not grow with the prompt.
+DEFAULT_MAX_CHUNK = 128
 
 
 def plan_chunks(length: int, seq_lens: tuple[int, ...] | None, max_chunk: int | None = None) -> list[int]:
     """Split ``length`` prompt tokens into step lengths the backend supports.
 
     Greedy from the largest supported length down to 1, so a prompt is never
-    padded (padding would advance the recurrent state on fake tokens).
+    padded (padding would advance the recurrent state on fake tokens). A
+    backend that runs any t gets chunks of at most ``max_chunk`` (default
+    :data:`DEFAULT_MAX_CHUNK`).
     """
     if length <= 0:
         return []
     if seq_lens is None:
-        chunk = max_chunk or length
+        chunk = max_chunk or DEFAULT_MAX_CHUNK
         return [min(chunk, length - s) for s in range(0, length, chunk)]
     sizes = sorted({s for s in seq_lens if s >= 1} | {1}, reverse=True)
     out: list[int] = []

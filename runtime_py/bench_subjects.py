@@ -30,7 +30,7 @@ BASELINES = ("eager", "transformers", "gemma")
 
 
 class Subject(Protocol):
-    backend: str  # runtime name: "onnxruntime", "torch", "transformers", ...
+    backend: str  # runtime name: "onnxruntime", "torch", "transformers", "coreml-emulated" (no speed goals), ...
     precision: str
     config: GriffinConfig
 

@@ -2,9 +2,9 @@
 
 coremltools can build and inspect models anywhere, but ``MLModel.predict``
 calls the Core ML framework, which exists only on Apple platforms. On any
-other OS :func:`open_artifact` raises a clear :class:`RgMobileError` that says
-what can be checked there instead (``rgmobile validate`` on Linux runs the spec
-and pre-conversion checks and reports "Core ML predictions: not run").
+other OS :func:`open_artifact` opens the emulator instead
+(runtime_py/coreml_emulator.py: the saved programs run with coremltools' numpy
+op definitions; its backend name ``coreml-emulated`` says so wherever it is reported).
 
 One ``MLModel`` per program (``function_name`` = the program's entry in a
 multifunction package). The state is a dict of numpy arrays keyed by IOSpec
@@ -36,10 +36,9 @@ _NP = {"int32": np.int32, "float32": np.float32, "float16": np.float16}
 
 def linux_message(artifact_dir: Path) -> str:
     return (
-        f"{artifact_dir}: Core ML predictions need macOS (the Core ML framework runs the model; "
-        f"this is {sys.platform}). Here, `rgmobile validate {artifact_dir}` checks the manifest and file hashes, "
-        "the saved Core ML spec (names, dtypes, shapes, deployment target, functions) and the pre-conversion "
-        "program's parity with PyTorch; run `rgmobile validate` / `generate` on a Mac for Core ML numerics"
+        f"{artifact_dir}: Core ML predictions need macOS (this is {sys.platform}); running the saved "
+        "programs in the Core ML emulator (coremltools' op definitions, not the device's arithmetic): "
+        "run `rgmobile validate` / `generate` on a Mac for Core ML itself"
     )
 
 
@@ -110,12 +109,21 @@ class CoreMLBackend:
     def state_arrays(self, state: NumpyState) -> dict[str, np.ndarray]:
         return {s.name: state[s.name].astype(np.float32) for s in self.io.state_inputs}
 
+    def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> NumpyState:
+        """Inverse of :meth:`state_arrays`: own copies in the features' dtypes (fp16 for Core ML states)."""
+        return {
+            s.name: np.array(arrays[s.name], dtype=_NP[self.features[s.name]["dtype"]]) for s in self.io.state_inputs
+        }
 
-def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> CoreMLBackend:
-    """Factory named in runtime_py.open.ARTIFACT_BACKENDS: macOS only, a clear error elsewhere.
+
+def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> Any:
+    """Factory named in runtime_py.open.ARTIFACT_BACKENDS: Core ML on macOS, the emulator elsewhere.
 
     ``threads`` is ignored: Core ML schedules its own CPU/GPU/Neural Engine work.
     """
     if sys.platform != "darwin":
-        raise RgMobileError(linux_message(Path(artifact_dir)))
+        from runtime_py.coreml_emulator import open_artifact as open_emulated
+
+        log.warning("%s", linux_message(Path(artifact_dir)))
+        return open_emulated(Path(artifact_dir), manifest, threads)
     return CoreMLBackend(Path(artifact_dir), manifest)

@@ -114,7 +114,13 @@ class ExecuTorchBackend:
             raise RgMobileError(f"executorch artifact runs batch 1 and {self.seq_lens()} tokens per step, not {b}x{t}")
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
         pos = torch.from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64))
-        outputs = method.execute([ids, pos, *state])
+        try:
+            outputs = method.execute([ids, pos, *state])
+        except RuntimeError as exc:  # the runtime's error codes (a program that loads but cannot run)
+            gist = " ".join(str(exc).split())[:300]
+            raise RgMobileError(
+                f"executorch failed running the t={t} method ({gist}); re-export the artifact"
+            ) from None
         new_state = list(state)
         for slot, tensor in zip(self._route, outputs[1:], strict=True):
             new_state[slot] = tensor
@@ -122,6 +128,12 @@ class ExecuTorchBackend:
 
     def state_arrays(self, state: EtState) -> dict[str, np.ndarray]:
         return {s.name: t.numpy() for s, t in zip(self.io.state_inputs, state, strict=True)}
+
+    def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> EtState:
+        """Inverse of :meth:`state_arrays`: tensors (own copies) in the IOSpec's order and dtypes."""
+        return tuple(
+            torch.from_numpy(np.array(arrays[s.name], dtype=np.dtype(s.dtype), order="C")) for s in self.io.state_inputs
+        )
 
 
 def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> ExecuTorchBackend:

@@ -29,9 +29,14 @@ log = logging.getLogger(__name__)
 OrtState = dict[str, ort.OrtValue]
 _ORT = ort.capi.onnxruntime_pybind11_state
 # What onnxruntime raises for a missing, truncated or invalid model file.
-_LOAD_ERRORS = (_ORT.Fail, _ORT.InvalidProtobuf, _ORT.InvalidGraph, _ORT.NoSuchFile, _ORT.InvalidArgument)
-_RUN_ERRORS = (_ORT.Fail, _ORT.RuntimeException, _ORT.InvalidArgument)
+_LOAD_ERRORS = (
+    _ORT.Fail, _ORT.InvalidProtobuf, _ORT.InvalidGraph, _ORT.NoSuchFile, _ORT.InvalidArgument, _ORT.NotImplemented,
+    _ORT.RuntimeException,
+)  # fmt: skip
+# ... and for a graph that loads but cannot run (RuntimeError: what IO binding raises for a bad name or buffer).
+_RUN_ERRORS = (_ORT.Fail, _ORT.RuntimeException, _ORT.InvalidArgument, _ORT.NotImplemented, _ORT.EPFail, RuntimeError)
 _NP_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
+_ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)"}
 
 
 class OnnxBackend:
@@ -62,12 +67,28 @@ class OnnxBackend:
         log.info("onnxruntime %s: programs %s", ort.__version__, {n: p.seq_len for n, p in manifest.programs.items()})
 
     def _check_session(self, program: str, sess: ort.InferenceSession) -> None:
+        """The graph's inputs and outputs must be the manifest's io: names, order, dtypes, static dims."""
         ins = [i.name for i in sess.get_inputs()]
         outs = [o.name for o in sess.get_outputs()]
         if ins != self.io.input_names or outs != self.io.output_names:
             raise RgMobileError(
                 f"program {program!r}: graph I/O names differ from the manifest's io spec; re-export the artifact"
             )
+        seq = self.manifest.programs[program].seq_len
+        for spec, arg in zip((*self.io.inputs, *self.io.outputs), (*sess.get_inputs(), *sess.get_outputs())):
+            want = _ORT_TYPES.get(spec.dtype)
+            dims = list(arg.shape or [])
+            # a static graph dim must equal the manifest's dim ("seq" is this program's seq_len); a symbolic
+            # graph dim accepts anything the manifest binds it to
+            bound = [seq if d == "seq" else d for d in spec.shape]
+            clash = len(dims) != len(bound) or any(
+                isinstance(g, int) and isinstance(m, int) and g != m for g, m in zip(dims, bound)
+            )
+            if arg.type != want or clash:
+                raise RgMobileError(
+                    f"program {program!r}: graph tensor {spec.name} is {arg.type} {dims}, the manifest's io spec "
+                    f"says {spec.dtype} {bound}; re-export the artifact"
+                )
 
     def seq_lens(self) -> tuple[int, ...]:
         return tuple(sorted(self.sessions, reverse=True))
@@ -86,24 +107,34 @@ class OnnxBackend:
         sess = self.sessions.get(t)
         if sess is None:
             raise RgMobileError(f"onnx artifact runs {self.seq_lens()} tokens per step, not {t}")
-        binding = sess.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        for s in self.io.state_inputs:
-            binding.bind_ortvalue_input(s.name, state[s.name])
-        for name in self.io.output_names:
-            binding.bind_output(name, "cpu")  # onnxruntime allocates fresh buffers each run
         try:
+            binding = sess.io_binding()
+            binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+            for s in self.io.state_inputs:
+                binding.bind_ortvalue_input(s.name, state[s.name])
+            for name in self.io.output_names:
+                binding.bind_output(name, "cpu")  # onnxruntime allocates fresh buffers each run
             sess.run_with_iobinding(binding)
+            values = binding.get_outputs()
         except _RUN_ERRORS as exc:  # a graph that loads but cannot run is a broken artifact
-            raise RgMobileError(f"onnxruntime failed running the t={t} program: {exc}") from None
-        values = binding.get_outputs()
+            gist = " ".join(str(exc).split())[:300]
+            raise RgMobileError(
+                f"onnxruntime failed running the t={t} program ({gist}); re-export the artifact"
+            ) from None
         logits = values[0].numpy()
         new_state = {self.pairs[name]: v for name, v in zip(self.io.output_names[1:], values[1:], strict=True)}
         return logits, new_state
 
     def state_arrays(self, state: OrtState) -> dict[str, np.ndarray]:
         return {s.name: state[s.name].numpy() for s in self.io.state_inputs}
+
+    def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> OrtState:
+        """Inverse of :meth:`state_arrays`: OrtValues (own copies) in the IOSpec's dtypes."""
+        return {
+            s.name: ort.OrtValue.ortvalue_from_numpy(np.array(arrays[s.name], dtype=_NP_DTYPES[s.dtype], order="C"))
+            for s in self.io.state_inputs
+        }
 
 
 def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> OnnxBackend:

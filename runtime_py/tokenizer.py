@@ -18,7 +18,7 @@ class Tokenizer:
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.Load(str(path))
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, UnicodeDecodeError) as exc:  # a corrupt piece is not UTF-8
             raise RgMobileError(f"tokenizer: {path} is not a valid SentencePiece model ({exc})") from None
 
     @property
@@ -34,6 +34,10 @@ class Tokenizer:
         return int(self.sp.eos_id())
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 (argv) arrive as lone surrogates
+            raise RgMobileError("the text to encode is not valid UTF-8 (pass UTF-8 text)") from None
         ids = list(self.sp.EncodeAsIds(text))
         return [self.bos_id, *ids] if add_bos and self.bos_id >= 0 else ids
 

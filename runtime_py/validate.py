@@ -17,9 +17,11 @@ threshold exceeded is a *result* (``ValidationReport.failures``; the CLI exits 1
 a broken artifact (manifest, sha256, missing file) is an :class:`RgMobileError` (exit 2).
 
 A Core ML artifact also gets its saved spec checked against the manifest; off
-macOS, where Core ML cannot run, the exact pre-conversion program stands in for
-it and the report says "Core ML predictions: not run" with status "incomplete"
-(CLI exit 3), never "passed" (runtime_py/validate_coreml.py).
+macOS, where Core ML cannot run, its saved programs run in the emulator
+(coremltools' op definitions, runtime_py/coreml_emulator.py) with the artifact's
+thresholds, the pre-conversion program is checked too, and the report says
+"Core ML runtime predictions: not run" with status "emulated-pass" (CLI exit 3,
+as "incomplete"), never "passed" (runtime_py/validate_coreml.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from exporter.errors import RgMobileError
 from exporter.fsio import write_json
 from exporter.package.manifest import read_manifest
 from runtime_py.backend import Backend, State, plan_chunks
+from runtime_py.coreml_emulator import DESCRIPTION as EMULATED_NAME
 from runtime_py.open import open_artifact_backend
 from runtime_py.thresholds import METRICS, exceeded, thresholds_for
 
@@ -143,11 +146,12 @@ class ValidationReport:
 
     @property
     def status(self) -> str:
-        """ "failed", "incomplete" (nothing failed but a check could not run here) or "passed"."""
+        """ "failed", "incomplete" (nothing failed but a check could not run here), "emulated-pass"
+        (nothing failed; the program ran in an emulator, its runtime did not run here) or "passed"."""
         if self.failures or any(c["status"] == "failed" for c in self.checks):
             return "failed"
         if any(c["status"] == "not run" for c in self.checks):
-            return "incomplete"
+            return "emulated-pass" if self.compared == EMULATED_NAME else "incomplete"
         return "passed"
 
     @property
@@ -178,6 +182,7 @@ class _Comparator:
         self.a, self.r = artifact, reference
         self.steps: list[StepRecord] = []
         self.pos: dict[str, list[Any]] = {"position": [], "max_abs_logits": [], "cosine": [], "top1_match": []}
+        self.nonfinite_position: int | None = None  # first position where the artifact's logits were NaN/Inf
 
     def step(
         self, kind: str, ids: list[int], start: int, sa: State, sr: State
@@ -189,15 +194,26 @@ class _Comparator:
         la, sa = self.a.step(x, p, sa)
         lr, sr = self.r.step(x, p, sr)
         a, r = la[0].astype(np.float64), lr[0].astype(np.float64)  # [t, v]
-        diff = np.abs(a - r).max(axis=-1)
-        cos = (a * r).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(r, axis=-1), 1e-30)
-        top1 = a.argmax(-1) == r.argmax(-1)
-        state_err, worst = 0.0, ""
-        arrays_a, arrays_r = self.a.state_arrays(sa), self.r.state_arrays(sr)
-        for name, ref in arrays_r.items():
-            err = float(np.abs(arrays_a[name].astype(np.float64) - ref.astype(np.float64)).max())
-            if err > state_err or err != err or not worst:
-                state_err, worst = err, name
+        if not np.isfinite(r).all():  # nothing to compare against: a user error, not a parity result
+            bad = start + int(np.argmax(~np.isfinite(r).all(axis=-1)))
+            raise RgMobileError(
+                f"validate: the reference (the checkpoint in PyTorch) produced NaN/Inf logits at position {bad}; "
+                "the checkpoint's weights are broken (NaN/Inf or overflowing): fix or re-download them"
+            )
+        finite = np.isfinite(a).all(axis=-1)  # [t]
+        if not finite.all() and self.nonfinite_position is None:
+            self.nonfinite_position = start + int(np.argmax(~finite))
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf from the artifact: reported, not warned
+            diff = np.where(finite, np.abs(a - r).max(axis=-1), np.nan)
+            cos = (a * r).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(r, axis=-1), 1e-30)
+            cos = np.where(finite, cos, np.nan)
+            top1 = finite & (a.argmax(-1) == r.argmax(-1))
+            state_err, worst = 0.0, ""
+            arrays_a, arrays_r = self.a.state_arrays(sa), self.r.state_arrays(sr)
+            for name, ref in arrays_r.items():
+                err = float(np.abs(arrays_a[name].astype(np.float64) - ref.astype(np.float64)).max())
+                if err > state_err or err != err or not worst:
+                    state_err, worst = err, name
         self.pos["position"].extend(range(start, start + t))
         self.pos["max_abs_logits"].extend(float(d) for d in diff)
         self.pos["cosine"].extend(float(c) for c in cos)
@@ -274,6 +290,8 @@ def summarize(cmp: _Comparator, greedy: dict[str, Any]) -> tuple[dict[str, Any],
     s_state = _worst([s.max_state_abs for s in steps])
     mism = [p for p, m in zip(pos["position"], pos["top1_match"]) if not m]
     tokens = greedy["tokens"]
+    nan_at = cmp.nonfinite_position
+    nonfinite = "" if nan_at is None else f"; the artifact produced NaN/Inf logits from position {nan_at}"
     summary = {
         "max_abs_logits": pos["max_abs_logits"][i_abs],
         "max_rel_logits": steps[s_rel].max_rel_logits,
@@ -286,7 +304,7 @@ def summarize(cmp: _Comparator, greedy: dict[str, Any]) -> tuple[dict[str, Any],
         "positions": len(pos["position"]),
     }
     where = {
-        "max_abs_logits": f"worst at position {pos['position'][i_abs]}",
+        "max_abs_logits": f"worst at position {pos['position'][i_abs]}{nonfinite}",
         "max_rel_logits": f"worst in the step starting at position {steps[s_rel].start}",
         "min_cosine": f"worst at position {pos['position'][i_cos]}",
         "max_state_abs": f"worst: {steps[s_state].worst_state} after the step starting at {steps[s_state].start}",
@@ -323,21 +341,18 @@ def validate(options: ValidateOptions) -> ValidationReport:
             "pass the checkpoint it was exported from with --checkpoint"
         )
     checks: list[dict[str, str]] = []
-    program_only = False  # Core ML off macOS: the pre-conversion program stands in for the artifact
+    emulated = False  # Core ML off macOS: the saved programs run in the emulator
     if manifest.format == "coreml":
         from runtime_py import validate_coreml
 
         checks.append(validate_coreml.spec_check(artifact, manifest))
-        program_only = not validate_coreml.predictions_possible()
-    if program_only:
-        # No Core ML runtime here: check the exact programs handed to coremltools instead, and say so.
-        backend, program_precision = validate_coreml.program_backend(manifest, ckpt.model)
-        thresholds = thresholds_for(manifest.format, program_precision)
-        checks.append(validate_coreml.predictions_not_run())
+        emulated = not validate_coreml.predictions_possible()
+    if emulated:
+        # No Core ML runtime here: emulate the saved programs, check the pre-conversion ones, and say so.
+        backend = validate_coreml.emulated_backend(artifact, manifest)
+        program, program_precision = validate_coreml.program_backend(manifest, ckpt.model)
         if manifest.quantization is not None:  # the quantization, on the weights the packages ship
-            shipped_check, quality_backend = validate_coreml.shipped_weights(
-                artifact, manifest, ckpt.model, options.threads
-            )
+            shipped_check, _ = validate_coreml.shipped_weights(artifact, manifest, ckpt.model, options.threads)
             checks.append(shipped_check)
     else:
         backend = open_artifact_backend(artifact, manifest, options.threads)
@@ -350,21 +365,25 @@ def validate(options: ValidateOptions) -> ValidationReport:
     cmp, greedy = compare(backend, reference, prompt, steps, options.greedy_tokens, options.seed)
     summary, where = summarize(cmp, greedy)
     failures = check(summary, where, thresholds)
-    if program_only:
-        checks.insert(1, validate_coreml.program_check(summary, bool(failures)))
-    quality = None
-    quality_backend = quality_backend if program_only and manifest.quantization is not None else backend
+    if emulated:
+        checks.insert(1, validate_coreml.emulated_check(summary, bool(failures), manifest.precision))
+        p_cmp, p_greedy = compare(program, reference, prompt, steps, options.greedy_tokens, options.seed)
+        p_summary, p_where = summarize(p_cmp, p_greedy)
+        p_failed = check(p_summary, p_where, thresholds_for(manifest.format, program_precision))
+        checks.insert(2, validate_coreml.program_check(p_summary, bool(p_failed)))
+        checks.append(validate_coreml.predictions_not_run())
+    quality = None  # scored on ``backend``: for Core ML off macOS, the emulated programs as shipped
     if options.quality if options.quality is not None else manifest.quantization is not None:
         from runtime_py.quality import QualityOptions, evaluate_quality, failed_metrics
 
         qopts = QualityOptions(text=options.text, max_tokens=options.quality_tokens)
-        quality = evaluate_quality(quality_backend, reference, manifest, artifact, Path(ckpt_path), qopts, PROMPT_TEXT)
+        quality = evaluate_quality(backend, reference, manifest, artifact, Path(ckpt_path), qopts, PROMPT_TEXT)
         failures += [Failure(m, v, t, b, f"quality on {quality.text}") for m, v, t, b in failed_metrics(quality)]
     report = ValidationReport(
         artifact=str(artifact), format=manifest.format, precision=manifest.precision, checkpoint=str(ckpt_path),
         window=window, prefill_chunk=chunk, prompt_tokens=length, decode_steps=steps, thresholds=thresholds,
         summary=summary, failures=failures, steps=cmp.steps, positions=cmp.pos,
-        greedy=greedy, compared=backend.name, checks=checks,
+        greedy=greedy, compared=EMULATED_NAME if emulated else backend.name, checks=checks,
     )  # fmt: skip
     if quality is not None:
         report.quality = quality.to_dict()

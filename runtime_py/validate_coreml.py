@@ -4,12 +4,18 @@ On every OS:
   * spec: the saved .mlpackage spec(s) against the manifest (names, dtypes,
     shapes, deployment target, functions; exporter/targets/coreml_check.py).
 On Linux (and any non-macOS), instead of Core ML predictions:
+  * "Core ML program: emulated (coremltools op definitions)": the saved packages'
+    programs run op by op with coremltools' numpy definitions
+    (runtime_py/coreml_emulator.py) against the PyTorch reference with the
+    artifact precision's thresholds; its metrics are the report's summary, and
+    the quality report of a quantized artifact scores it too.
   * program parity: the exact programs handed to coremltools (rebuilt from the
-    source checkpoint: torch.export + every Core ML rewrite) run in PyTorch
-    against the eager reference, with the usual step plan and metrics
-    (prefill chunks, t = 1 remainder, 3 x window decode steps, greedy).
-  * "Core ML predictions: not run (needs macOS)": a check with status
-    "not run", so the report's status is "incomplete", never "passed".
+    source checkpoint: torch.export + every Core ML rewrite) run in PyTorch; when
+    the emulation fails and this passes, the fault is in conversion, not ours.
+  * quantized: the weights read back from the packages vs the recipe's fake quant.
+  * "Core ML runtime predictions: not run (needs macOS)": a check with status
+    "not run". With everything else passed the report's status is
+    "emulated-pass" (CLI exit 3, as "incomplete"), never "passed".
 On macOS the normal comparison runs the artifact through Core ML
 (runtime_py/coreml_backend.py) and the spec check is added to it.
 """
@@ -23,11 +29,14 @@ from typing import Any
 
 from exporter.errors import RgMobileError
 from exporter.package.manifest import Manifest
+from runtime_py.coreml_emulator import DESCRIPTION
 
 log = logging.getLogger(__name__)
 
 NOT_RUN = "not run"
-PREDICTIONS = "Core ML predictions"
+PREDICTIONS = "Core ML runtime predictions"
+EMULATED = DESCRIPTION  # "Core ML program: emulated (coremltools op definitions)"
+EMULATED_PASS = "emulated-pass"
 
 
 def predictions_possible() -> bool:
@@ -47,6 +56,24 @@ def predictions_not_run() -> dict[str, str]:
         "name": PREDICTIONS,
         "status": NOT_RUN,
         "detail": f"needs macOS; this is {sys.platform}: copy the artifact to a Mac and run `rgmobile validate` there",
+    }
+
+
+def emulated_backend(artifact: Path, manifest: Manifest) -> Any:
+    """The saved programs of ``artifact`` run by the emulator (runtime_py/coreml_emulator.py)."""
+    from runtime_py.coreml_emulator import CoreMLEmulatedBackend
+
+    return CoreMLEmulatedBackend(artifact, manifest)
+
+
+def emulated_check(summary: dict[str, Any], failed: bool, precision: str) -> dict[str, str]:
+    """The emulated program's parity as a report record (its metrics are the report's summary)."""
+    return {
+        "name": EMULATED,
+        "status": "failed" if failed else "passed",
+        "detail": f"{precision} thresholds: max abs logits {summary['max_abs_logits']:.3g}, "
+        f"max state abs {summary['max_state_abs']:.3g}, top-1 {summary['top1_agreement']:.3f}, "
+        f"over {summary['positions']} positions",
     }
 
 
@@ -83,7 +110,8 @@ def shipped_weights(
 
     The weights are read back from every package (quantization/coreml_readback.py), compared
     with ``fake_quantized`` of the recipe the package holds (``quantization.coreml.applied``),
-    and loaded into the model that the quality report then scores in PyTorch (fp32 compute).
+    and loaded into a copy of the model (a PyTorch backend of the as-shipped weights, fp32 compute; the
+    quality report of ``validate`` scores the emulated packages instead).
     """
     from quantization.coreml_readback import as_shipped_model, check_weights, read_weights
     from quantization.recipe import Recipe

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# All setup, then the whole test suite (what CI runs).
+# All setup, then the whole test suite (what CI runs): Python (ruff, mypy, pytest), and through
+# pytest the Kotlin engine (Maven, JUnit) and the Swift engine (swift test in a Debian trixie folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup_swift.sh >/dev/null   # Swift 6 + onnxruntime for the iOS engine (cached after the first run)
+command -v mvn >/dev/null && command -v java >/dev/null || {
+  apt-get update -qq && apt-get install -y -qq maven default-jdk-headless >/dev/null
+}
 . .venv/bin/activate
 ruff check .
 mypy exporter runtime_py quantization

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundles import bundle_root, ios_onnx_bundles, onnx_bundles  # noqa: F401  # session fixtures (phone bundles)
 
 from exporter.checkpoint.save import save_hf_folder
 from exporter.config import GriffinConfig, preset
@@ -48,3 +49,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Pa
     model = tiny_model()
     out = tmp_path_factory.mktemp("ckpt") / "tiny-hf"
     return save_hf_folder(model.config, model.state_dict(), out, tokenizer=tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_et_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """The tiny checkpoint exported with ``rgmobile export --format executorch --prefill-chunk 8``.
+
+    Lowering takes 1-2 minutes: built once per session, shared by every module that runs a .pte.
+    """
+    from typer.testing import CliRunner
+
+    from exporter.cli import app
+
+    out = tmp_path_factory.mktemp("et") / "tiny-et"
+    args = ["export", str(tiny_checkpoint), "--format", "executorch", "--out", str(out), "--prefill-chunk", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out

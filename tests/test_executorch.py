@@ -47,13 +47,9 @@ def _lower(module: nn.Module, example: tuple[torch.Tensor, ...], xnnpack: bool) 
 
 
 @pytest.fixture(scope="session")
-def et_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    """The tiny checkpoint exported with ``rgmobile export --format executorch`` (built once)."""
-    out = tmp_path_factory.mktemp("et") / "tiny-et"
-    args = ["export", str(tiny_checkpoint), "--format", "executorch", "--out", str(out), "--prefill-chunk", str(CHUNK)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return out
+def et_artifact(tiny_et_artifact: Path) -> Path:
+    """The tiny checkpoint exported with ``rgmobile export --format executorch`` (conftest: built once)."""
+    return tiny_et_artifact
 
 
 @pytest.fixture(scope="session")

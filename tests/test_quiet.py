@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 # Lines upstream packages print on a plain ONNX export when nothing silences them.
-UPSTREAM_NOISE = ("torchvision is not installed", "_registration.py", "_pytree.py", "has not been tested with coremltools")
+UPSTREAM_NOISE = (
+    "torchvision is not installed",
+    "_registration.py",
+    "_pytree.py",
+    "has not been tested with coremltools",
+)
 
 
 def _export(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -112,5 +112,6 @@ def load_hf_folder(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[Gr
     if not config_path.is_file():
         raise RgMobileError(f"{folder}: no {CONFIG_NAME}; a Hugging Face checkpoint folder needs one")
     config = read_hf_config(config_path)
+    config.check_memory(dtype_bytes=torch.empty((), dtype=dtype).element_size(), what=str(config_path))
     state = from_hf(read_hf_weights(folder, dtype))
     return config, state

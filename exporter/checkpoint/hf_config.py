@@ -8,69 +8,110 @@ RecurrentGemma configs set it to 1); ``block_types`` is a pattern cycled over
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from exporter.config import BLOCK_TYPES, BlockType, GriffinConfig
+from exporter.config import BLOCK_TYPES, MAX_LAYERS, BlockType, GriffinConfig
 from exporter.errors import RgMobileError
 
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
-def _rope_theta(hf: dict[str, Any]) -> float:
-    params = hf.get("rope_parameters") or {}
-    return float(hf.get("rope_theta", params.get("rope_theta", 10000.0)))
+class _Fields:
+    """Typed reads of one HF config dict: a wrong JSON type or range is an error naming the key."""
+
+    def __init__(self, hf: dict[str, Any], source: str) -> None:
+        self.hf, self.source = hf, source
+
+    def fail(self, key: str, want: str, value: Any) -> RgMobileError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return RgMobileError(f"{self.source}: {key} must be {want}, got {shown}")
+
+    def integer(self, key: str, default: int | None = None, lo: int = 1, hi: int = 1 << 21) -> int:
+        v = self.hf.get(key, default)
+        if v is None and default is not None:
+            v = default
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)  # 2048.0 is an integer
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise self.fail(key, f"an integer in {lo}..{hi:,}", v)
+        return v
+
+    def number(self, key: str, value: Any) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise self.fail(key, "a finite number", value)
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self.hf.get(key, default)
+        if not isinstance(v, bool):
+            raise self.fail(key, "true or false", v)
+        return v
+
+    def token_id(self, key: str, default: int) -> int:
+        v = self.hf.get(key, default)
+        if isinstance(v, list) and v:
+            v = v[0]  # transformers allows a list of EOS ids; the first is the one we stop on
+        if v is None:
+            return default
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise self.fail(key, "a non-negative integer token id (or a list of them)", v)
+        return v
+
+
+def _rope(f: _Fields, key: str, default: float) -> float:
+    params = f.hf.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise f.fail("rope_parameters", "an object", params)
+    value = f.hf.get(key, params.get(key, default))
+    return f.number(key, value)
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GriffinConfig:
-    """Read an HF RecurrentGemma config dict; anything unsupported is a clear error."""
+    """Read an HF RecurrentGemma config dict; anything unsupported or mistyped is a clear error."""
     if hf.get("model_type", "recurrent_gemma") != "recurrent_gemma":
         raise RgMobileError(f"{source}: model_type is {hf.get('model_type')!r}, expected 'recurrent_gemma'")
     missing = [k for k in _REQUIRED if k not in hf]
     if missing:
         raise RgMobileError(f"{source}: missing field(s) {missing}")
-    if hf["intermediate_size"] % 2:
-        raise RgMobileError(f"{source}: intermediate_size {hf['intermediate_size']} must be even (HF halves it)")
+    f = _Fields(hf, source)
+    intermediate = f.integer("intermediate_size", hi=1 << 19)
+    if intermediate % 2:
+        raise RgMobileError(f"{source}: intermediate_size {intermediate} must be even (HF halves it)")
     act = hf.get("hidden_activation", "gelu_pytorch_tanh")
     if act != "gelu_pytorch_tanh":
         raise RgMobileError(f"{source}: hidden_activation {act!r} is not supported (only gelu_pytorch_tanh)")
     if hf.get("tie_word_embeddings", True) is False:
         raise RgMobileError(f"{source}: tie_word_embeddings=false is not supported; RecurrentGemma ties the head")
-    pattern = list(hf.get("block_types", ["recurrent", "recurrent", "attention"]))
-    bad = [b for b in pattern if b not in BLOCK_TYPES]
-    if bad or not pattern:
-        raise RgMobileError(f"{source}: block_types {pattern} must be a non-empty list of {list(BLOCK_TYPES)}")
-    n = int(hf["num_hidden_layers"])
+    pattern = hf.get("block_types", ["recurrent", "recurrent", "attention"])
+    if not isinstance(pattern, list) or not pattern or any(b not in BLOCK_TYPES for b in pattern):
+        raise f.fail("block_types", f"a non-empty list of {list(BLOCK_TYPES)}", pattern)
+    n = f.integer("num_hidden_layers", hi=MAX_LAYERS)  # checked before the layer list is built
     block_types: tuple[BlockType, ...] = tuple(pattern[i % len(pattern)] for i in range(n))
-    heads = int(hf["num_attention_heads"])
-
-    def ids(key: str, default: int) -> int:
-        v = hf.get(key, default)
-        if isinstance(v, list):
-            v = v[0]
-        return int(v) if v is not None else default
-
+    heads = f.integer("num_attention_heads", hi=1024)
+    width = f.integer("hidden_size", hi=1 << 16)
+    name = hf.get("_name_or_path") or hf.get("name") or "checkpoint"
+    soft_cap = hf.get("logits_soft_cap", 30.0)
     return GriffinConfig(
-        vocab_size=int(hf["vocab_size"]),
-        width=int(hf["hidden_size"]),
-        mlp_width=int(hf["intermediate_size"]) // 2,
+        vocab_size=f.integer("vocab_size"),
+        width=width,
+        mlp_width=intermediate // 2,
         num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        lru_width=int(hf.get("lru_width") or hf["hidden_size"]),
+        num_kv_heads=f.integer("num_key_value_heads", heads, hi=1024),
+        lru_width=f.integer("lru_width", width, hi=1 << 16),
         block_types=block_types,
-        window=int(hf.get("attention_window_size", 2048)),
-        conv_width=int(hf.get("conv1d_width", 4)),
-        logits_soft_cap=float(hf.get("logits_soft_cap", 30.0) or 0.0),
-        embed_scale_by_sqrt_width=bool(hf.get("embeddings_scale_by_sqrt_dim", True)),
-        rope_theta=_rope_theta(hf),
-        partial_rotary_factor=float(
-            hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 0.5))
-        ),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        attention_bias=bool(hf.get("attention_bias", False)),
-        bos_id=ids("bos_token_id", 2),
-        eos_id=ids("eos_token_id", 1),
-        pad_id=ids("pad_token_id", 0),
-        name=str(hf.get("_name_or_path") or hf.get("name") or "checkpoint"),
+        window=f.integer("attention_window_size", 2048, hi=1 << 20),
+        conv_width=f.integer("conv1d_width", 4, hi=64),
+        logits_soft_cap=0.0 if soft_cap is None else f.number("logits_soft_cap", soft_cap),
+        embed_scale_by_sqrt_width=f.flag("embeddings_scale_by_sqrt_dim", True),
+        rope_theta=_rope(f, "rope_theta", 10000.0),
+        partial_rotary_factor=_rope(f, "partial_rotary_factor", 0.5),
+        rms_norm_eps=f.number("rms_norm_eps", hf.get("rms_norm_eps", 1e-6)),
+        attention_bias=f.flag("attention_bias", False),
+        bos_id=f.token_id("bos_token_id", 2),
+        eos_id=f.token_id("eos_token_id", 1),
+        pad_id=f.token_id("pad_token_id", 0),
+        name=name if isinstance(name, str) else "checkpoint",
     )
 
 

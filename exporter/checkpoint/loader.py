@@ -67,7 +67,7 @@ def check_tokenizer(path: Path, config: GriffinConfig) -> None:
         raise RgMobileError(f"{path}: missing tokenizer.model; pass --tokenizer or put it next to the weights")
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, UnicodeDecodeError) as exc:  # a corrupt piece is not UTF-8
         raise RgMobileError(f"{path}: not a valid SentencePiece model ({first_line(exc)})") from None
     pieces = sp.get_piece_size()
     if pieces != config.vocab_size:

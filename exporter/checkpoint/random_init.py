@@ -70,6 +70,7 @@ def random_model(
     """A :class:`Griffin` with random weights in ``dtype``, materialised one parameter at a time."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RgMobileError(f"random init: dtype {dtype!r} is not a floating-point torch dtype")
+    config.check_memory(dtype_bytes=torch.empty((), dtype=dtype).element_size(), what=f"random {config.name}")
     t0 = time.perf_counter()
     with torch.device("meta"):
         model = Griffin(config)

@@ -29,6 +29,14 @@ Schema (``schema_version`` 1), all keys required unless marked optional:
                    manifest.json itself; a directory (e.g. .mlpackage) is listed
                    file by file.
   format_details   {} or per-format facts (opset, external data file, ...).
+
+Optional top-level objects (readers of schema 1 accept them and may ignore them;
+docs/bundle.md defines them):
+
+  identity              {"config_sha256", "weights_sha256", "precision"} (exporter/package/identity.py):
+                        what a saved state must match.
+  runtime_requirements  minimum runtime versions, e.g. {"onnxruntime": "1.22.0"}.
+  bundle                written by ``rgmobile package`` only (exporter/package/bundle.py).
 """
 
 from __future__ import annotations
@@ -69,6 +77,12 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "programs": (dict,),
     "files": (list,),
     "format_details": (dict,),
+}
+# Optional keys -> accepted JSON types (null = absent).
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "identity": (dict, type(None)),
+    "runtime_requirements": (dict, type(None)),
+    "bundle": (dict, type(None)),
 }
 
 
@@ -115,6 +129,9 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     rgmobile_version: str = __version__
     created: str = ""
+    identity: dict[str, str] | None = None
+    runtime_requirements: dict[str, str] | None = None
+    bundle: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.special_tokens:
@@ -154,7 +171,11 @@ class Manifest:
             "programs": {name: p.to_dict() for name, p in self.programs.items()},
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
             "format_details": dict(self.format_details),
+            **{key: value for key, value in self._optional().items() if value is not None},
         }
+
+    def _optional(self) -> dict[str, Any]:
+        return {"identity": self.identity, "runtime_requirements": self.runtime_requirements, "bundle": self.bundle}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = MANIFEST_NAME) -> Manifest:
@@ -178,6 +199,13 @@ class Manifest:
             if not isinstance(data[key], types) or (types == (int,) and isinstance(data[key], bool)):
                 names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
                 raise RgMobileError(f"{where}: field {key!r} must be {names}, got {type(data[key]).__name__}")
+        for key, types in _OPTIONAL.items():
+            if not isinstance(data.get(key), types):
+                got = type(data[key]).__name__
+                raise RgMobileError(f"{where}: optional field {key!r} must be an object, got {got}")
+        for key in ("identity", "runtime_requirements"):
+            if data.get(key) is not None and not all(isinstance(v, str) for v in data[key].values()):
+                raise RgMobileError(f"{where}: every value of {key!r} must be a string")
         try:
             config = GriffinConfig.from_dict(data["config"])
             io = IOSpec.from_dict(data["io"])
@@ -205,6 +233,9 @@ class Manifest:
             schema_version=version,
             rgmobile_version=data["rgmobile_version"],
             created=data["created"],
+            identity=data.get("identity"),
+            runtime_requirements=data.get("runtime_requirements"),
+            bundle=data.get("bundle"),
         )
         manifest.check_consistency(where)
         return manifest
@@ -294,8 +325,17 @@ def write_manifest(artifact_dir: Path, manifest: Manifest) -> Path:
 def verify_files(artifact_dir: Path, manifest: Manifest) -> None:
     """Every listed file exists with the listed size and sha256 (size first: cheap)."""
     root = Path(artifact_dir)
+    real_root = root.resolve()
     for f in manifest.files:
         p = root / f.path
+        linked = [q for q in (p, *p.parents) if root in q.parents and q.is_symlink()]  # inside root only
+        if linked:
+            raise RgMobileError(
+                f"{root}: {f.path} is a symbolic link ({linked[-1].relative_to(root).as_posix()}); an artifact's "
+                "files must be real files inside it: re-copy the artifact without links"
+            )
+        if real_root not in p.resolve().parents:
+            raise RgMobileError(f"{root}: {f.path} resolves outside the artifact folder; re-copy the artifact")
         if not p.is_file():
             raise RgMobileError(f"{root}: file {f.path} listed in {MANIFEST_NAME} is missing; re-export the artifact")
         size = p.stat().st_size
@@ -318,10 +358,16 @@ def read_manifest(artifact_dir: Path, verify: bool = True) -> Manifest:
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise RgMobileError(f"{root}: no {MANIFEST_NAME}; not an rgmobile artifact (export one with `rgmobile export`)")
+    if path.is_symlink():
+        raise RgMobileError(f"{path} is a symbolic link; an artifact's manifest must be a real file inside it")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RgMobileError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RgMobileError(f"{path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:
+        raise RgMobileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     manifest = Manifest.from_dict(data, where=str(path))
     if verify:
         verify_files(root, manifest)

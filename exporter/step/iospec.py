@@ -44,6 +44,20 @@ class TensorSpec:
         return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
 
 
+def _check_types(s: TensorSpec) -> None:
+    """The JSON types of one tensor spec read from a manifest."""
+    optional = (s.layer, s.field, s.pair, s.init)
+    if (
+        not isinstance(s.name, str) or not isinstance(s.dtype, str) or not isinstance(s.role, str)
+        or not all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in s.shape)
+        or not (s.layer is None or (isinstance(s.layer, int) and not isinstance(s.layer, bool)))
+        or not all(v is None or isinstance(v, str) for v in optional[1:])
+    ):  # fmt: skip
+        raise RgMobileError(f"io spec: tensor {str(s.name)[:60]!r} has a field of the wrong type")
+    if any(isinstance(d, str) and d not in ("batch", "seq") for d in s.shape):
+        raise RgMobileError(f"io spec: tensor {s.name!r} has a symbolic dim other than 'batch' or 'seq'")
+
+
 @dataclass(frozen=True)
 class IOSpec:
     inputs: tuple[TensorSpec, ...]
@@ -84,6 +98,10 @@ class IOSpec:
             outs = tuple(TensorSpec(**{**s, "shape": tuple(s["shape"])}) for s in data["outputs"])
         except (KeyError, TypeError) as exc:
             raise RgMobileError(f"io spec: malformed ({exc})") from None
+        for s in ins + outs:  # types first: the checks below hash names and compare shapes
+            _check_types(s)
+        if not ins or not outs:
+            raise RgMobileError("io spec: needs inputs and outputs")
         spec = cls(ins, outs)
         spec.validate()
         return spec

@@ -1,8 +1,8 @@
 """Core ML-specific rewrites of the exported step, kept apart so they are visible and testable.
 
 coremltools 9.0 converts a ``torch.export`` program (ATen dialect) op by op; a
-few things our step contains are not handled (see /work/shared/FINDINGS.md,
-"Core ML"). Each rewrite below is semantics-preserving and is checked
+few things our step contains are not handled, or are converted wrongly
+(docs/coreml.md). Each rewrite below is semantics-preserving and is checked
 numerically in PyTorch (``exporter/targets/coreml_parity.py``) on the very
 program that is handed to ``coremltools.convert``:
 
@@ -12,6 +12,18 @@ program that is handed to ``coremltools.convert``:
   ``positions[:, :1]`` at t = 1) -> its input: an identity with no converter.
 * ``aten.where.ScalarOther(c, x, s)`` (``torch.where(mask, scores, -inf)``)
   has no converter; ``where.ScalarSelf(~c, s, x)`` does and is the same value.
+* ``aten.gelu(x, approximate="tanh")`` is decomposed (``torch._decomp``) into its
+  tanh formula: coremltools 9.0's converter reads ``approximate`` only as a
+  positional input, torch.export passes it as a keyword (and a positional string
+  reaches the converter as a bare ``str``, which it cannot read), so the converter
+  silently wrote MIL ``gelu`` with mode ``EXACT`` (erf GELU) for RecurrentGemma's
+  tanh GELU. The saved program then computes the formula with mul/add/tanh ops (no
+  ``gelu`` op: coremltools' ``fuse_gelu_tanh_approximation`` pass does not match torch's
+  decomposition). tests/test_coreml_emulator.py reads the saved package back: no erf GELU.
+* ``aten.reciprocal(x)`` -> ``aten.pow(x, -1)``: coremltools 9.0 converts reciprocal to MIL
+  ``inverse``, whose default ``epsilon`` (1e-4) makes it 1 / (x + 1e-4): the RoPE inverse
+  frequencies became 0.9999, 0.099999, ... and the angle at position p drifted by p * 1e-4 rad
+  (found by running the saved package, runtime_py/coreml_emulator.py).
 
 Feature names: Core ML program variables must be identifiers (coremltools'
 NameSanitizer turns "a.b" into "a_b"), so IOSpec names such as
@@ -82,20 +94,32 @@ def _where_scalar_other(graph: torch.fx.Graph, node: torch.fx.Node) -> None:
     graph.erase_node(node)
 
 
+def _reciprocal_as_pow(graph: torch.fx.Graph, node: torch.fx.Node) -> None:
+    with graph.inserting_before(node):
+        new = graph.call_function(_A.pow.Tensor_Scalar, (_node(node.args[0]), -1.0))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
 # op -> rewrite; applied in one pass over the graph.
 REWRITES = {
     _A.alias.default: _drop_alias,
     _A.where.ScalarOther: _where_scalar_other,
+    _A.reciprocal.default: _reciprocal_as_pow,
 }
 
 
 def rewrite_program(program: torch.export.ExportedProgram) -> tuple[torch.export.ExportedProgram, dict[str, int]]:
-    """ATen-decompose ``program`` and apply :data:`REWRITES`; returns (program, counts by op).
+    """ATen-decompose ``program`` (GELU too) and apply :data:`REWRITES`; returns (program, counts by op).
 
     The result is exactly what :func:`exporter.targets.coreml_convert.convert_program`
     hands to coremltools, and what the PyTorch parity check runs.
     """
-    decomposed = program.run_decompositions({})
+    from torch._decomp import get_decompositions
+
+    # GELU in its formula: see the module docstring (coremltools would drop approximate="tanh").
+    decomposed = program.run_decompositions(get_decompositions([_A.gelu.default]))
     graph = decomposed.graph
     counts: Counter[str] = Counter()
     for node in list(graph.nodes):

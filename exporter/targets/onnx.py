@@ -92,7 +92,7 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
         if store is not None:
             store.close()
         if external:
-            _write_shared(protos, out_dir, SHARED_WEIGHTS)
+            write_shared(protos, out_dir, SHARED_WEIGHTS)
         else:
             for name, proto in protos.items():
                 onnx.save_model(proto, str(out_dir / f"{name}.onnx"))
@@ -141,7 +141,7 @@ def _export_graph(model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, externa
     if not external:
         return program.model_proto
     # Let torch write the weights beside the graph, then load the graph without them:
-    # the raw bytes are regrouped into the shared file by _write_shared.
+    # the raw bytes are regrouped into the shared file by write_shared.
     raw_dir.mkdir(parents=True, exist_ok=True)
     program.save(str(raw_dir / "model.onnx"), external_data=True)
     proto = onnx.load_model(str(raw_dir / "model.onnx"), load_external_data=False)
@@ -179,7 +179,7 @@ def _tensor_bytes(init: onnx.TensorProto) -> bytes | None:
     return None
 
 
-def _write_shared(protos: dict[str, onnx.ModelProto], out_dir: Path, data_name: str) -> None:
+def write_shared(protos: dict[str, onnx.ModelProto], out_dir: Path, data_name: str) -> None:
     """Move every large initializer into one file; identical tensors are stored once."""
     seen: dict[tuple[str, int], tuple[int, int]] = {}
     written = shared = 0

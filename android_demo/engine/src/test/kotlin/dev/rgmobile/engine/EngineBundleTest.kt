@@ -1,0 +1,79 @@
+package dev.rgmobile.engine
+
+import org.junit.jupiter.api.AfterAll
+import org.junit.jupiter.api.Assertions.assertArrayEquals
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertNotNull
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.TestInstance
+import org.junit.jupiter.api.io.TempDir
+import org.junit.jupiter.params.ParameterizedTest
+import org.junit.jupiter.params.provider.ValueSource
+import java.io.File
+
+/** The engine on real bundles: greedy ids vs rgmobile's Python run (artifact_greedy_ids), self-test, resume. */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class EngineBundleTest {
+    private val backends = HashMap<String, OnnxBackend>()
+
+    private fun backend(which: String): Pair<Bundle, OnnxBackend> {
+        val b = TestBundles.bundle(which)
+        return b to backends.getOrPut(which) { OnnxBackend(b, threads = 1) }
+    }
+
+    @AfterAll fun close() = backends.values.forEach { it.close() }
+
+    @ParameterizedTest
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4"])
+    fun `greedy ids equal the Python runtime's on every selftest case`(which: String) {
+        val (b, be) = backend(which)
+        val gen = Generator(b, be)
+        for (c in b.selftest!!.cases) {
+            val expected = assertNotNull(c.artifactGreedyIds, "case ${c.name}: selftest.json has no artifact_greedy_ids").let { c.artifactGreedyIds!! }
+            assertTrue(c.maxNewTokens >= 2 * b.manifest.window, "case ${c.name} generates ${c.maxNewTokens} < 2 x window")
+            val r = gen.generate(c.prompt, c.maxNewTokens)
+            assertArrayEquals(c.promptIds, r.promptIds, "case ${c.name}: prompt ids")
+            assertArrayEquals(expected, r.newIds, "case ${c.name}: greedy ids differ from rgmobile's Python runtime")
+        }
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4"])
+    fun `the bundle's self-test passes`(which: String) {
+        val (b, be) = backend(which)
+        val r = SelfTestRunner(be, b.tokenizer, b.manifest.eosId).run(b.selftest!!)
+        assertTrue(r.passed, r.summary() + " " + r.failures)
+        assertEquals(0, r.tokenizerMismatches)
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4"])
+    fun `saving after k tokens and resuming gives the uninterrupted tokens`(which: String, @TempDir tmp: File) {
+        val (b, be) = backend(which)
+        val gen = Generator(b, be)
+        val prompt = b.selftest!!.cases.last().prompt
+        val n = 2 * b.manifest.window + 5
+        val k = 37
+        val full = gen.generate(prompt, n).newIds
+        val f = File(tmp, "s.rgstate")
+        val first = gen.generate(prompt, k, saveState = f)
+        assertArrayEquals(full.copyOf(k), first.newIds)
+        val saved = StateFile.load(f, b.manifest.identity, b.manifest.io)
+        assertEquals(first.promptIds.size + k - 1, saved.position)
+        val second = gen.generate("", n - k, resume = saved)
+        assertArrayEquals(full.copyOfRange(k, n), second.newIds)
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32"])
+    fun `seeded sampling through the engine is reproducible`(which: String) {
+        val (b, be) = backend(which)
+        val gen = Generator(b, be)
+        val cfg = SamplingConfig(temperature = 0.9, topK = 40, topP = 0.95, seed = 42)
+        val a = gen.generate("The river", 48, cfg).newIds
+        val c = gen.generate("The river", 48, cfg).newIds
+        assertArrayEquals(a, c)
+        val d = gen.generate("The river", 48, cfg.copy(seed = 43)).newIds
+        assertTrue(!a.contentEquals(d), "seeds 42 and 43 gave the same 48 tokens")
+    }
+}

@@ -1,0 +1,87 @@
+import XCTest
+@testable import RGMobileKit
+
+final class BundleTests: XCTestCase {
+    /// A copy of the fp32 bundle to break.
+    func copyBundle() throws -> URL {
+        let src = try Fixtures.bundle("fp32")
+        let dst = try Fixtures.tempDir().appendingPathComponent("bundle")
+        try FileManager.default.copyItem(at: src, to: dst)
+        return dst
+    }
+
+    func manifestJSON(_ dir: URL) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("manifest.json"))) as! [String: Any]
+    }
+
+    func writeManifest(_ dir: URL, _ m: [String: Any]) throws {
+        try JSONSerialization.data(withJSONObject: m).write(to: dir.appendingPathComponent("manifest.json"))
+    }
+
+    func assertRefused(_ dir: URL, _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try RGBundle(directory: dir), file: file, line: line) { e in
+            let msg = (e as? RGError)?.message ?? "\(e)"
+            XCTAssertTrue(msg.contains(fragment), "\(msg) lacks \(fragment)", file: file, line: line)
+            XCTAssertFalse(msg.contains("\n"), "one line", file: file, line: line)
+        }
+    }
+
+    func testOpensAndVerifies() throws {
+        let b = try RGBundle(directory: try Fixtures.bundle("fp32"))
+        XCTAssertEqual(b.manifest.format, "onnx")
+        XCTAssertEqual(b.manifest.seqLens.last, 1)
+        XCTAssertEqual(b.manifest.io.stateInputs.count, 2 * b.manifest.config.num_layers)
+        XCTAssertEqual(b.manifest.bundle?["target"]?.stringValue, "ios")
+        XCTAssertNotNil(b.manifest.identity)
+    }
+
+    func testRefusesNewerSchema() throws {
+        let dir = try copyBundle()
+        var m = try manifestJSON(dir)
+        m["schema_version"] = 2
+        try writeManifest(dir, m)
+        assertRefused(dir, "newer than this app reads")
+    }
+
+    func testRefusesMissingField() throws {
+        let dir = try copyBundle()
+        var m = try manifestJSON(dir)
+        m.removeValue(forKey: "programs")
+        try writeManifest(dir, m)
+        assertRefused(dir, "programs")
+    }
+
+    func testRefusesChangedFile() throws {
+        let dir = try copyBundle()
+        let url = dir.appendingPathComponent("tokenizer.model")
+        var data = try Data(contentsOf: url)
+        data[100] ^= 0xFF  // same size, other content
+        try data.write(to: url)
+        assertRefused(dir, "sha256")
+        try data.dropLast().write(to: url)
+        assertRefused(dir, "bytes")
+    }
+
+    func testRefusesSymlink() throws {
+        let dir = try copyBundle()
+        let url = dir.appendingPathComponent("tokenizer.model")
+        let outside = dir.deletingLastPathComponent().appendingPathComponent("tokenizer.model")
+        try FileManager.default.moveItem(at: url, to: outside)
+        try FileManager.default.createSymbolicLink(at: url, withDestinationURL: outside)
+        assertRefused(dir, "symlink")
+    }
+
+    func testRefusesMissingManifest() throws {
+        assertRefused(try Fixtures.tempDir(), "no manifest.json")
+    }
+
+    func testRefusesEscapingPath() throws {
+        let dir = try copyBundle()
+        var m = try manifestJSON(dir)
+        var files = m["files"] as! [[String: Any]]
+        files[0]["path"] = "../outside"
+        m["files"] = files
+        try writeManifest(dir, m)
+        assertRefused(dir, "must be relative")
+    }
+}

@@ -1,0 +1,61 @@
+"""Phone bundles of the bundled model, built once per session (shared with the Kotlin/Swift test wrappers).
+
+``onnx_bundles`` -> {"fp32": Path, "int4": Path}: the bundled model exported to ONNX (fp32, and int4 with
+the default recipe) and packaged for android by ``rgmobile package``. ``ios_onnx_bundles``: the same
+artifacts packaged for ios (built only when a test asks for them). Exporting takes ~35 s (int4 longer)
+and packaging validates each artifact and runs the reference for its self-test, so the artifacts are
+exported once and each bundle is written once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.export import ExportOptions, export
+from exporter.package.bundle import PackageOptions, package
+
+PRECISIONS = {"fp32": "none", "int4": "int4"}
+_ARTIFACTS: dict[str, Path] = {}
+_BUNDLES: dict[tuple[str, str], Path] = {}
+
+
+def bundled_onnx_artifact(root: Path, precision: str) -> Path:
+    """The bundled model exported to ONNX at ``precision`` ("fp32" or "int4"), once per session."""
+    if precision not in _ARTIFACTS:
+        out = root / f"brown-small-onnx-{precision}"
+        export(ExportOptions(out=out, format="onnx", quant=PRECISIONS[precision]))
+        _ARTIFACTS[precision] = out
+    return _ARTIFACTS[precision]
+
+
+def make_bundle(artifact: Path, target: str, out: Path, name: str | None = None) -> Path:
+    """``rgmobile package artifact --target target --out out`` through the Python API."""
+    package(PackageOptions(artifact=artifact, target=target, out=out, name=name))
+    return out
+
+
+def bundled_onnx_bundle(root: Path, precision: str, target: str) -> Path:
+    key = (precision, target)
+    if key not in _BUNDLES:
+        artifact = bundled_onnx_artifact(root, precision)
+        _BUNDLES[key] = make_bundle(artifact, target, root / f"bundle-{target}-onnx-{precision}")
+    return _BUNDLES[key]
+
+
+@pytest.fixture(scope="session")
+def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bundles")
+
+
+@pytest.fixture(scope="session")
+def onnx_bundles(bundle_root: Path) -> dict[str, Path]:
+    """{"fp32": bundle, "int4": bundle}: the bundled model's ONNX artifacts packaged for android."""
+    return {p: bundled_onnx_bundle(bundle_root, p, "android") for p in PRECISIONS}
+
+
+@pytest.fixture(scope="session")
+def ios_onnx_bundles(bundle_root: Path) -> dict[str, Path]:
+    """The same ONNX artifacts packaged for ios (same program files, target ios)."""
+    return {p: bundled_onnx_bundle(bundle_root, p, "ios") for p in PRECISIONS}
