@@ -24,14 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.package.manifest import Manifest
+from runtime_py.coreml_io import CoreMLIO, NumpyState
 
 log = logging.getLogger(__name__)
-
-NumpyState = dict[str, np.ndarray]
-_NP = {"int32": np.int32, "float32": np.float32, "float16": np.float16}
 
 
 def linux_message(artifact_dir: Path) -> str:
@@ -42,7 +39,7 @@ def linux_message(artifact_dir: Path) -> str:
     )
 
 
-class CoreMLBackend:
+class CoreMLBackend(CoreMLIO):
     """A :class:`runtime_py.backend.Backend` over Core ML models (batch 1)."""
 
     name = "coreml"
@@ -50,70 +47,30 @@ class CoreMLBackend:
     def __init__(self, artifact_dir: Path, manifest: Manifest, compute_units: str = "ALL") -> None:
         import coremltools as ct
 
-        if manifest.format != "coreml":
-            raise RgMobileError(f"{artifact_dir}: manifest format is {manifest.format!r}, not 'coreml'")
-        self.manifest = manifest
-        self.config: GriffinConfig = manifest.config
-        self.io = manifest.io
-        self.features: dict[str, dict[str, str]] = manifest.format_details["features"]
-        self.explicit = [s for s in self.io.state_inputs if self.features[s.name]["kind"] == "input"]
-        self.internal = [s for s in self.io.state_inputs if self.features[s.name]["kind"] == "state"]
+        self._init_io(artifact_dir, manifest)
         units = getattr(ct.ComputeUnit, compute_units)
-        self.models: dict[int, Any] = {}
         for name, prog in manifest.programs.items():
             path = Path(artifact_dir) / prog.file
             try:
-                self.models[prog.seq_len] = ct.models.MLModel(str(path), compute_units=units, function_name=prog.entry)
+                self.programs[prog.seq_len] = ct.models.MLModel(
+                    str(path), compute_units=units, function_name=prog.entry
+                )
             except Exception as exc:  # Core ML raises plain Exception/RuntimeError on load
                 raise RgMobileError(f"{path}: Core ML cannot load program {name!r}: {exc}") from None
         log.info("coreml: programs %s", {n: p.seq_len for n, p in manifest.programs.items()})
 
-    def seq_lens(self) -> tuple[int, ...]:
-        return tuple(sorted(self.models, reverse=True))
-
-    def init_state(self, batch: int = 1) -> NumpyState:
-        if batch != 1:
-            raise RgMobileError(f"coreml artifacts run batch 1, not {batch}")
-        return {
-            s.name: np.zeros(s.concrete_shape(batch=1), dtype=_NP[self.features[s.name]["dtype"]])
-            for s in self.io.state_inputs
-        }
-
     def step(self, input_ids: np.ndarray, position_ids: np.ndarray, state: NumpyState) -> tuple[np.ndarray, NumpyState]:
-        t = int(input_ids.shape[1])
-        model = self.models.get(t)
-        if model is None:
-            raise RgMobileError(f"coreml artifact runs {self.seq_lens()} tokens per step, not {t}")
-        if input_ids.shape[0] != 1:
-            raise RgMobileError("coreml artifacts run batch 1")
-        f = self.features
-        feed = {
-            f["input_ids"]["name"]: np.ascontiguousarray(input_ids, dtype=np.int32),
-            f["position_ids"]["name"]: np.ascontiguousarray(position_ids, dtype=np.int32),
-        }
-        for s in self.explicit:
-            feed[f[s.name]["name"]] = np.ascontiguousarray(state[s.name], dtype=_NP[f[s.name]["dtype"]])
-        ml_state = None
-        if self.internal:
-            ml_state = model.make_state()
-            for s in self.internal:
-                ml_state.write_state(f[s.name]["name"], np.ascontiguousarray(state[s.name], dtype=np.float16))
-        out = model.predict(feed, state=ml_state) if ml_state is not None else model.predict(feed)
-        new: NumpyState = {}
-        for s in self.explicit:
-            new[s.name] = np.asarray(out[f[s.pair or ""]["name"]], dtype=np.float32)
+        model = self._program(input_ids)
+        feed = self._feed(input_ids, position_ids, state)
+        if not self.internal:
+            return self._result(model.predict(feed), {})
+        ml_state = model.make_state()
         for s in self.internal:
-            new[s.name] = np.array(ml_state.read_state(f[s.name]["name"]), dtype=np.float16)  # type: ignore[union-attr]
-        return np.asarray(out[f["logits"]["name"]], dtype=np.float32), new
-
-    def state_arrays(self, state: NumpyState) -> dict[str, np.ndarray]:
-        return {s.name: state[s.name].astype(np.float32) for s in self.io.state_inputs}
-
-    def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> NumpyState:
-        """Inverse of :meth:`state_arrays`: own copies in the features' dtypes (fp16 for Core ML states)."""
-        return {
-            s.name: np.array(arrays[s.name], dtype=_NP[self.features[s.name]["dtype"]]) for s in self.io.state_inputs
-        }
+            name = self.features[s.name]["name"]
+            ml_state.write_state(name, np.ascontiguousarray(state[s.name], dtype=np.float16))
+        out = model.predict(feed, state=ml_state)
+        return self._result(out, {self.features[s.name]["name"]: ml_state.read_state(self.features[s.name]["name"])
+                                  for s in self.internal})  # fmt: skip
 
 
 def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> Any:

@@ -23,17 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.package.manifest import Manifest
 from runtime_py.coreml_emulator_program import EmulatedFunction, load_program
+from runtime_py.coreml_io import CoreMLIO, NumpyState
 
 log = logging.getLogger(__name__)
 
 NAME = "coreml-emulated"
 DESCRIPTION = "Core ML program: emulated (coremltools op definitions)"
-NumpyState = dict[str, np.ndarray]
-_NP = {"int32": np.int32, "float32": np.float32, "float16": np.float16}
 
 
 def load_functions(artifact_dir: Path, manifest: Manifest) -> dict[str, EmulatedFunction]:
@@ -54,69 +52,25 @@ def load_functions(artifact_dir: Path, manifest: Manifest) -> dict[str, Emulated
     return out
 
 
-class CoreMLEmulatedBackend:
+class CoreMLEmulatedBackend(CoreMLIO):
     """A :class:`runtime_py.backend.Backend` over the emulated Core ML programs (batch 1)."""
 
     name = NAME
 
     def __init__(self, artifact_dir: Path, manifest: Manifest) -> None:
-        if manifest.format != "coreml":
-            raise RgMobileError(f"{artifact_dir}: manifest format is {manifest.format!r}, not 'coreml'")
         t0 = time.perf_counter()
-        self.manifest = manifest
-        self.config: GriffinConfig = manifest.config
-        self.io = manifest.io
-        self.features: dict[str, dict[str, str]] = manifest.format_details["features"]
-        self.explicit = [s for s in self.io.state_inputs if self.features[s.name]["kind"] == "input"]
-        self.internal = [s for s in self.io.state_inputs if self.features[s.name]["kind"] == "state"]
+        self._init_io(artifact_dir, manifest)
         functions = load_functions(Path(artifact_dir), manifest)
-        self.functions = {manifest.programs[n].seq_len: f for n, f in functions.items()}
+        self.programs = {manifest.programs[n].seq_len: f for n, f in functions.items()}
         self.load_seconds = time.perf_counter() - t0
         log.info("coreml emulator: programs %s loaded in %.1fs",
                  {n: p.seq_len for n, p in manifest.programs.items()}, self.load_seconds)  # fmt: skip
 
-    def seq_lens(self) -> tuple[int, ...]:
-        return tuple(sorted(self.functions, reverse=True))
-
-    def init_state(self, batch: int = 1) -> NumpyState:
-        if batch != 1:
-            raise RgMobileError(f"coreml artifacts run batch 1, not {batch}")
-        return {
-            s.name: np.zeros(s.concrete_shape(batch=1), dtype=_NP[self.features[s.name]["dtype"]])
-            for s in self.io.state_inputs
-        }
-
     def step(self, input_ids: np.ndarray, position_ids: np.ndarray, state: NumpyState) -> tuple[np.ndarray, NumpyState]:
-        t = int(input_ids.shape[1])
-        function = self.functions.get(t)
-        if function is None:
-            raise RgMobileError(f"coreml artifact runs {self.seq_lens()} tokens per step, not {t}")
-        if input_ids.shape[0] != 1:
-            raise RgMobileError("coreml artifacts run batch 1")
-        f = self.features
-        feed = {
-            f["input_ids"]["name"]: np.asarray(input_ids, dtype=np.int32),
-            f["position_ids"]["name"]: np.asarray(position_ids, dtype=np.int32),
-        }
-        for s in self.explicit:
-            feed[f[s.name]["name"]] = np.asarray(state[s.name], dtype=_NP[f[s.name]["dtype"]])
-        states = {f[s.name]["name"]: state[s.name] for s in self.internal}
-        out, new_states = function.run(feed, states)
-        new: NumpyState = {}
-        for s in self.explicit:
-            new[s.name] = np.asarray(out[f[s.pair or ""]["name"]], dtype=np.float32)
-        for s in self.internal:
-            new[s.name] = new_states[f[s.name]["name"]].astype(np.float16)
-        return np.asarray(out[f["logits"]["name"]], dtype=np.float32), new
-
-    def state_arrays(self, state: NumpyState) -> dict[str, np.ndarray]:
-        return {s.name: state[s.name].astype(np.float32) for s in self.io.state_inputs}
-
-    def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> NumpyState:
-        """Inverse of :meth:`state_arrays`: own copies in the features' dtypes (fp16 for Core ML states)."""
-        return {
-            s.name: np.array(arrays[s.name], dtype=_NP[self.features[s.name]["dtype"]]) for s in self.io.state_inputs
-        }
+        function = self._program(input_ids)
+        states = {self.features[s.name]["name"]: state[s.name] for s in self.internal}
+        out, new_states = function.run(self._feed(input_ids, position_ids, state), states)
+        return self._result(out, new_states)
 
 
 def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> CoreMLEmulatedBackend:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All setup, then the main job on the bundled model:
 #   generate text, export to ONNX / ExecuTorch / Core ML (fp32 + int4 ONNX),
-#   validate every artifact against the PyTorch reference, generate from the artifacts.
+#   validate every artifact against the PyTorch reference, generate from the artifacts,
+#   package phone bundles and run their self-test, save and resume a conversation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,6 +21,14 @@ rgmobile generate "$OUT/onnx" --prompt "$PROMPT" "${SAMPLE[@]}"
 
 rgmobile export --format onnx --quant int4 --out "$OUT/onnx-int4"
 rgmobile validate "$OUT/onnx-int4" --quality --report "$OUT/onnx-int4-validate.json"
+
+# Phone bundles: package runs validate again and refuses an artifact that fails it.
+rgmobile package "$OUT/onnx-int4" --target android --out "$OUT/bundle-android-int4"
+rgmobile package "$OUT/onnx" --target ios --out "$OUT/bundle-ios-onnx"
+rgmobile package --check "$OUT/bundle-android-int4" --selftest
+# A conversation saved to a file and resumed from it (the state does not grow with context).
+rgmobile generate "$OUT/bundle-android-int4" --prompt "$PROMPT" "${SAMPLE[@]}" --save-state "$OUT/chat.rgstate"
+rgmobile generate "$OUT/bundle-android-int4" --resume "$OUT/chat.rgstate" --prompt " Then" "${SAMPLE[@]}"
 
 rgmobile export --format executorch --out "$OUT/executorch"
 rgmobile validate "$OUT/executorch" --report "$OUT/executorch-validate.json" --plot "$OUT/executorch-validate.png"

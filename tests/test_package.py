@@ -183,8 +183,25 @@ def test_selftest_fails_when_the_weights_are_altered(tiny_bundle: Path, tmp_path
 def test_existing_non_bundle_out_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
-    with pytest.raises(RgMobileError, match="not a bundle folder"):
+    with pytest.raises(RgMobileError, match="not an rgmobile artifact folder"):
         PackageOptions(artifact=tiny_onnx, target="android", out=tmp_path / "occupied")
+    # A web app's folder that merely has a manifest.json is not ours either: nothing in it is deleted.
+    web = tmp_path / "webapp"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my app", "start_url": "/"}')
+    (web / "index.html").write_text("<html></html>")
+    with pytest.raises(RgMobileError, match="not an rgmobile manifest"):
+        PackageOptions(artifact=tiny_onnx, target="android", out=web)
+    assert sorted(p.name for p in web.iterdir()) == ["index.html", "manifest.json"]
+
+
+def test_replacing_a_bundle_keeps_files_the_user_added(tiny_bundle: Path, tiny_onnx: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "NOTES.txt").write_text("my notes")
+    with pytest.raises(RgMobileError, match="does not list"):
+        PackageOptions(artifact=tiny_onnx, target="android", out=bundle)
+    assert (bundle / "NOTES.txt").read_text() == "my notes"
     with pytest.raises(RgMobileError, match="is the artifact folder or inside it"):
         PackageOptions(artifact=tiny_onnx, target="android", out=tiny_onnx / "bundle")
 

@@ -29,7 +29,8 @@ from typing import Any
 
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_dir, write_json
-from exporter.package.manifest import MANIFEST_NAME, Manifest, file_entries, read_manifest, write_manifest
+from exporter.package.manifest import Manifest, file_entries, read_manifest, write_manifest
+from exporter.package.out_folder import check_out, check_replaceable
 from exporter.package.selftest import SELFTEST_NAME, read_selftest
 from exporter.package.selftest_check import SelftestResult
 
@@ -69,10 +70,7 @@ class PackageOptions:
         out, art = Path(self.out).resolve(), Path(self.artifact).resolve()
         if out == art or art in out.parents:
             raise RgMobileError(f"--out {self.out} is the artifact folder or inside it; choose another folder")
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file())):
-            raise RgMobileError(
-                f"{self.out} exists and is not a bundle folder; choose a new or empty --out (a bundle is replaced)"
-            )
+        check_out(Path(self.out))  # an existing folder is replaced only when it is provably ours
 
     @property
     def bundle_name(self) -> str:
@@ -205,7 +203,7 @@ def package(options: PackageOptions) -> PackageResult:
         manifest.format, manifest.precision, manifest.format_details
     )
     name = options.bundle_name
-    with atomic_dir(Path(options.out)) as tmp:
+    with atomic_dir(Path(options.out), check_replace=check_replaceable) as tmp:
         details = dict(manifest.format_details)
         written: set[str] = set()
         if manifest.format == "onnx":
