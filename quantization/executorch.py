@@ -20,7 +20,7 @@ Per recipe class (quantization/recipe.py), on the step module the ExecuTorch tar
                nn.Linear, and torchao quantizes linears only (``kept_float`` in the facts).
 
 Why not torchao's ``IntxWeightOnlyConfig``: on linears lowered with XNNPACK it gives silently
-wrong logits (FINDINGS.md); on nn.Embedding it lowers (``do_quant_fusion_and_const_prop``) to
+wrong logits (measured); on nn.Embedding it lowers (``do_quant_fusion_and_const_prop``) to
 ``quantized_decomposed::embedding_byte.out``, which the ExecuTorch pybindings of executorch
 1.5.1 do not register ("Missing operator"), so it could not be verified here. The portable
 lookup above needs no extra kernel library and is checked against eager in

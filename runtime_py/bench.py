@@ -8,7 +8,7 @@ One run measures, on this machine and at the same thread count:
    decode tokens/s (median, p10/p90) and prefill tokens/s from a synthesised state
    at each context position (:mod:`runtime_py.bench_state`), RSS at each position;
 3. per position, the bytes one decode step reads and the roofline fraction;
-4. the goals of issue 7 (:mod:`runtime_py.bench_goals`).
+4. the performance goals (:mod:`runtime_py.bench_goals`).
 
 The result is a dict in the versioned schema of :mod:`runtime_py.bench_schema`,
 written atomically as JSON, optionally drawn as a PNG (:mod:`runtime_py.bench_plot`).

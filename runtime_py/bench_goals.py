@@ -1,4 +1,4 @@
-"""The goals of issue 7, as data, checked against one bench run's numbers.
+"""The performance goals, as data, checked against one bench run's numbers.
 
 Each goal entry: ``{"goal", "subject", "value", "target", "comparison", "met", "note"}``;
 ``met`` is null (and ``value`` usually too) when the run did not measure what

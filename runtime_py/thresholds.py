@@ -11,7 +11,7 @@ Metrics (computed per step against the PyTorch reference, see runtime_py/validat
 
 ``THRESHOLDS[precision]`` is the default for every format; ``FORMAT_OVERRIDES[format][precision]``
 replaces single entries where a runtime is known to differ (none at fp32 today: see the
-comment on FORMAT_OVERRIDES for ExecuTorch). fp32 ONNX max_abs_logits <= 1e-4 is the issue-3 requirement; onnxruntime
+comment on FORMAT_OVERRIDES for ExecuTorch). fp32 ONNX max_abs_logits <= 1e-4 is the ONNX requirement; onnxruntime
 measures ~3e-6. The int8/int4 rows are measured (see the comment above them); greedy
 continuations of a quantized model may legitimately diverge (near-ties), so greedy_match is
 reported, not bounded, for them. Quantized artifacts also get the quality thresholds below
@@ -64,7 +64,7 @@ THRESHOLDS: dict[str, dict[str, float]] = {
 # abs, 1.1e-6 relative, 2.7e-6 on the states (tiny model, 219 positions: 2 prefill chunks, t=1
 # steps, 200 decode steps); 2.0e-5 max abs, 1.4e-6 relative, 1.1e-5 on the states (bundled
 # brown-small, 265 positions: 2 x 32 prefill + 9 t=1 + 3 x 64 decode). The ~2.6e-4 (1e-4
-# relative) of FINDINGS.md, which once needed 1e-3 here, was not rounding: the XNNPACK delegate
+# relative) measured earlier, which once needed 1e-3 here, was not rounding: the XNNPACK delegate
 # computes gelu(approximate="tanh") as the erf GELU (4.7e-4 apart). exporter/targets/executorch.py
 # decomposes GELU before lowering; tests/test_executorch.py pins both facts.
 FORMAT_OVERRIDES: dict[str, dict[str, dict[str, float]]] = {}
@@ -86,7 +86,7 @@ QUALITY_METRICS: dict[str, Bound] = {
     "sqnr_db": "min",
 }
 
-# ppl_increase_pct is the goal of issue 6: int8 within +0.5%, int4 within +3% of fp32. The others:
+# ppl_increase_pct is the quantization goal: int8 within +0.5%, int4 within +3% of fp32. The others:
 # measured on brown-small (4096 tokens of heldout.txt; then at accuracy_level 4) and on the tiny
 # random model (600 tokens of the built-in sample), thresholds ~2x beyond the worst:
 #   int8: ppl -0.01% / -0.06% / +0.05%, KL 1.2e-4 / 4.0e-4 / 1.9e-4, top1 0.988 / 0.983 / 0.992,

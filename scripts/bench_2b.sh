@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7: the real benchmark at the true RecurrentGemma-2B shape (random weights). Run on a QUIET
+# The real benchmark at the true RecurrentGemma-2B shape (random weights). Run on a QUIET
 # machine (nothing else running; >= 24 GB RAM). Takes 1-3 hours; everything lands in $OUT.
 #
 # 1. calibrate: export every target at a 2B *slice* (2B width/heads/MLP, 3 layers, 32k vocab:

@@ -1,6 +1,6 @@
 """Shared helpers for the ONNX tests: one tiny exported artifact per session, and graph surgery.
 
-Exporting takes tens of seconds on the shared 2-core machine, so the artifact is
+Exporting takes tens of seconds on a 2-core machine, so the artifact is
 built once (cached here, since fixtures in different modules are separate) and
 copied before a test breaks it.
 """

@@ -1,4 +1,4 @@
-"""Issue 7: random-init export, synthesised states, and ``rgmobile bench`` (structure, not speed).
+"""Random-init export, synthesised states, and ``rgmobile bench`` (structure, not speed).
 
 One tiny ONNX artifact is exported from random weights (``--random-init tiny``)
 and benchmarked once per session with all three baselines; the tests read that

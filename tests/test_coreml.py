@@ -1,4 +1,4 @@
-"""Core ML export (issue 5), checked as far as Linux allows.
+"""Core ML export, checked as far as Linux allows.
 
 * conversion: a tiny random model (3 layers: recurrent, recurrent, attention; window 16)
   converts for iOS 17 and 18, fp16 and fp32 compute, explicit and internal state;

@@ -1,6 +1,6 @@
-"""ExecuTorch target and backend (issue 4): one .pte with prefill + decode methods, explicit state.
+"""ExecuTorch target and backend: one .pte with prefill + decode methods, explicit state.
 
-Lowering takes 1-2 minutes per .pte on the shared 2-core machine, so the tiny
+Lowering takes 1-2 minutes per .pte on a 2-core machine, so the tiny
 artifact is built once per session (through the CLI) and every test reads it;
 the bundled model's .pte is built only by the one test that needs it.
 """
@@ -189,11 +189,11 @@ def test_generate_cli_on_the_pte(et_artifact: Path) -> None:
 
 
 def test_runtime_remainder_of_negative_int64_has_c_semantics() -> None:
-    """Documents the trap of FINDINGS.md: ExecuTorch's int64 remainder truncates like C's ``%``.
+    """Documents a trap: ExecuTorch's int64 remainder truncates like C's ``%``.
 
     Eager ``torch.remainder(-5, 16)`` is 11 (sign of the divisor); the runtime gives -5
     (``torch.fmod``). Our ring-buffer arithmetic therefore keeps ``%`` operands
-    non-negative. If this test fails, the runtime was fixed: update FINDINGS.md.
+    non-negative. If this test fails, the runtime was fixed: the slot arithmetic may be simplified.
     """
 
     class Rem(nn.Module):
@@ -210,7 +210,7 @@ def test_runtime_remainder_of_negative_int64_has_c_semantics() -> None:
 def test_xnnpack_tanh_gelu_is_computed_as_erf_gelu() -> None:
     """Why the target decomposes GELU: XNNPACK runs ``gelu(approximate="tanh")`` as the erf GELU.
 
-    That alone puts XNNPACK ~4.7e-4 off eager (the "~1e-4 relative" of FINDINGS.md).
+    That alone puts XNNPACK ~4.7e-4 off eager (the "~1e-4 relative" once taken for rounding).
     """
 
     class Gelu(nn.Module):

@@ -1,4 +1,4 @@
-"""ONNX export (issue 3): graph checks, I/O names, onnxruntime parity with the PyTorch reference, greedy."""
+"""ONNX export: graph checks, I/O names, onnxruntime parity with the PyTorch reference, greedy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Core ML quantization (issue 6), verified on the weights the packages ship (no Core ML on Linux).
+"""Core ML quantization, verified on the weights the packages ship (no Core ML on Linux).
 
 * int8 iOS 17 (two packages) and int4 iOS 18 (one multifunction package) export;
   int4 on iOS 17 is refused, naming --ios 18;

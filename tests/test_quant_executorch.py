@@ -1,4 +1,4 @@
-"""ExecuTorch quantization (``rgmobile export --format executorch --quant int4|int8``, issue 6).
+"""ExecuTorch quantization (``rgmobile export --format executorch --quant int4|int8``).
 
 Lowering costs 1-3 minutes per .pte on the shared machine, so the session builds two:
 the tiny int4 (8da4w) artifact through the CLI, and a decode-only one whose quantized
@@ -36,7 +36,7 @@ QUALITY_TOKENS = 600
 # Lowering correctness: the .pte against the torchao-quantized eager step (the same program
 # before lowering). Measured on the tiny model, int4 (67 positions, prefill 8 + t=1 + 48
 # decode steps): max_rel 0.036, max_abs 0.106, min_cosine 0.99935, top1 0.970. Wider than the
-# ~1e-2 of FINDINGS.md (one graph, fewer steps): XNNPACK's dynamic int8 activation rounding
+# ~1e-2 measured earlier (one graph, fewer steps): XNNPACK's dynamic int8 activation rounding
 # differs from torchao's eager emulation and the recurrence carries it. Bound ~2x the worst.
 LOWERING_MAX_REL = 8e-2
 
@@ -178,13 +178,13 @@ BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "bundled"
 @pytest.mark.skipif(not BUNDLED_CONFIG.is_file(), reason="the bundled model (exporter/bundled/brown-small) is missing")
 @pytest.mark.parametrize("name", ["int8", "int4"])
 def test_bundled_model_quantized_passes_validate(tmp_path: Path, name: str) -> None:
-    """Issue 6: the bundled model's int8 (8da8w) and int4 (8da4w) .pte pass validate with the quality gate."""
+    """The bundled model's int8 (8da8w) and int4 (8da4w) .pte pass validate with the quality gate."""
     artifact = tmp_path / f"brown-small-et-{name}"
     export(ExportOptions(out=artifact, format="executorch", quant=name))
     report = validate(ValidateOptions(artifact=artifact, greedy_tokens=32))
     q = report.quality
     assert q is not None and q["text"].endswith("heldout.txt")
     assert report.passed, [f.message() for f in report.failures]
-    assert q["metrics"]["ppl_increase_pct"] <= {"int8": 0.5, "int4": 3.0}[name]  # the issue's goals
+    assert q["metrics"]["ppl_increase_pct"] <= {"int8": 0.5, "int4": 3.0}[name]  # the quantization goals
     print(name, json.dumps({"size": q["size"], **{k: q["metrics"][k] for k in ("ppl_reference", "ppl_artifact",
           "ppl_increase_pct", "top1_agreement_text", "kl_mean")}}))  # fmt: skip

@@ -5,7 +5,7 @@ the meta device (no memory) and then materialises each parameter directly in
 ``dtype`` and fills it in place (``normal_`` with upstream-like scales, the
 same rules as :func:`exporter.model.griffin.random_init_`). No full-size fp32
 temporary ever exists, so the peak RSS stays near the final model size: about
-5.4 GB for the 2B shape in bfloat16, 10.7 GB in float32 (FINDINGS.md).
+5.4 GB for the 2B shape in bfloat16, 10.7 GB in float32 (measured).
 
 Each tensor has its own generator seeded from (seed, parameter name), so the
 weights do not depend on the order of initialisation: ``random_model(c, 3)``

@@ -2,7 +2,7 @@
 
 Core ML states (``ct.StateType``) are fp16 only, and coremltools converts a
 torch.export'ed mutable buffer into one when it is written by slice
-assignment (``buf[:] = x``; FINDINGS.md: ``buf.copy_(x)`` fails).
+assignment (``buf[:] = x``; ``buf.copy_(x)`` fails to convert).
 
 Only the attention KV ring buffers become states. The Conv1D and RG-LRU states
 stay explicit fp32 inputs/outputs, because fp16 rounding of the RG-LRU state

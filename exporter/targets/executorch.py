@@ -25,7 +25,7 @@ Deliberate changes to the traced step, all numerically faithful:
     (once for the portable ``embedding`` lookup, once packed for XNNPACK).
   * ``gelu(approximate="tanh")`` is decomposed before lowering: the XNNPACK
     delegate computes the *erf* GELU for it (max difference 4.7e-4, the
-    "XNNPACK fp32 is ~1e-4 off" of FINDINGS.md). Decomposed, it runs as
+    "XNNPACK fp32 is ~1e-4 off" once taken for rounding). Decomposed, it runs as
     tanh/mul/add, which XNNPACK delegates exactly.
   * attention and RMSNorm are traced in their XNNPACK-friendly forms
     (:func:`xnnpack_friendly`) and whatever depends only on weights is folded at export
@@ -161,7 +161,7 @@ def xnnpack_friendly(module: nn.Module) -> Iterator[None]:
       operand of a 3-D ``bmm``, and the decode step writes its one new row with a
       ``scatter``. The default forms cost, per attention layer and step, a portable
       ``where`` over each whole ring (broadcast element by element: ~6 ms per
-      [1, 1, 2048, 256] ring on this 2-core machine, the largest cost of a decode step), an
+      [1, 1, 2048, 256] ring on a 2-core machine, the largest cost of a decode step), an
       ``expand`` copy of each ring and a delegated transpose of the key ring.
     * RMSNorm (``RMSNorm.pool_mean``): the mean as a 4-D mean over the last two dims, which
       XNNPACK takes, instead of a portable ``mean`` splitting the delegate at every norm.

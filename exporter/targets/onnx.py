@@ -5,7 +5,7 @@ unrolled over a static t when traced (exporter/step/step.py), and marking t
 dynamic makes ``torch.export`` fail ("your code specialized it to be a
 constant"). Batch stays symbolic ("batch", as in the IOSpec).
 
-Exported with ``torch.onnx.export(dynamo=True)`` at opset 18 (FINDINGS.md: it
+Exported with ``torch.onnx.export(dynamo=True)`` at opset 18 (measured: it
 matches eager to ~3e-6; index arithmetic stays int64). Graph I/O names are
 exactly the IOSpec names (onnxruntime-genai convention), and the config,
 window, vocab, special token ids and source checkpoint are also stored in each
