@@ -79,6 +79,12 @@ def _check_utf8(name: str, value: Any) -> None:
                 raise RgMobileError(f"{option} is not valid UTF-8 text ({_printable(item)}); pass UTF-8") from None
 
 
+def _one_line(message: str) -> typer.Exit:
+    """Print ``error: message`` on stderr (``message`` is rich markup) and return the exit-2 to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
 def user_errors(fn: F) -> F:
     """Turn RgMobileError (and a full disk) into one line on stderr and exit code 2."""
 
@@ -89,31 +95,22 @@ def user_errors(fn: F) -> F:
                 _check_utf8(name, value)
             return fn(*args, **kwargs)
         except RgMobileError as exc:
-            err.print(f"[bold red]error:[/] {_printable(exc)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise _one_line(escape(_printable(exc))) from None
         except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as surrogate escapes
-            err.print(
-                f"[bold red]error:[/] an argument is not valid UTF-8 text ({exc.reason}); pass UTF-8 text and paths",
-                highlight=False, markup=True, soft_wrap=True,
-            )  # fmt: skip
-            raise typer.Exit(2) from None
+            raise _one_line(f"an argument is not valid UTF-8 text ({exc.reason}); pass UTF-8 text and paths") from None
         except OSError as exc:
             if exc.errno in _NOT_WRITABLE:
                 where = escape(_printable(getattr(exc, "filename", None) or "a file or folder"))
-                err.print(
-                    f"[bold red]error:[/] {os.strerror(exc.errno or 0)}: {where}; choose files, an --out and a "
-                    "--report you can read and write",
-                    highlight=False, soft_wrap=True,
-                )  # fmt: skip
-                raise typer.Exit(2) from None
+                raise _one_line(
+                    f"{os.strerror(exc.errno or 0)}: {where}; choose files, an --out and a --report you can read "
+                    "and write"
+                ) from None
             if not _disk_full(exc):
                 raise
-            where = getattr(exc, "filename", None) or "a temporary or output folder"
-            err.print(
-                f"[bold red]error:[/] no space left on the device while writing {where}; the output was left as "
-                "it was (writes are atomic). Free disk space (or point TMPDIR at a larger disk) and retry.",
-                highlight=False, soft_wrap=True,
-            )  # fmt: skip
-            raise typer.Exit(2) from None
+            where = escape(str(getattr(exc, "filename", None) or "a temporary or output folder"))
+            raise _one_line(
+                f"no space left on the device while writing {where}; the output was left as it was (writes are "
+                "atomic). Free disk space (or point TMPDIR at a larger disk) and retry."
+            ) from None
 
     return wrapper  # type: ignore[return-value]
