@@ -27,6 +27,7 @@ from quantization.recipe import Recipe, load_recipe
 if TYPE_CHECKING:
     from exporter.model.griffin import Griffin
     from exporter.resources import ResourceMonitor
+    from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
 
@@ -114,24 +115,25 @@ class ExportOptions:
             raise RgMobileError(f"--embedding-bits must be 8 or 4, got {self.embedding_bits}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise RgMobileError(f"--accuracy-level must be 0, 1, 2, 3 or 4, got {self.accuracy_level}")
-        recipe = self.quant_recipe  # unknown names, bad group sizes raise here
-        if recipe.is_quantized and self.format not in QUANT_FORMATS:
-            raise RgMobileError(
-                f"--quant {self.quant} is not supported for --format {self.format} yet; "
-                f"quantized formats: {list(QUANT_FORMATS)}"
-            )
-        if self.format == "onnx" and recipe.is_quantized:
-            from quantization.onnx import check_recipe
+        check_recipe_for_format(self.quant_recipe, self.format, self.ios, f"--quant {self.quant}")
 
-            check_recipe(recipe)
-        if self.format == "coreml" and recipe.is_quantized:
-            from quantization.coreml import check_recipe as check_coreml_recipe
 
-            check_coreml_recipe(recipe, self.ios)  # int4 per block needs --ios 18
-        if self.format == "executorch" and recipe.is_quantized:
-            from quantization.executorch import check_recipe as check_executorch_recipe
+def check_recipe_for_format(recipe: Recipe, fmt: str, ios: int, what: str) -> None:
+    """Refuse, in one line, a recipe that format ``fmt`` cannot hold (``what`` names where it came from)."""
+    if recipe.is_quantized and fmt not in QUANT_FORMATS:
+        raise RgMobileError(f"{what} is not supported for --format {fmt} yet; quantized formats: {list(QUANT_FORMATS)}")
+    if fmt == "onnx" and recipe.is_quantized:
+        from quantization.onnx import check_recipe
 
-            check_executorch_recipe(recipe)  # only the verified XNNPACK paths (8da8w, 8da4w)
+        check_recipe(recipe)
+    if fmt == "coreml" and recipe.is_quantized:
+        from quantization.coreml import check_recipe as check_coreml_recipe
+
+        check_coreml_recipe(recipe, ios)  # int4 per block needs --ios 18
+    if fmt == "executorch" and recipe.is_quantized:
+        from quantization.executorch import check_recipe as check_executorch_recipe
+
+        check_executorch_recipe(recipe)  # only the verified XNNPACK paths (8da8w, 8da4w)
 
 
 def export(options: ExportOptions) -> Manifest:
@@ -154,11 +156,20 @@ def _export_checkpoint(options: ExportOptions, monitor: ResourceMonitor) -> Mani
     source = Path(options.checkpoint) if options.checkpoint is not None else default_checkpoint()
     ckpt = load_checkpoint(source, tokenizer=options.tokenizer)
     label = str(Path(ckpt.source).resolve())
+    given = ckpt.quantization
+    if given is not None:  # a quantized checkpoint: its integers are shipped as they are
+        if options.quant_recipe.is_quantized:
+            raise RgMobileError(
+                f"{source}: the checkpoint is already quantized (recipe {given.recipe.name}); drop --quant "
+                "(and --group-size / --embedding-bits): its own integers are exported"
+            )
+        check_recipe_for_format(given.recipe, options.format, options.ios, f"{source}: recipe {given.recipe.name}")
 
     def tokenizer(dest: Path) -> None:
         shutil.copyfile(ckpt.tokenizer_path, dest)
 
-    return _write_artifact(options, monitor, ckpt.model, label, {"checkpoint": label, "kind": ckpt.kind}, tokenizer)
+    source_facts = {"checkpoint": label, "kind": ckpt.kind}
+    return _write_artifact(options, monitor, ckpt.model, label, source_facts, tokenizer, given)
 
 
 def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest:
@@ -191,6 +202,7 @@ def _write_artifact(
     label: str,
     source: dict[str, str],
     write_tokenizer: Callable[[Path], None],
+    given: GivenQuantization | None = None,
 ) -> Manifest:
     """Run the target into a temporary folder, add tokenizer + manifest, rename into place."""
     target = get_target(options.format)
@@ -199,7 +211,7 @@ def _write_artifact(
 
     weights = compute_identity(model, "fp32")  # before the target runs: a target may retie or quantize in place
     with atomic_dir(Path(options.out), check_replace=check_replaceable) as tmp:
-        result = target(model, tmp, options, label)
+        result = target(model, tmp, options, label, given)
         write_tokenizer(tmp / TOKENIZER_FILE)
         if options.format == "onnx":  # onnxruntime-genai reads its own config and tokenizer.json
             from exporter.package.genai import write_genai_files

@@ -114,3 +114,16 @@ def load_dequantized(model: Griffin, weights: Mapping[str, QuantizedTensor]) -> 
             raise RgMobileError(f"quantized weight {name}: shape {tuple(w.shape)} != parameter {tuple(p.shape)}")
         p.copy_(w.to(p.dtype))
     return model
+
+
+@dataclass(frozen=True)
+class GivenQuantization:
+    """A recipe with the integers and scales it chose: what a quantized checkpoint carries.
+
+    An export handed one ships exactly ``weights`` in every format instead of quantizing again.
+    ``method``: how the integers were chosen ("rtn" round-to-nearest, or a calibrated method).
+    """
+
+    recipe: Recipe
+    weights: QuantizedWeights
+    method: str = "rtn"

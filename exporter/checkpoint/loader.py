@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -22,6 +22,9 @@ from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.fsio import first_line
 from exporter.model.griffin import Griffin
+
+if TYPE_CHECKING:
+    from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class Checkpoint:
       tokenizer_path: a SentencePiece model whose vocab size equals ``config.vocab_size``.
       source: the path that was loaded.
       kind: "hf" (folder) or "official" (.pt state dict).
+      quantization: for a quantized checkpoint, its recipe with the integers and scales
+        (``model`` then holds their dequantized values: the quantized eager reference); else None.
     """
 
     config: GriffinConfig
@@ -53,6 +58,7 @@ class Checkpoint:
     tokenizer_path: Path
     source: Path
     kind: CheckpointKind
+    quantization: GivenQuantization | None = None
 
 
 def check_tokenizer(path: Path, config: GriffinConfig) -> None:

@@ -1,7 +1,8 @@
 """The explicit registry of export targets (after optimum-executorch's ``@register_recipe``).
 
-Each target is a function ``export(model, out_dir, options, source) -> TargetResult``
-(``source``: the checkpoint path, for metadata) that writes its program files
+Each target is a function ``export(model, out_dir, options, source, given) -> TargetResult``
+(``source``: the checkpoint path, for metadata; ``given``: the integers and scales of a
+quantized checkpoint, to ship as they are, or None to apply ``options.quant_recipe``) that writes its program files
 into ``out_dir`` (a temporary folder that :mod:`exporter.export` renames into
 place) and says which program is which.
 The orchestrator copies the tokenizer and writes the manifest; a target does not.
@@ -32,6 +33,7 @@ from exporter.package.manifest import Program
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from quantization.qweights import GivenQuantization
 
 # name -> "module:function". No auto-discovery: a target exists when it is listed here.
 TARGETS: dict[str, str] = {
@@ -58,7 +60,7 @@ class TargetResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-TargetFn = Callable[["Griffin", Path, "ExportOptions", str], TargetResult]
+TargetFn = Callable[["Griffin", Path, "ExportOptions", str, "GivenQuantization | None"], TargetResult]
 
 
 def target_names() -> list[str]:

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
     from quantization.coreml import QuantPlan
+    from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ def program_lengths(prefill_chunk: int) -> dict[str, int]:
     return lens
 
 
-def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -> TargetResult:
+def export(
+    model: Griffin, out_dir: Path, options: ExportOptions, source: str, given: GivenQuantization | None = None
+) -> TargetResult:
     """Write the Core ML package(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
     import coremltools as ct
 
@@ -96,7 +99,7 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
     lens = program_lengths(options.prefill_chunk)
     staging = out_dir / ".staging"
     seconds: dict[str, float] = {}
-    recipe = options.quant_recipe
+    recipe = given.recipe if given is not None else options.quant_recipe
     quant_facts: dict[str, object] = {}
     mem = StageMemory()
     # 1. Convert every program while the torch weights exist. Unquantized programs are

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
     from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
 
@@ -410,13 +411,15 @@ def _stage(stages: dict[str, int], name: str) -> None:
         log.info("executorch export: RSS %.2f GB after %s", rss / 1e9, name)
 
 
-def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -> TargetResult:
+def export(
+    model: Griffin, out_dir: Path, options: ExportOptions, source: str, given: GivenQuantization | None = None
+) -> TargetResult:
     """Write ``model.pte`` (methods prefill + decode) for ``model`` (loaded from ``source``) into ``out_dir``."""
     if model.embed_tokens.weight.dtype != torch.float32:
         raise RgMobileError("the executorch target exports fp32 weights; load the checkpoint as float32")
     seq_lens = {PREFILL: options.prefill_chunk, DECODE: 1} if options.prefill_chunk > 1 else {DECODE: 1}
     spec = build_iospec(model.config)
-    recipe = options.quant_recipe
+    recipe = given.recipe if given is not None else options.quant_recipe
     step, quant_facts = None, None
     rss: dict[str, int] = {}
     _stage(rss, "start")

@@ -47,6 +47,7 @@ from exporter.targets.onnx_external import external_bytes, external_span
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ _ALIGN = 4096  # page-aligned external tensors (ORT can mmap them)
 _EXAMPLE_BATCH = 2  # trace with batch 2: batch 1 would be specialised as a constant
 
 
-def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -> TargetResult:
+def export(
+    model: Griffin, out_dir: Path, options: ExportOptions, source: str, given: GivenQuantization | None = None
+) -> TargetResult:
     """Write the ONNX program(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
     spec = build_iospec(model.config)
     lens = {"decode": 1}
@@ -66,7 +69,7 @@ def export(model: Griffin, out_dir: Path, options: ExportOptions, source: str) -
         lens["prefill"] = options.prefill_chunk
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     mode = options.external_data
-    recipe = options.quant_recipe
+    recipe = given.recipe if given is not None else options.quant_recipe
     external = mode == "always" or (mode == "auto" and (weight_bytes > PROTO_LIMIT or recipe.is_quantized))
     protos: dict[str, onnx.ModelProto] = {}
     facts: dict[str, dict[str, Any]] = {}
