@@ -41,7 +41,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
     for name in sorted(state):
         tensor = state[name].detach().float().contiguous().cpu()
         h.update(name.encode("utf-8"))
-        h.update(tensor.numpy().astype("<f4", copy=False).tobytes())
+        h.update(memoryview(tensor.numpy().astype("<f4", copy=False)).cast("B"))  # no copy of the bytes
     return h.hexdigest()
 
 
