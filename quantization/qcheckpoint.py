@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,14 +167,16 @@ def write_quantized_checkpoint(
     tokenizer: Path,
     report: dict[str, Any] | None = None,
     extra_text: dict[str, str] | None = None,
+    check_replace: Callable[[Path], None] | None = None,
 ) -> int:
     """Write the folder atomically; returns the bytes of model.safetensors.
 
     ``report`` is written as quality_report.json after its ``size`` gains ``checkpoint_bytes``
-    (the safetensors file, known only once written); ``extra_text``: file name -> text to add.
+    (the safetensors file, known only once written); ``extra_text``: file name -> text to add;
+    ``check_replace`` runs just before an existing ``out_dir`` is replaced and raises to refuse.
     """
     tensors = checkpoint_tensors(model, weights)
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), check_replace=check_replace) as tmp:
         hf = config_to_hf(model.config)
         hf["quantization_config"] = qconfig.to_dict()
         (tmp / CONFIG_NAME).write_text(json.dumps(hf, indent=2) + "\n")

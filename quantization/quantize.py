@@ -255,6 +255,7 @@ def quantize_checkpoint(options: QuantizeOptions) -> QuantizeResult:
     }  # fmt: skip
     qconfig = QuantizationConfig(recipe=recipe, method=options.method, calibration=calibration)
     extra = {HELDOUT_NAME: texts.eval_text} if texts.eval_is_heldout else {}
-    write_quantized_checkpoint(Path(options.out), model, qconfig, weights, ckpt.tokenizer_path, report, extra)
+    write_quantized_checkpoint(Path(options.out), model, qconfig, weights, ckpt.tokenizer_path, report, extra,
+                               check_replace=check_quant_out)  # fmt: skip
     log.info("quantized %s (%s, %s) to %s", source, recipe.name, options.method, options.out)
     return QuantizeResult(Path(options.out), report)

@@ -284,7 +284,8 @@ def test_export_validate_a_quantized_checkpoint(tmp_path: Path, tiny_checkpoint:
     res = runner.invoke(app, ["quantize", str(tiny_checkpoint), "--recipe", "int4", "--out", str(q),
                               "--eval-tokens", "100"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    refused = runner.invoke(app, ["export", str(q), "--format", "onnx", "--quant", "int8", "--out", str(tmp_path / "x")])
+    again = ["export", str(q), "--format", "onnx", "--quant", "int8", "--out", str(tmp_path / "x")]
+    refused = runner.invoke(app, again)
     assert refused.exit_code == 2 and "already quantized" in refused.stderr
     art = tmp_path / "onnx"
     exp = runner.invoke(app, ["export", str(q), "--format", "onnx", "--prefill-chunk", "8", "--out", str(art)])
