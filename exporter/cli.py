@@ -24,7 +24,12 @@ out = Console()
 
 CheckpointArg = Annotated[
     Path | None,
-    typer.Argument(help="HF folder, official .pt, or exported artifact folder (default: the bundled model)"),
+    typer.Argument(
+        help="HF folder, official .pt, quantized checkpoint, or exported artifact folder (default: the bundled model)"
+    ),
+]
+FloatCheckpointArg = Annotated[
+    Path | None, typer.Argument(help="fp32 checkpoint: HF folder or official .pt (default: the bundled model)")
 ]
 
 
@@ -217,7 +222,7 @@ def export(
 @app.command()
 @user_errors
 def quantize(
-    checkpoint: CheckpointArg = None,
+    checkpoint: FloatCheckpointArg = None,
     recipe: Annotated[str, typer.Option(help="int8, int4 or a recipe .json")] = "int4",
     out_dir: Annotated[
         Path, typer.Option("--out", help="quantized checkpoint folder (an earlier one is replaced)")

@@ -210,6 +210,8 @@ def quantize_checkpoint(options: QuantizeOptions) -> QuantizeResult:
     source = Path(options.checkpoint) if options.checkpoint is not None else default_checkpoint()
     if Path(options.out).resolve() == source.resolve():
         raise RgMobileError(f"--out {options.out} is the checkpoint itself; choose another folder")
+    if (source / "manifest.json").is_file():
+        raise RgMobileError(f"{source} is an exported artifact; quantize takes the checkpoint it was exported from")
     ckpt = load_checkpoint(source)
     if ckpt.quantization is not None:
         raise RgMobileError(
