@@ -1,4 +1,4 @@
-"""The ``rgmobile`` command line: generate | info | export | validate | package | bench.
+"""The ``rgmobile`` command line: generate | info | quantize | export | validate | package | bench.
 
 Only the command line prints. A user error (:class:`RgMobileError`) becomes one line
 on stderr and exit code 2, never a traceback (exporter/cli_errors.py).
@@ -24,7 +24,12 @@ out = Console()
 
 CheckpointArg = Annotated[
     Path | None,
-    typer.Argument(help="HF folder, official .pt, or exported artifact folder (default: the bundled model)"),
+    typer.Argument(
+        help="HF folder, official .pt, quantized checkpoint, or exported artifact folder (default: the bundled model)"
+    ),
+]
+FloatCheckpointArg = Annotated[
+    Path | None, typer.Argument(help="fp32 checkpoint: HF folder or official .pt (default: the bundled model)")
 ]
 
 
@@ -111,6 +116,7 @@ def info(
     from exporter.config import preset as get_preset
 
     config: GriffinConfig
+    given = None
     if preset is not None:
         config = get_preset(preset)
         source = f"preset {preset}"
@@ -120,6 +126,7 @@ def info(
         ckpt = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint())
         config = ckpt.config
         source = str(ckpt.source)
+        given = ckpt.quantization
     table = Table(title=f"RecurrentGemma / Griffin: {source}", show_header=False)
     for key, value in config.to_dict().items():
         if key == "block_types":
@@ -134,6 +141,15 @@ def info(
             f"{_fmt_bytes(state['total'])} = KV ring {_fmt_bytes(state['kv'])} + conv {_fmt_bytes(state['conv'])} "
             f"+ RG-LRU {_fmt_bytes(state['rg_lru'])} (fp32); the same at every context length",
         )
+    if given is not None and checkpoint is not None:
+        from quantization.qcheckpoint import quantized_bytes
+
+        r = given.recipe
+        classes = ", ".join(f"{k} {getattr(r, k).bits}-bit" for k in ("linears", "embedding", "rglru_gates")
+                            if getattr(r, k) is not None)  # fmt: skip
+        table.add_row("quantization", f"{r.name} ({given.method}): {classes}; {len(given.weights)} weights")
+        size = quantized_bytes(checkpoint)
+        table.add_row("weights file", f"{_fmt_bytes(size)} = {size / (4 * counts['total']):.3f} x fp32")
     out.print(table)
 
 
@@ -201,6 +217,61 @@ def export(
         out.print(
             f"export: {stats['wall_seconds']:.1f}s, peak RSS {_fmt_bytes(stats['peak_rss_bytes'])}", highlight=False
         )
+
+
+@app.command()
+@user_errors
+def quantize(
+    checkpoint: FloatCheckpointArg = None,
+    recipe: Annotated[str, typer.Option(help="int8, int4 or a recipe .json")] = "int4",
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="quantized checkpoint folder (an earlier one is replaced)")
+    ] = Path("quantized"),
+    group_size: Annotated[int | None, typer.Option(help="int4 group size (default: the recipe's, 32)")] = None,
+    embedding_bits: Annotated[
+        int | None, typer.Option(help="bits of the tied embedding/head, 8 or 4 (default: the recipe's)")
+    ] = None,
+    method: Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (calibrated)")] = "rtn",
+    calibration: Annotated[
+        Path | None, typer.Option(help="gptq calibration text (default: first half of heldout.txt)")
+    ] = None,
+    calibration_tokens: Annotated[int, typer.Option(help="gptq calibration tokens at most")] = 4096,
+    eval_text: Annotated[
+        Path | None, typer.Option(help="text the quality report scores (default: heldout.txt of the model)")
+    ] = None,
+    eval_tokens: Annotated[int, typer.Option(help="text tokens the quality report scores")] = 4096,
+) -> None:
+    """Quantize a checkpoint once into a checkpoint folder every command takes (docs/quantized-checkpoint.md)."""
+    from quantization.quantize import QuantizeOptions, quantize_checkpoint
+
+    options = QuantizeOptions(
+        out=out_dir, checkpoint=checkpoint, recipe=recipe, group_size=group_size, embedding_bits=embedding_bits,
+        method=method, calibration=calibration, calibration_tokens=calibration_tokens, eval_text=eval_text,
+        eval_tokens=eval_tokens,
+    )  # fmt: skip
+    with err.status(f"quantizing ({recipe}, {method})..."):
+        result = quantize_checkpoint(options)
+    r = result.report
+    m, size, w, text = r["metrics"], r["size"], r["weights_sqnr_db"], r["text"]
+    title = f"{out_dir}: {r['recipe']['name']} ({r['method']}), {text['tokens']} tokens of {text['source']}"
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value")
+    rows = [
+        ("size", f"{_fmt_bytes(size['checkpoint_bytes'])} = {size['ratio']:.3f} x fp32 "
+         f"({_fmt_bytes(size['fp32_bytes'])})"),
+        ("perplexity", f"{m['ppl_artifact']:.3f} vs fp32 {m['ppl_reference']:.3f} ({m['ppl_increase_pct']:+.2f}%)"),
+        ("KL(fp32 || quantized)", f"mean {m['kl_mean']:.2e}, max {m['kl_max']:.2e} nats"),
+        ("top-1 agreement", _fmt_metric(m["top1_agreement_text"])),
+        ("logits SQNR", f"{m['sqnr_db']:.1f} dB"),
+        ("weights SQNR", f"{w['all_db']:.1f} dB (worst {w['min_db']:.1f} dB: {w['min_param']})"),
+        ("calibration", text["calibration_overlap"]),
+        ("time", f"quantize {r['seconds']['quantize']:.2f}s, report {r['seconds']['report']:.1f}s"),
+    ]  # fmt: skip
+    for label, value in rows:
+        table.add_row(label, value)
+    out.print(table)
+    out.print(f"wrote {result.out} (report: {result.out / 'quality_report.json'})", highlight=False)
 
 
 def _fmt_metric(value: float) -> str:

@@ -195,6 +195,22 @@ def _greedy(backend: Backend, prompt: list[int], n: int) -> list[int]:
     return out
 
 
+def text_metrics(artifact: Backend, reference: Backend, seqs: list[list[int]]) -> tuple[dict[str, float], int]:
+    """(logits, agreement and perplexity metrics, scored positions) of teacher-forced ``seqs`` on both sides.
+
+    ``seqs``: token sequences from :func:`sequences` (each starts with BOS).
+    """
+    if not seqs:
+        raise RgMobileError("quality: the held-out text has no tokens")
+    stats = _Stats()
+    for k, seq in enumerate(seqs):
+        la, _ = _run(artifact, seq[:-1], 0, artifact.init_state(1))
+        lr, _ = _run(reference, seq[:-1], 0, reference.init_state(1))
+        stats.add(la, lr, np.asarray(seq[1:], np.int64))
+        log.info("quality: sequence %d/%d (%d tokens)", k + 1, len(seqs), len(seq) - 1)
+    return stats.metrics(), stats.n
+
+
 def quality_report(
     artifact: Backend,
     reference: Backend,
@@ -205,17 +221,8 @@ def quality_report(
     thresholds: dict[str, float],
 ) -> QualityReport:
     """Score ``ids`` (held-out text tokens, no BOS) on both backends; see the module docstring."""
-    bos = manifest.config.bos_id
-    seqs = sequences(ids, bos, options.seq_len, options.max_tokens)
-    if not seqs:
-        raise RgMobileError("quality: the held-out text has no tokens")
-    stats = _Stats()
-    for k, seq in enumerate(seqs):
-        la, _ = _run(artifact, seq[:-1], 0, artifact.init_state(1))
-        lr, _ = _run(reference, seq[:-1], 0, reference.init_state(1))
-        stats.add(la, lr, np.asarray(seq[1:], np.int64))
-        log.info("quality: sequence %d/%d (%d tokens)", k + 1, len(seqs), len(seq) - 1)
-    metrics = stats.metrics()
+    seqs = sequences(ids, manifest.config.bos_id, options.seq_len, options.max_tokens)
+    metrics, scored = text_metrics(artifact, reference, seqs)
     matches = []
     for seq in seqs[: options.greedy_prompts]:
         prompt = seq[: options.prompt_tokens]
@@ -229,7 +236,7 @@ def quality_report(
     greedy = {"prompts": len(matches), "prompt_tokens": options.prompt_tokens, "tokens": options.greedy_tokens,
               "common_prefix": matches}  # fmt: skip
     return QualityReport(
-        text=text_label, tokens=stats.n, sequences=len(seqs), seq_len=options.seq_len, size=size,
+        text=text_label, tokens=scored, sequences=len(seqs), seq_len=options.seq_len, size=size,
         metrics=metrics, thresholds=thresholds, greedy=greedy,
     )  # fmt: skip
 

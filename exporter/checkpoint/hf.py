@@ -35,8 +35,8 @@ def read_hf_config(path: Path) -> GriffinConfig:
     return config_from_hf(read_json(path), source=str(path))
 
 
-def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, Tensor]:
-    """Every tensor of one safetensors file, cast to ``dtype`` (floating tensors only)."""
+def read_raw_safetensors(path: Path) -> dict[str, Tensor]:
+    """Every tensor of one safetensors file as stored (any dtype); unreadable files are one clear error."""
     out: dict[str, Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -50,6 +50,12 @@ def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, Tensor]:
         ) from None
     except OSError as exc:
         raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
+    return out
+
+
+def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, Tensor]:
+    """Every tensor of one safetensors file, cast to ``dtype`` (floating tensors only)."""
+    out = read_raw_safetensors(path)
     for name, t in out.items():
         if not t.is_floating_point():
             raise RgMobileError(f"{path}: tensor {name} has dtype {t.dtype}; model weights must be floating point")

@@ -1,6 +1,7 @@
 """One entry point for every checkpoint: ``load_checkpoint(path)`` -> :class:`Checkpoint`.
 
-A folder is read as Hugging Face (config.json + safetensors), a ``.pt``/``.pth``/``.bin``
+A folder is read as Hugging Face (config.json + safetensors), or as a quantized checkpoint when
+its config has a ``quantization_config`` (quantization/qcheckpoint.py), a ``.pt``/``.pth``/``.bin``
 file as the official recurrentgemma state dict. Both end in the same strict
 check (:func:`weight_map.check_state_dict`) and the same tokenizer check, so
 every later stage can trust ``Checkpoint.model`` and ``Checkpoint.tokenizer_path``.
@@ -105,9 +106,16 @@ def load_checkpoint(path: Path, dtype: torch.dtype = torch.float32, tokenizer: P
     if not path.exists():
         raise RgMobileError(f"{path}: checkpoint path does not exist; expected {ACCEPTED}")
     kind: CheckpointKind
+    given: GivenQuantization | None = None
     if path.is_dir():
         kind = "hf"
-        config, state = load_hf_folder(path, dtype)
+        from quantization.qcheckpoint import is_quantized_folder, read_quantized_checkpoint
+
+        if is_quantized_folder(path):  # written by `rgmobile quantize` (docs/quantized-checkpoint.md)
+            folder = read_quantized_checkpoint(path, dtype)
+            config, state, given = folder.config, folder.state, folder.quantization
+        else:
+            config, state = load_hf_folder(path, dtype)
         default_tok = path / TOKENIZER_NAME
     elif path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
         kind = "official"
@@ -120,7 +128,7 @@ def load_checkpoint(path: Path, dtype: torch.dtype = torch.float32, tokenizer: P
     model = build_model(config, state, str(path))
     check_tokenizer(tok, config)
     log.info("loaded %s checkpoint %s: %d layers, width %d, %s", kind, path, config.num_layers, config.width, dtype)
-    return Checkpoint(config=config, model=model, tokenizer_path=tok, source=path, kind=kind)
+    return Checkpoint(config=config, model=model, tokenizer_path=tok, source=path, kind=kind, quantization=given)
 
 
 def default_checkpoint() -> Path:
