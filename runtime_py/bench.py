@@ -41,6 +41,7 @@ from runtime_py.bench_goals import compute_goals, summarize
 from runtime_py.bench_schema import SCHEMA, SCHEMA_VERSION, validate_bench
 from runtime_py.bench_subjects import BASELINES
 from runtime_py.bench_worker import WorkerSpec
+from runtime_py.machine_load import cpu_info, disturbed, load_sample
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count() or 0,
+        "cpu": cpu_info(),
         "versions": _versions(),
     }
 
@@ -222,8 +224,15 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     for stub in stubs:
         spec: WorkerSpec = stub.pop("_spec")
         log.info("measuring %s (%s)", stub["name"], stub["kind"])
+        before = load_sample()
+        if disturbed(before):
+            log.warning(
+                "another process keeps %.1f of %d cores busy before %s: its figures will be low",
+                before["busy_cores"], os.cpu_count() or 1, stub["name"],
+            )  # fmt: skip
         result = run_worker(spec, options.timeout)
-        subject = {**stub, "error": None, **result}
+        after = load_sample()
+        subject = {**stub, "error": None, **result, "load": {"before": before, "after": after}}
         if subject["error"] is None:
             _add_roofline(subject, bandwidth.best_gb_s)
             subject["summary"] = summarize(subject)

@@ -5,7 +5,8 @@ Top level (all keys required; "|null" marks nullable values):
   schema          "rgmobile.bench"
   schema_version  1 (a reader refuses a newer version)
   rgmobile_version, created (ISO 8601 UTC)
-  machine         {"platform", "python", "cpu_count", "versions": {package: version}}
+  machine         {"platform", "python", "cpu_count", "cpu": {"model", "isa": [flag], "source"},
+                   "versions": {package: version}}  ("cpu": runtime_py.machine_load.cpu_info)
   settings        {"positions": [int], "threads", "steps", "warmup", "prefill_chunk",
                    "prefill_repeats", "seed", "baselines": [str], "shape": str|null,
                    "baseline_config": GriffinConfig dict|null}
@@ -21,6 +22,9 @@ subject:
   format          manifest format ("onnx", ...) | null for baselines
   error           null, or why this subject could not be measured (then the
                   measurement keys below may be missing)
+  load            {"before", "after"}: runtime_py.machine_load.load_sample() just before and
+                  after the subject's process ({"loadavg_1m", "busy_cores"}: cores busy with
+                  other work while bench idled; >= 0.5 is logged as a warning)
   backend, precision, config (GriffinConfig dict)
   weights_bytes, weights_bytes_method   what one decode step reads for its weights
   load_seconds, rss_after_load_bytes, peak_rss_bytes (ru_maxrss of the subject's own process)

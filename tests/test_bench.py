@@ -194,8 +194,12 @@ def test_bench_json_matches_schema(bench_run: tuple[dict, Path, Path, str], rand
     subjects = {x["name"]: x for x in data["subjects"]}
     assert list(subjects) == [random_artifact.name, "transformers", "eager", "gemma"]
     assert [x["kind"] for x in data["subjects"]] == ["artifact", "baseline", "baseline", "baseline"]
+    cpu = data["machine"]["cpu"]
+    assert cpu["model"] and isinstance(cpu["isa"], list)
     for x in data["subjects"]:
         assert x["error"] is None
+        for when in ("before", "after"):  # the load around each subject, for judging its figures
+            assert set(x["load"][when]) == {"loadavg_1m", "busy_cores"}
         assert [r["position"] for r in x["positions"]] == POSITIONS
         assert x["peak_rss_bytes"] > 0 and x["weights_bytes"] > 0
         for r in x["positions"]:
