@@ -35,7 +35,7 @@ def _cpuinfo_text() -> str:
 def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
     """{"model": str, "isa": [flags present from X86_FLAGS / ARM_FLAGS], "source": where it was read}."""
     text = _cpuinfo_text() if cpuinfo is None else cpuinfo
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
