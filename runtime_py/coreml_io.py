@@ -20,7 +20,6 @@ from exporter.package.manifest import Manifest
 from exporter.step.iospec import IOSpec, TensorSpec
 
 NumpyState = dict[str, np.ndarray]
-NP_DTYPES = {"int32": np.int32, "float32": np.float32, "float16": np.float16}
 
 
 class CoreMLIO:
@@ -52,7 +51,7 @@ class CoreMLIO:
         if batch != 1:
             raise RgMobileError(f"coreml artifacts run batch 1, not {batch}")
         return {
-            s.name: np.zeros(s.concrete_shape(batch=1), dtype=NP_DTYPES[self.features[s.name]["dtype"]])
+            s.name: np.zeros(s.concrete_shape(batch=1), dtype=np.dtype(self.features[s.name]["dtype"]))
             for s in self.io.state_inputs
         }
 
@@ -74,7 +73,7 @@ class CoreMLIO:
             f["position_ids"]["name"]: np.ascontiguousarray(position_ids, dtype=np.int32),
         }
         for s in self.explicit:
-            feed[f[s.name]["name"]] = np.ascontiguousarray(state[s.name], dtype=NP_DTYPES[f[s.name]["dtype"]])
+            feed[f[s.name]["name"]] = np.ascontiguousarray(state[s.name], dtype=np.dtype(f[s.name]["dtype"]))
         return feed
 
     def _result(self, out: dict[str, Any], internal: dict[str, Any]) -> tuple[np.ndarray, NumpyState]:
@@ -91,6 +90,6 @@ class CoreMLIO:
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> NumpyState:
         """Inverse of :meth:`state_arrays`: own copies in the features' dtypes (fp16 for Core ML states)."""
         return {
-            s.name: np.array(arrays[s.name], dtype=NP_DTYPES[self.features[s.name]["dtype"]])
+            s.name: np.array(arrays[s.name], dtype=np.dtype(self.features[s.name]["dtype"]))
             for s in self.io.state_inputs
         }

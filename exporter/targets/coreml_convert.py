@@ -27,6 +27,7 @@ import torch
 
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
+from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, TensorSpec
 from exporter.step.step import export_step
 from exporter.targets import coreml_stateful
@@ -42,7 +43,6 @@ IOS_VERSIONS = (17, 18)
 # Core ML specification version written for each minimum deployment target.
 SPEC_VERSION = {17: 8, 18: 9}
 # IOSpec dtype -> Core ML multiarray dtype of the feature.
-FEATURE_DTYPE = {"int64": "int32", "float32": "float32", "float16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,12 @@ def feature_map(io: IOSpec, state: StateMode) -> dict[str, dict[str, str]]:
         if state == "internal" and coreml_stateful.is_internal(s):
             out[s.name] = {"name": feature_name(s.name), "kind": "state", "dtype": "float16"}
         else:
-            out[s.name] = {"name": feature_name(s.name), "kind": "input", "dtype": FEATURE_DTYPE[s.dtype]}
+            out[s.name] = {"name": feature_name(s.name), "kind": "input", "dtype": dtype(s.dtype).coreml}
     for s in io.outputs:
         if state == "internal" and coreml_stateful.is_internal(s):
             out[s.name] = {"name": feature_name(s.pair or ""), "kind": "state", "dtype": "float16"}
         else:
-            out[s.name] = {"name": feature_name(s.name), "kind": "output", "dtype": FEATURE_DTYPE[s.dtype]}
+            out[s.name] = {"name": feature_name(s.name), "kind": "output", "dtype": dtype(s.dtype).coreml}
     return out
 
 

@@ -60,6 +60,7 @@ from exporter.model.griffin import positions
 from exporter.model.layers import LocalAttention, RMSNorm
 from exporter.model.state import flatten_state, init_state, unflatten_state
 from exporter.package.manifest import Program
+from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule
 from exporter.targets import TargetResult
@@ -78,8 +79,6 @@ DECODE, PREFILL = "decode", "prefill"
 # The state does not grow with context, so no architectural limit; ExecuTorch's
 # runner treats get_max_context_len as a hard stop, so it gets the int32 maximum.
 UNBOUNDED_CONTEXT = 2**31 - 1
-# ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) of the IOSpec dtypes.
-SCALAR_TYPES = {"int64": 4, "float16": 5, "float32": 6}
 # Graph bookkeeping nodes that get_delegation_info counts but that run no kernel.
 _NOT_OPS = {"getitem", "alloc"}
 # XNNPACK blobs at least this large are spilled to disk during an export (see ``lower``).
@@ -387,7 +386,7 @@ def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int]) -> None:
         pairs = [(s, meta.input_tensor_meta(i)) for i, s in enumerate(spec.inputs)]
         pairs += [(s, meta.output_tensor_meta(i)) for i, s in enumerate(spec.outputs)]
         for s, info in pairs:
-            if tuple(info.sizes()) != s.concrete_shape(1, seq) or info.dtype() != SCALAR_TYPES[s.dtype]:
+            if tuple(info.sizes()) != s.concrete_shape(1, seq) or info.dtype() != dtype(s.dtype).executorch:
                 raise RuntimeError(f"{path.name}:{name}: {s.name} is {tuple(info.sizes())}, IOSpec says {s.shape}")
 
 
