@@ -28,7 +28,7 @@ Deliberate changes to the traced step, all numerically faithful:
     "XNNPACK fp32 is ~1e-4 off" once taken for rounding). Decomposed, it runs as
     tanh/mul/add, which XNNPACK delegates exactly.
   * attention and RMSNorm are traced in their XNNPACK-friendly forms
-    (:func:`xnnpack_friendly`) and whatever depends only on weights is folded at export
+    (exporter/targets/executorch_layers.py) and whatever depends only on weights is folded at export
     (:func:`fold_constants`). At the 2B width (3-layer slice, int4) these took a decode
     step from 19 delegate calls + 115 portable ops to 10 + 68, and the portable kernels'
     share of a step from ~13 ms (a ``where`` over each KV ring) to under 1 ms.
@@ -36,14 +36,12 @@ Deliberate changes to the traced step, all numerically faithful:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import gc
 import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +53,13 @@ from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_file
 from exporter.model.griffin import positions
-from exporter.model.layers import LocalAttention, RMSNorm
 from exporter.model.state import flatten_state, init_state, unflatten_state
 from exporter.package.manifest import Program
 from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule
 from exporter.targets import TargetResult
+from exporter.targets.executorch_layers import xnnpack_friendly
 from exporter.upstream.executorch_1_5_1 import SPILL_MIN_BYTES, lean_xnnpack_preprocess
 
 if TYPE_CHECKING:
@@ -148,30 +146,6 @@ def fold_constants(ep: torch.export.ExportedProgram) -> torch.export.ExportedPro
     }
     keep.add(torch.ops.aten.full.default)  # as ExecuTorch's default: a fill is cheaper than its constant
     return constant_prop_pass(ep, custom_skip_targets=keep)
-
-
-@contextlib.contextmanager
-def xnnpack_friendly(module: nn.Module) -> Iterator[None]:
-    """Trace ``module``'s layers in their XNNPACK-friendly forms (same maths), restored on exit.
-
-    * attention (``LocalAttention.ring_as_lhs``): the KV ring is read once, as the left
-      operand of a 3-D ``bmm``, and the decode step writes its one new row with a
-      ``scatter``. The default forms cost, per attention layer and step, a portable
-      ``where`` over each whole ring (broadcast element by element: ~6 ms per
-      [1, 1, 2048, 256] ring on a 2-core machine, the largest cost of a decode step), an
-      ``expand`` copy of each ring and a delegated transpose of the key ring.
-    * RMSNorm (``RMSNorm.pool_mean``): the mean as a 4-D mean over the last two dims, which
-      XNNPACK takes, instead of a portable ``mean`` splitting the delegate at every norm.
-    """
-    flags = {LocalAttention: "ring_as_lhs", RMSNorm: "pool_mean"}
-    flagged: list[tuple[nn.Module, str]] = [(m, flags[type(m)]) for m in module.modules() if type(m) in flags]
-    for m, flag in flagged:
-        setattr(m, flag, True)
-    try:
-        yield
-    finally:
-        for m, flag in flagged:
-            delattr(m, flag)  # back to the class default
 
 
 def constant_methods(config: GriffinConfig, prefill_chunk: int) -> dict[str, Any]:
