@@ -23,6 +23,7 @@ from exporter.model.state import AttentionLayerState, RecurrentLayerState
 
 # Same large negative the official code uses for masked attention logits.
 _MASK_VALUE = -2.3819763e38
+KV = tuple[torch.Tensor, torch.Tensor]  # (key, value): rings [b, k, w, e] or new rows [b, k, t, e]
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -215,10 +216,10 @@ class LocalAttention(nn.Module):
 
         # New ring: slot s takes the latest position <= start + t - 1 with p % w == s,
         # from this chunk when that position is in it, else the old slot.
-        slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
         if t == 1:  # decode: one slot changes
-            new_key, new_value = self.decode_write(start, slots, state, old_key, old_value, kn, vn)
+            new_key, new_value = self.decode_write(start, state, (old_key, old_value), (kn, vn))
         else:
+            slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
             last = start + (t - 1)
             newest = last - torch.remainder(last + w - slots, w)  # [b, w]
             src = torch.where(newest >= start, newest - start + w, slots)  # index into [ring, chunk]
@@ -239,22 +240,15 @@ class LocalAttention(nn.Module):
         w = self.window
         return torch.matmul(probs[..., :w], old_value) + torch.matmul(probs[..., w:], vn)
 
-    def decode_write(
-        self,
-        start: torch.Tensor,
-        slots: torch.Tensor,
-        state: AttentionLayerState,
-        old_key: torch.Tensor,
-        old_value: torch.Tensor,
-        kn: torch.Tensor,
-        vn: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rings [b, k, w, e] after a decode step (t = 1) at ``start`` [b, 1] writes kn/vn
-        [b, k, 1, e] into slot start % w (``slots`` [1, w]), in the dtypes of ``state``.
+    def decode_write(self, start: torch.Tensor, state: AttentionLayerState, rings: KV, rows: KV) -> KV:
+        """The (key, value) rings [b, k, w, e] after a decode step (t = 1) at ``start`` [b, 1]
+        writes its (key, value) ``rows`` [b, k, 1, e] into slot start % w, in the dtypes of ``state``.
 
         A select, no index tensor of the ring's size.
         """
+        (old_key, old_value), (kn, vn) = rings, rows
         b, w = start.shape[0], self.window
+        slots = torch.arange(w, dtype=torch.int64, device=start.device).unsqueeze(0)
         take = (slots == torch.remainder(start, w)).reshape(b, 1, w, 1)
         new_key = torch.where(take, kn, old_key).to(state.key.dtype)
         new_value = torch.where(take, vn, old_value).to(state.value.dtype)

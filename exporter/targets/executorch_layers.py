@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from exporter.model.layers import LocalAttention, RMSNorm
+from exporter.model.layers import KV, LocalAttention, RMSNorm
 from exporter.model.state import AttentionLayerState
 
 
@@ -54,17 +54,9 @@ class XnnpackLocalAttention(LocalAttention):
         out = torch.bmm(p3[..., :w], old_value.reshape(b * k, w, e))
         return out + torch.bmm(p3[..., w:], vn.reshape(b * k, t, e))
 
-    def decode_write(
-        self,
-        start: torch.Tensor,
-        slots: torch.Tensor,
-        state: AttentionLayerState,
-        old_key: torch.Tensor,
-        old_value: torch.Tensor,
-        kn: torch.Tensor,
-        vn: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_write(self, start: torch.Tensor, state: AttentionLayerState, rings: KV, rows: KV) -> KV:
         """As the base class, writing the one new row with a ``scatter`` and copying the rest."""
+        (old_key, old_value), (kn, vn) = rings, rows
         b, k, _, e = kn.shape
         idx = torch.remainder(start, self.window).reshape(b, 1, 1, 1).expand(b, k, 1, e)
         new_key = torch.scatter(old_key, 2, idx, kn).to(state.key.dtype)
