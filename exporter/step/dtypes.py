@@ -58,6 +58,9 @@ DTYPES: dict[str, DType] = {
     )
 }
 
+# Core ML feature dtype -> numpy: what the Core ML runtimes feed and read.
+COREML_NUMPY: dict[str, np.dtype] = {d.coreml: np.dtype(d.coreml) for d in DTYPES.values()}
+
 
 def dtype(name: str) -> DType:
     """The table row of IOSpec dtype ``name``; an unknown name fails with the valid ones."""
