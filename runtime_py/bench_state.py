@@ -15,13 +15,12 @@ and converted to each backend's own state type by :func:`backend_state`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.model.state import state_shapes
+from exporter.step.iospec import IOSpec
 from runtime_py.backend import Backend, State
 
 
@@ -43,40 +42,14 @@ def synth_state_arrays(config: GriffinConfig, position: int, seed: int = 0, batc
                 arr[:, c - conv_rows :, :] = rng.standard_normal((shape[0], conv_rows, shape[2]), dtype=np.float32)
             else:  # recurrent_state [b, l]
                 arr[:] = rng.standard_normal(shape, dtype=np.float32)
-        out[f"past_key_values.{layer}.{field}"] = arr
+        out[IOSpec.state_input_name(layer, field)] = arr
     return out
 
 
 def backend_state(backend: Backend, arrays: dict[str, np.ndarray]) -> State:
-    """``arrays`` (IOSpec names) as the state type of ``backend``.
-
-    A backend may provide ``state_from_arrays(arrays)`` itself; otherwise the
-    known backends are handled here.
-    """
+    """``arrays`` (IOSpec names) as the state type of ``backend``: its ``state_from_arrays``
+    (every backend of :mod:`runtime_py.backend` has one)."""
     custom = getattr(backend, "state_from_arrays", None)
-    if custom is not None:
-        return custom(arrays)
-    name = backend.name
-    if name == "torch":
-        import torch
-
-        from exporter.model.state import unflatten_state
-
-        model: Any = backend.model  # type: ignore[attr-defined]
-        dtype = model.embed_tokens.weight.dtype
-        names = [f"past_key_values.{layer}.{field}" for layer, field, _ in state_shapes(backend.config)]
-        tensors = [
-            torch.from_numpy(arrays[n]).to(torch.float32 if n.endswith("recurrent_state") else dtype) for n in names
-        ]
-        return unflatten_state(backend.config, tensors)
-    if name in ("onnxruntime", "executorch"):
-        io: Any = backend.io  # type: ignore[attr-defined]
-        typed = {s.name: np.ascontiguousarray(arrays[s.name], dtype=np.dtype(s.dtype)) for s in io.state_inputs}
-        if name == "onnxruntime":
-            import onnxruntime as ort
-
-            return {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in typed.items()}
-        import torch
-
-        return tuple(torch.from_numpy(typed[s.name]) for s in io.state_inputs)
-    raise RgMobileError(f"bench cannot build a state for backend {name!r} (no state_from_arrays)")
+    if custom is None:
+        raise RgMobileError(f"bench cannot build a state for backend {backend.name!r} (no state_from_arrays)")
+    return custom(arrays)

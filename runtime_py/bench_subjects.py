@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from exporter.config import GriffinConfig
+from exporter.step.iospec import IOSpec
 from runtime_py.backend import Backend, State
 from runtime_py.bench_state import backend_state, synth_state_arrays
 
@@ -187,12 +188,14 @@ class TransformersRecurrentGemma(_HFSubject):
         for i, layer in enumerate(self.model.model.layers):
             block = layer.temporal_block
             if c.block_types[i] == "recurrent":
-                conv = self._base[f"past_key_values.{i}.conv_state"]  # [b, c, l] -> HF [b, l, c]
+                conv = self._base[IOSpec.state_input_name(i, "conv_state")]  # [b, c, l] -> HF [b, l, c]
                 block.conv1d_state = torch.from_numpy(conv.transpose(0, 2, 1).copy())
-                block.rg_lru.recurrent_states = torch.from_numpy(self._base[f"past_key_values.{i}.recurrent_state"])
+                block.rg_lru.recurrent_states = torch.from_numpy(
+                    self._base[IOSpec.state_input_name(i, "recurrent_state")]
+                )
             elif slots:
-                k = torch.from_numpy(self._base[f"past_key_values.{i}.key"][:, :, slots, :].copy())
-                v = torch.from_numpy(self._base[f"past_key_values.{i}.value"][:, :, slots, :].copy())
+                k = torch.from_numpy(self._base[IOSpec.state_input_name(i, "key")][:, :, slots, :].copy())
+                v = torch.from_numpy(self._base[IOSpec.state_input_name(i, "value")][:, :, slots, :].copy())
                 self.cache.update(k, v, i)
                 self.cache.layers[i].cumulative_length = p
 

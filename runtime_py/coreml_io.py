@@ -17,10 +17,10 @@ import numpy as np
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.package.manifest import Manifest
+from exporter.step.dtypes import COREML_NUMPY
 from exporter.step.iospec import IOSpec, TensorSpec
 
 NumpyState = dict[str, np.ndarray]
-NP_DTYPES = {"int32": np.int32, "float32": np.float32, "float16": np.float16}
 
 
 class CoreMLIO:
@@ -52,7 +52,7 @@ class CoreMLIO:
         if batch != 1:
             raise RgMobileError(f"coreml artifacts run batch 1, not {batch}")
         return {
-            s.name: np.zeros(s.concrete_shape(batch=1), dtype=NP_DTYPES[self.features[s.name]["dtype"]])
+            s.name: np.zeros(s.concrete_shape(batch=1), dtype=COREML_NUMPY[self.features[s.name]["dtype"]])
             for s in self.io.state_inputs
         }
 
@@ -74,7 +74,7 @@ class CoreMLIO:
             f["position_ids"]["name"]: np.ascontiguousarray(position_ids, dtype=np.int32),
         }
         for s in self.explicit:
-            feed[f[s.name]["name"]] = np.ascontiguousarray(state[s.name], dtype=NP_DTYPES[f[s.name]["dtype"]])
+            feed[f[s.name]["name"]] = np.ascontiguousarray(state[s.name], dtype=COREML_NUMPY[f[s.name]["dtype"]])
         return feed
 
     def _result(self, out: dict[str, Any], internal: dict[str, Any]) -> tuple[np.ndarray, NumpyState]:
@@ -91,6 +91,6 @@ class CoreMLIO:
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> NumpyState:
         """Inverse of :meth:`state_arrays`: own copies in the features' dtypes (fp16 for Core ML states)."""
         return {
-            s.name: np.array(arrays[s.name], dtype=NP_DTYPES[self.features[s.name]["dtype"]])
+            s.name: np.array(arrays[s.name], dtype=COREML_NUMPY[self.features[s.name]["dtype"]])
             for s in self.io.state_inputs
         }

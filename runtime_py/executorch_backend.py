@@ -24,14 +24,12 @@ import torch
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.package.manifest import Manifest
+from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec
 
 log = logging.getLogger(__name__)
 
 EtState = tuple[torch.Tensor, ...]
-_TORCH_DTYPES = {"int64": torch.int64, "float32": torch.float32, "float16": torch.float16}
-# ScalarType codes (runtime/core/portable_type/scalar_type.h) for the I/O check at load time.
-_SCALAR_TYPES = {"int64": 4, "float16": 5, "float32": 6}
 
 
 class ExecuTorchBackend:
@@ -88,7 +86,7 @@ class ExecuTorchBackend:
         specs += [(s, meta.output_tensor_meta(i)) for i, s in enumerate(outs)]
         for s, info in specs:
             shape = tuple(info.sizes())
-            if shape != s.concrete_shape(1, seq) or info.dtype() != _SCALAR_TYPES[s.dtype]:
+            if shape != s.concrete_shape(1, seq) or info.dtype() != dtype(s.dtype).executorch:
                 raise RgMobileError(
                     f"{path}: method {entry!r} tensor {s.name} is {shape}, the io spec says "
                     f"{s.concrete_shape(1, seq)} {s.dtype}; re-export the artifact"
@@ -104,7 +102,7 @@ class ExecuTorchBackend:
         for s in self.io.state_inputs:
             if s.init != "zeros":
                 raise RgMobileError(f"io spec: unsupported init {s.init!r} for {s.name}")
-            state.append(torch.zeros(s.concrete_shape(batch=1), dtype=_TORCH_DTYPES[s.dtype]))
+            state.append(torch.zeros(s.concrete_shape(batch=1), dtype=dtype(s.dtype).torch))
         return tuple(state)
 
     def step(self, input_ids: np.ndarray, position_ids: np.ndarray, state: EtState) -> tuple[np.ndarray, EtState]:

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.package.manifest import Manifest
+from exporter.step.dtypes import DTYPES, dtype
 from exporter.step.iospec import IOSpec
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ _LOAD_ERRORS = (
 )  # fmt: skip
 # ... and for a graph that loads but cannot run (RuntimeError: what IO binding raises for a bad name or buffer).
 _RUN_ERRORS = (_ORT.Fail, _ORT.RuntimeException, _ORT.InvalidArgument, _ORT.NotImplemented, _ORT.EPFail, RuntimeError)
-_NP_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
-_ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)"}
 
 
 class OnnxBackend:
@@ -76,7 +75,7 @@ class OnnxBackend:
             )
         seq = self.manifest.programs[program].seq_len
         for spec, arg in zip((*self.io.inputs, *self.io.outputs), (*sess.get_inputs(), *sess.get_outputs())):
-            want = _ORT_TYPES.get(spec.dtype)
+            want = DTYPES[spec.dtype].onnxruntime if spec.dtype in DTYPES else None
             dims = list(arg.shape or [])
             # a static graph dim must equal the manifest's dim ("seq" is this program's seq_len); a symbolic
             # graph dim accepts anything the manifest binds it to
@@ -98,7 +97,7 @@ class OnnxBackend:
         for s in self.io.state_inputs:
             if s.init != "zeros":
                 raise RgMobileError(f"io spec: unsupported init {s.init!r} for {s.name}")
-            zeros = np.zeros(s.concrete_shape(batch=batch), dtype=_NP_DTYPES[s.dtype])
+            zeros = np.zeros(s.concrete_shape(batch=batch), dtype=dtype(s.dtype).numpy)
             state[s.name] = ort.OrtValue.ortvalue_from_numpy(zeros)
         return state
 
@@ -132,7 +131,7 @@ class OnnxBackend:
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> OrtState:
         """Inverse of :meth:`state_arrays`: OrtValues (own copies) in the IOSpec's dtypes."""
         return {
-            s.name: ort.OrtValue.ortvalue_from_numpy(np.array(arrays[s.name], dtype=_NP_DTYPES[s.dtype], order="C"))
+            s.name: ort.OrtValue.ortvalue_from_numpy(np.array(arrays[s.name], dtype=dtype(s.dtype).numpy, order="C"))
             for s in self.io.state_inputs
         }
 

@@ -1,18 +1,17 @@
 """Open whatever the user points at: a checkpoint (PyTorch reference) or an exported artifact.
 
 An artifact folder is recognised by its ``manifest.json``; its ``format`` picks
-the backend from the explicit registry below (an unknown format fails with the
+the backend from the explicit registry below (exporter/registry.py) (an unknown format fails with the
 valid choices).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.errors import RgMobileError
+from exporter.registry import load_entry
 from runtime_py.backend import Backend
 
 if TYPE_CHECKING:
@@ -40,13 +39,8 @@ def is_artifact(path: Path) -> bool:
 
 def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | None = None) -> Backend:
     """The backend of ``manifest.format`` from the registry above."""
-    spec = ARTIFACT_BACKENDS.get(manifest.format)
-    if spec is None:
-        raise RgMobileError(
-            f"{artifact}: unknown artifact format {manifest.format!r}; valid: {sorted(ARTIFACT_BACKENDS)}"
-        )
-    module, factory = spec.split(":")
-    backend: Backend = getattr(importlib.import_module(module), factory)(Path(artifact), manifest, threads)
+    factory = load_entry(ARTIFACT_BACKENDS, manifest.format, f"{artifact}: unknown artifact format {manifest.format!r}")
+    backend: Backend = factory(Path(artifact), manifest, threads)
     return backend
 
 
@@ -58,13 +52,7 @@ def open_path(path: Path | None, threads: int | None = None) -> Opened:
         from exporter.package.manifest import read_manifest
 
         manifest = read_manifest(Path(path))
-        spec = ARTIFACT_BACKENDS.get(manifest.format)
-        if spec is None:
-            raise RgMobileError(
-                f"{path}: unknown artifact format {manifest.format!r}; valid: {sorted(ARTIFACT_BACKENDS)}"
-            )
-        module, factory = spec.split(":")
-        backend = getattr(importlib.import_module(module), factory)(Path(path), manifest, threads)
+        backend = open_artifact_backend(Path(path), manifest, threads)
         return Opened(backend, Path(path) / manifest.tokenizer_file, manifest.format, Path(path))
     from runtime_py.torch_backend import TorchBackend
 

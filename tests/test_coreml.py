@@ -34,11 +34,12 @@ from exporter.export import ExportOptions, export
 from exporter.package.manifest import read_manifest
 from exporter.step.iospec import build_iospec
 from exporter.step.step import export_step
-from exporter.targets import coreml_lean, coreml_rewrites
+from exporter.targets import coreml_rewrites
 from exporter.targets.coreml_check import check_spec
 from exporter.targets.coreml_convert import build_program, feature_map, read_package_spec
 from exporter.targets.coreml_memory import StageMemory
 from exporter.targets.coreml_parity import ProgramBackend, build_programs
+from exporter.upstream import coremltools_9_0
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import ValidateOptions, compare, summarize, validate
 from tests.conftest import tiny_config, tiny_model
@@ -124,7 +125,7 @@ def test_options_are_checked() -> None:
         ExportOptions(out=Path("x"), format="coreml", compute_precision="int8")
 
 
-# --- memory: chunked coremltools checks (exporter/targets/coreml_lean.py) ---------------------
+# --- memory: chunked coremltools checks (exporter/targets/coremltools_9_0.py) ---------------------
 
 
 def _original_overflow(value: np.ndarray) -> bool:
@@ -134,7 +135,7 @@ def _original_overflow(value: np.ndarray) -> bool:
 
 
 def test_chunked_fp16_overflow_matches_coremltools(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coreml_lean, "CHUNK", 7)  # many chunks, a ragged last one
+    monkeypatch.setattr(coremltools_9_0, "CHUNK", 7)  # many chunks, a ragged last one
     rng = np.random.default_rng(0)
     base = rng.normal(size=(5, 9)).astype(np.float32)
     cases = [base, np.float32(3.0), np.float32(7e4), np.zeros((0, 3), np.float32)]
@@ -145,11 +146,11 @@ def test_chunked_fp16_overflow_matches_coremltools(monkeypatch: pytest.MonkeyPat
         cases.append(x)
     cases.append(base.T)  # not contiguous
     for x in cases:
-        assert coreml_lean.exceeds_fp16(x) == _original_overflow(np.asarray(x)), x
+        assert coremltools_9_0.exceeds_fp16(x) == _original_overflow(np.asarray(x)), x
 
 
 def test_chunked_allclose_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coreml_lean, "CHUNK", 5)
+    monkeypatch.setattr(coremltools_9_0, "CHUNK", 5)
     rng = np.random.default_rng(1)
     a = rng.normal(size=(6, 7)).astype(np.float16)
     q = rng.integers(-8, 8, size=(6, 7)).astype(np.int8)
@@ -159,7 +160,7 @@ def test_chunked_allclose_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None
     pairs += [(nan, nan.copy()), (a, a[:1])]  # the last broadcasts: plain np.allclose
     for x, y in pairs:
         for kw in ({"rtol": 0.0, "atol": 1e-12}, {"rtol": 0.0, "atol": 1e-2}, {"equal_nan": True}):
-            assert coreml_lean.chunked_allclose(x, y, **kw) == np.allclose(x, y, **kw), (x, y, kw)
+            assert coremltools_9_0.chunked_allclose(x, y, **kw) == np.allclose(x, y, **kw), (x, y, kw)
 
 
 def test_lean_coremltools_patches_and_restores() -> None:
@@ -169,12 +170,12 @@ def test_lean_coremltools_patches_and_restores() -> None:
 
     dedup = importlib.import_module("coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication")
     before = FP16ComputePrecision.__dict__["fp16_overflow"]
-    with coreml_lean.lean_coremltools():
-        assert dedup.np.allclose is coreml_lean.chunked_allclose and dedup.np.sum is np.sum
-        assert FP16ComputePrecision.fp16_overflow is coreml_lean._fp16_overflow
-        with coreml_lean.lean_coremltools():  # nested: a no-op
+    with coremltools_9_0.lean_coremltools():
+        assert dedup.np.allclose is coremltools_9_0.chunked_allclose and dedup.np.sum is np.sum
+        assert FP16ComputePrecision.fp16_overflow is coremltools_9_0._fp16_overflow
+        with coremltools_9_0.lean_coremltools():  # nested: a no-op
             pass
-        assert dedup.np.allclose is coreml_lean.chunked_allclose
+        assert dedup.np.allclose is coremltools_9_0.chunked_allclose
     assert dedup.np is np and FP16ComputePrecision.__dict__["fp16_overflow"] is before
 
 
@@ -220,11 +221,11 @@ def test_lean_weight_writer_writes_the_same_blob(tmp_path: Path) -> None:
     original = helper._get_offset_by_writing_data
     cases = _weight_writer_cases()
     want = _blob_bytes(original, cases, tmp_path / "original.bin")
-    with coreml_lean.lean_coremltools():
+    with coremltools_9_0.lean_coremltools():
         assert helper._get_offset_by_writing_data is not original
-        with coreml_lean.lean_coremltools():  # nested: a no-op, the outer patch stays
+        with coremltools_9_0.lean_coremltools():  # nested: a no-op, the outer patch stays
             patched = helper._get_offset_by_writing_data
-            assert patched.func is coreml_lean._lean_offset_by_writing_data and patched.args == (original,)
+            assert patched.func is coremltools_9_0._lean_offset_by_writing_data and patched.args == (original,)
         assert helper._get_offset_by_writing_data is patched
         got = _blob_bytes(helper._get_offset_by_writing_data, cases, tmp_path / "lean.bin")
     assert helper._get_offset_by_writing_data is original
@@ -242,7 +243,7 @@ def test_lean_weight_writer_skips_the_copies(tmp_path: Path) -> None:
 
     original = helper._get_offset_by_writing_data
     weight = np.ones((1024, 1024), np.float16)  # 2 MB
-    with coreml_lean.lean_coremltools():
+    with coremltools_9_0.lean_coremltools():
         patched = helper._get_offset_by_writing_data
     peaks = []
     for fn in (original, patched):

@@ -317,7 +317,8 @@ def test_xnnpack_friendly_forms_match_the_default_step(t: int, start: int) -> No
     from exporter.model.griffin import positions
     from exporter.model.layers import LocalAttention
     from exporter.model.state import AttentionLayerState, flatten_state
-    from exporter.targets.executorch import ExecuTorchStep, xnnpack_friendly
+    from exporter.targets.executorch import ExecuTorchStep
+    from exporter.targets.executorch_layers import XnnpackLocalAttention, xnnpack_friendly
 
     model = tiny_model(tiny_config(window=WINDOW))
     step = ExecuTorchStep(model)
@@ -327,11 +328,12 @@ def test_xnnpack_friendly_forms_match_the_default_step(t: int, start: int) -> No
     with torch.no_grad():
         want = step(ids, positions(start, t), *state)
         with xnnpack_friendly(step):
+            assert any(isinstance(m, XnnpackLocalAttention) for m in model.modules())
             got = step(ids, positions(start, t), *state)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
     # restored on exit: the eager model (every other target's reference) is unchanged
-    assert not any(vars(m).keys() & {"ring_as_lhs", "pool_mean"} for m in model.modules())
+    assert not any(type(m).__module__.startswith("exporter.targets") for m in model.modules())
 
     attention = next(m for m in model.modules() if isinstance(m, LocalAttention))
     x = torch.randn(1, t, model.config.width, generator=gen)
@@ -339,9 +341,9 @@ def test_xnnpack_friendly_forms_match_the_default_step(t: int, start: int) -> No
     kv = AttentionLayerState(*(torch.randn(ring_shape, generator=gen) for _ in range(2)))
     with torch.no_grad():
         want_y, want_kv = attention(x, positions(start, t), kv)
-        attention.ring_as_lhs = True
+        attention.__class__ = XnnpackLocalAttention
         got_y, got_kv = attention(x, positions(start, t), kv)
-        del attention.ring_as_lhs
+        attention.__class__ = LocalAttention
     torch.testing.assert_close(got_y, want_y, rtol=0, atol=1e-5)
     assert torch.equal(got_kv.key, want_kv.key) and torch.equal(got_kv.value, want_kv.value)  # a copy, exactly
 

@@ -96,3 +96,24 @@ def test_bundled_tokenizer_is_bpe_for_english(sp) -> None:
     ids = sp.encode("The government of the United States")
     assert len(ids) <= 8  # common English words are whole pieces
     assert sp.encode("1961") == [sp.piece_to_id(d) for d in "1961"]  # digits are split
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_sample_continues_as_the_runtime_generation_loop(tiny_tokenizer: Path, temperature: float) -> None:
+    """training/sample.py draws with the runtime's sampler: the same tokens as ``generate`` on the eager model."""
+    from conftest import tiny_model
+
+    from runtime_py.generate import generate
+    from runtime_py.sampling import SamplingConfig
+    from runtime_py.tokenizer import Tokenizer
+    from runtime_py.torch_backend import TorchBackend
+    from training.sample import continue_text
+    from training.tokenizer import load_tokenizer
+
+    model = tiny_model()
+    tokenizer = Tokenizer(tiny_tokenizer)
+    sampling = SamplingConfig(temperature=temperature, top_k=40, seed=3)
+    want = generate(TorchBackend(model), tokenizer, "the cat sat", 16, sampling)
+    got = continue_text(model, load_tokenizer(tiny_tokenizer), "the cat sat", 16, temperature, top_k=40, seed=3)
+    assert len(want.new_ids) > 3
+    assert got == tokenizer.sp.decode([t for t in want.new_ids if t != model.config.eos_id])

@@ -15,21 +15,13 @@ import sentencepiece as spm
 import torch
 
 from exporter.model.griffin import Griffin, positions
+from runtime_py.sampling import Sampler, SamplingConfig
 
 DEFAULT_PROMPTS = (
     "The jury said that",
     "When he came home that evening,",
     "The purpose of this study is",
 )
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> int:
-    """One token id from logits [v]: greedy when ``temperature`` is 0, else top-k sampling."""
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    values, indices = torch.topk(logits.float() / temperature, min(top_k, logits.shape[-1]))
-    probs = torch.softmax(values, dim=-1)
-    return int(indices[torch.multinomial(probs, 1, generator=gen)])
 
 
 @torch.no_grad()
@@ -42,14 +34,17 @@ def continue_text(
     top_k: int = 40,
     seed: int = 0,
 ) -> str:
-    """The decoded continuation of ``prompt`` (BOS + prompt prefilled in one step); stops at EOS."""
-    gen = torch.Generator().manual_seed(seed)
+    """The decoded continuation of ``prompt`` (BOS + prompt prefilled in one step); stops at EOS.
+
+    Tokens come from the runtime's sampler (greedy when ``temperature`` is 0, else top-k).
+    """
+    sample = Sampler(SamplingConfig(temperature=temperature, top_k=top_k, seed=seed))
     ids = [model.config.bos_id, *sp.encode(prompt)]
     state = model.init_state(1)
     logits, state = model(torch.tensor([ids]), positions(0, len(ids)), state)  # [1, t, v]
     out: list[int] = []
     for i in range(max_new_tokens):
-        token = sample_next(logits[0, -1], temperature, top_k, gen)
+        token = sample(logits[0, -1].float().numpy())
         if token == model.config.eos_id:
             break
         out.append(token)

@@ -23,6 +23,7 @@ from exporter.model.state import AttentionLayerState, RecurrentLayerState
 
 # Same large negative the official code uses for masked attention logits.
 _MASK_VALUE = -2.3819763e38
+KV = tuple[torch.Tensor, torch.Tensor]  # (key, value): rings [b, k, w, e] or new rows [b, k, t, e]
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -30,28 +31,19 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """``x / rms(x) * (1 + w)``.
-
-    ``pool_mean`` (off by default; the ExecuTorch target turns it on while tracing) takes
-    the mean over a ``[..., 1, d]`` view as a mean over the last two dims: the same
-    reduction, in the one form XNNPACK delegates (4-D global average pooling), so the
-    norm does not split the graph around a portable ``mean``.
-    """
-
-    pool_mean = False
+    """``x / rms(x) * (1 + w)``. A target may trace another form of :meth:`mean_square`
+    (the same reduction; exporter/targets/executorch_layers.py)."""
 
     def __init__(self, width: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(width))
 
+    def mean_square(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., 1]
+        return torch.mean(torch.square(x), dim=-1, keepdim=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., d]
-        if self.pool_mean:
-            lead, d = x.shape[:-1], x.shape[-1]
-            var = torch.mean(torch.square(x).reshape(*lead, 1, d), dim=(-2, -1), keepdim=True).reshape(*lead, 1)
-        else:
-            var = torch.mean(torch.square(x), dim=-1, keepdim=True)
-        return x * torch.rsqrt(var + self.eps) * (self.weight + 1.0)
+        return x * torch.rsqrt(self.mean_square(x) + self.eps) * (self.weight + 1.0)
 
 
 class MLPBlock(nn.Module):
@@ -177,16 +169,9 @@ def ring_positions(start: torch.Tensor, window: int) -> torch.Tensor:
 class LocalAttention(nn.Module):
     """Multi-query local attention over a KV ring buffer of ``window`` slots.
 
-    ``ring_as_lhs`` (off by default; the ExecuTorch target turns it on while tracing,
-    exporter/targets/executorch.py) writes the same maths so that the ring is read once
-    and never copied: scores as ``bmm(ring, q^T)^T`` on 3-D views (``matmul`` on 4-D
-    operands traces to ``expand`` copies, and ``q @ ring^T`` to a transpose of the whole
-    ring), and the decode write as a ``scatter`` of the one new row instead of a
-    ``where`` over all ``window`` slots. The ring update is bit-identical; the scores are
-    the same dot products.
+    :meth:`scores`, :meth:`attend` and :meth:`decode_write` are the steps a target may
+    trace in another form of the same maths (exporter/targets/executorch_layers.py).
     """
-
-    ring_as_lhs = False
 
     def __init__(self, config: GriffinConfig) -> None:
         super().__init__()
@@ -223,37 +208,18 @@ class LocalAttention(nn.Module):
         # (t x (w + t) values per head) rather than concatenating the keys/values (w x e each).
         g = h // k
         qg = q.reshape(b, k, g * t, e)
-        if self.ring_as_lhs:
-            q3 = qg.reshape(b * k, g * t, e)
-            ring_scores = torch.bmm(old_key.reshape(b * k, w, e), q3.transpose(1, 2)).transpose(1, 2)
-            chunk_scores = torch.bmm(q3, kn.reshape(b * k, t, e).transpose(1, 2))
-            scores = torch.cat([ring_scores, chunk_scores], dim=-1)  # [b*k, g*t, w + t]
-        else:
-            ring_scores = torch.matmul(qg, old_key.transpose(2, 3))
-            scores = torch.cat([ring_scores, torch.matmul(qg, kn.transpose(2, 3))], dim=-1)  # [b, k, g*t, w + t]
-        scores = scores.reshape(b, k, g, t, w + t) * (e**-0.5)
+        scores = self.scores(qg, old_key, kn).reshape(b, k, g, t, w + t) * (e**-0.5)
         scores = torch.where(mask.unsqueeze(1).unsqueeze(1), scores, _MASK_VALUE)
         probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).reshape(b, k, g * t, w + t)
-        if self.ring_as_lhs:
-            p3 = probs.reshape(b * k, g * t, w + t)
-            out = torch.bmm(p3[..., :w], old_value.reshape(b * k, w, e))
-            out = out + torch.bmm(p3[..., w:], vn.reshape(b * k, t, e))  # [b*k, g*t, e]
-        else:
-            out = torch.matmul(probs[..., :w], old_value) + torch.matmul(probs[..., w:], vn)  # [b, k, g*t, e]
+        out = self.attend(probs, old_value, vn)
         out = out.reshape(b, h, t, e).transpose(1, 2).reshape(b, t, h * e)
 
         # New ring: slot s takes the latest position <= start + t - 1 with p % w == s,
         # from this chunk when that position is in it, else the old slot.
-        slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
-        if t == 1 and self.ring_as_lhs:  # decode: write the one new row, copy the rest
-            idx = torch.remainder(start, w).reshape(b, 1, 1, 1).expand(b, k, 1, e)
-            new_key = torch.scatter(old_key, 2, idx, kn).to(state.key.dtype)
-            new_value = torch.scatter(old_value, 2, idx, vn).to(state.value.dtype)
-        elif t == 1:  # decode: one slot changes; a select, no index tensor of the ring's size
-            take = (slots == torch.remainder(start, w)).reshape(b, 1, w, 1)
-            new_key = torch.where(take, kn, old_key).to(state.key.dtype)
-            new_value = torch.where(take, vn, old_value).to(state.value.dtype)
+        if t == 1:  # decode: one slot changes
+            new_key, new_value = self.decode_write(start, state, (old_key, old_value), (kn, vn))
         else:
+            slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
             last = start + (t - 1)
             newest = last - torch.remainder(last + w - slots, w)  # [b, w]
             src = torch.where(newest >= start, newest - start + w, slots)  # index into [ring, chunk]
@@ -261,3 +227,29 @@ class LocalAttention(nn.Module):
             new_key = torch.gather(torch.cat([old_key, kn], dim=2), 2, idx).to(state.key.dtype)
             new_value = torch.gather(torch.cat([old_value, vn], dim=2), 2, idx).to(state.value.dtype)
         return self.o_proj(out), AttentionLayerState(new_key, new_value)
+
+    def scores(self, qg: torch.Tensor, old_key: torch.Tensor, kn: torch.Tensor) -> torch.Tensor:
+        """Queries qg [b, k, g*t, e] against the ring old_key [b, k, w, e] and the chunk's keys
+        kn [b, k, t, e] -> scores [b, k, g*t, w + t] (any shape of that many values, in that order)."""
+        ring_scores = torch.matmul(qg, old_key.transpose(2, 3))
+        return torch.cat([ring_scores, torch.matmul(qg, kn.transpose(2, 3))], dim=-1)
+
+    def attend(self, probs: torch.Tensor, old_value: torch.Tensor, vn: torch.Tensor) -> torch.Tensor:
+        """probs [b, k, g*t, w + t] over the ring old_value [b, k, w, e] and the chunk's values
+        vn [b, k, t, e] -> [b, k, g*t, e] (any shape of that many values, in that order)."""
+        w = self.window
+        return torch.matmul(probs[..., :w], old_value) + torch.matmul(probs[..., w:], vn)
+
+    def decode_write(self, start: torch.Tensor, state: AttentionLayerState, rings: KV, rows: KV) -> KV:
+        """The (key, value) rings [b, k, w, e] after a decode step (t = 1) at ``start`` [b, 1]
+        writes its (key, value) ``rows`` [b, k, 1, e] into slot start % w, in the dtypes of ``state``.
+
+        A select, no index tensor of the ring's size.
+        """
+        (old_key, old_value), (kn, vn) = rings, rows
+        b, w = start.shape[0], self.window
+        slots = torch.arange(w, dtype=torch.int64, device=start.device).unsqueeze(0)
+        take = (slots == torch.remainder(start, w)).reshape(b, 1, w, 1)
+        new_key = torch.where(take, kn, old_key).to(state.key.dtype)
+        new_value = torch.where(take, vn, old_value).to(state.value.dtype)
+        return new_key, new_value

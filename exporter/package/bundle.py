@@ -33,12 +33,12 @@ from exporter.package.manifest import Manifest, file_entries, read_manifest, wri
 from exporter.package.out_folder import check_out, check_replaceable
 from exporter.package.selftest import SELFTEST_NAME, read_selftest
 from exporter.package.selftest_check import SelftestResult
+from exporter.step.dtypes import dtype
 
 log = logging.getLogger(__name__)
 
 TARGET_FORMATS: dict[str, tuple[str, ...]] = {"android": ("onnx", "executorch"), "ios": ("coreml", "onnx")}
 README_NAME = "README.txt"
-_ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8}
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def check_pairing(target: str, fmt: str) -> None:
 
 def state_bytes(manifest: Manifest) -> int:
     """Bytes of one sequence's state (batch 1), from the IOSpec: the same at every context length."""
-    return sum(math.prod(s.concrete_shape(batch=1)) * _ITEMSIZE[s.dtype] for s in manifest.io.state_inputs)
+    return sum(math.prod(s.concrete_shape(batch=1)) * dtype(s.dtype).itemsize for s in manifest.io.state_inputs)
 
 
 def _validation(options: PackageOptions, manifest: Manifest) -> tuple[dict[str, Any], tuple[str, ...]]:

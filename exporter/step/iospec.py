@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
+from exporter.step.dtypes import DTYPES
 
 Role = Literal["tokens", "positions", "state", "logits"]
 Dim = int | str
-DTYPES = ("int64", "float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,16 @@ def _check_types(s: TensorSpec) -> None:
 class IOSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+    @staticmethod
+    def state_input_name(layer: int, field: str) -> str:
+        """The name of layer ``layer``'s state ``field`` as an input: ``past_key_values.{layer}.{field}``."""
+        return f"past_key_values.{layer}.{field}"
+
+    @staticmethod
+    def state_output_name(layer: int, field: str) -> str:
+        """The name of layer ``layer``'s state ``field`` as an output: ``present.{layer}.{field}``."""
+        return f"present.{layer}.{field}"
 
     @property
     def state_inputs(self) -> tuple[TensorSpec, ...]:
@@ -139,7 +149,7 @@ def build_iospec(config: GriffinConfig, state_dtype: str = "float32") -> IOSpec:
     for layer, field, shape in state_shapes(config, batch=1):
         dims: tuple[Dim, ...] = ("batch", *shape[1:])
         dtype = "float32" if field == "recurrent_state" else state_dtype
-        i_name, o_name = f"past_key_values.{layer}.{field}", f"present.{layer}.{field}"
+        i_name, o_name = IOSpec.state_input_name(layer, field), IOSpec.state_output_name(layer, field)
         inputs.append(TensorSpec(i_name, dtype, dims, "state", layer, field, o_name, "zeros"))
         outputs.append(TensorSpec(o_name, dtype, dims, "state", layer, field, i_name))
     spec = IOSpec(tuple(inputs), tuple(outputs))

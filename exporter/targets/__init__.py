@@ -21,14 +21,13 @@ and add one line to ``TARGETS``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.errors import RgMobileError
 from exporter.package.manifest import Program
+from exporter.registry import check_entry, load_entry
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions
@@ -68,12 +67,10 @@ def target_names() -> list[str]:
 
 
 def check_target(name: str) -> None:
-    if name not in TARGETS:
-        raise RgMobileError(f"unknown export format {name!r}; valid formats: {target_names()}")
+    check_entry(TARGETS, name, f"unknown export format {name!r}", "valid formats")
 
 
 def get_target(name: str) -> TargetFn:
     """The export function of target ``name``; an unknown name fails with the valid choices."""
-    check_target(name)
-    module, func = TARGETS[name].split(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+    target: TargetFn = load_entry(TARGETS, name, f"unknown export format {name!r}", "valid formats")
+    return target

@@ -55,10 +55,10 @@ from exporter.targets.coreml_convert import (
     set_metadata,
     write_package_spec,
 )
-from exporter.targets.coreml_lean import lean_coremltools
 from exporter.targets.coreml_memory import StageMemory
 from exporter.targets.coreml_precision import FP32_DESCRIPTION
 from exporter.targets.metadata import common_metadata
+from exporter.upstream.coremltools_9_0 import lean_coremltools
 
 if TYPE_CHECKING:
     from exporter.export import ExportOptions

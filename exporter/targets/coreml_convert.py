@@ -27,12 +27,13 @@ import torch
 
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
+from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, TensorSpec
 from exporter.step.step import export_step
 from exporter.targets import coreml_stateful
-from exporter.targets.coreml_lean import lean_coremltools
 from exporter.targets.coreml_precision import fp16_op_selector
 from exporter.targets.coreml_rewrites import check_convertible, feature_name, float32_weights_, rewrite_program
+from exporter.upstream.coremltools_9_0 import lean_coremltools, pass_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ IOS_VERSIONS = (17, 18)
 # Core ML specification version written for each minimum deployment target.
 SPEC_VERSION = {17: 8, 18: 9}
 # IOSpec dtype -> Core ML multiarray dtype of the feature.
-FEATURE_DTYPE = {"int64": "int32", "float32": "float32", "float16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,12 @@ def feature_map(io: IOSpec, state: StateMode) -> dict[str, dict[str, str]]:
         if state == "internal" and coreml_stateful.is_internal(s):
             out[s.name] = {"name": feature_name(s.name), "kind": "state", "dtype": "float16"}
         else:
-            out[s.name] = {"name": feature_name(s.name), "kind": "input", "dtype": FEATURE_DTYPE[s.dtype]}
+            out[s.name] = {"name": feature_name(s.name), "kind": "input", "dtype": dtype(s.dtype).coreml}
     for s in io.outputs:
         if state == "internal" and coreml_stateful.is_internal(s):
             out[s.name] = {"name": feature_name(s.pair or ""), "kind": "state", "dtype": "float16"}
         else:
-            out[s.name] = {"name": feature_name(s.name), "kind": "output", "dtype": FEATURE_DTYPE[s.dtype]}
+            out[s.name] = {"name": feature_name(s.name), "kind": "output", "dtype": dtype(s.dtype).coreml}
     return out
 
 
@@ -133,17 +133,10 @@ def convert_program(program: torch.export.ExportedProgram, settings: CoreMLSetti
 
     target = {17: ct.target.iOS17, 18: ct.target.iOS18}[settings.ios]
 
-    def pipeline() -> Any:
-        p = ct.PassPipeline.DEFAULT
-        if settings.state == "internal":
-            # coremltools 9.0 bug: this pass indexes a stale op list and fails (KeyError) when two
-            # state updates follow each other; it only moves updates next to their producers.
-            p.remove_passes({"common::canonicalize_inplace_pattern"})
-        return p
-
+    internal = settings.state == "internal"  # coremltools 9.0 needs a pass left out then (exporter/upstream)
     t0 = time.perf_counter()
-    common = dict(minimum_deployment_target=target, pass_pipeline=pipeline())
-    with lean_coremltools():  # chunked numpy checks: no whole-embedding temporaries (coreml_lean)
+    common = dict(minimum_deployment_target=target, pass_pipeline=pass_pipeline(internal))
+    with lean_coremltools():  # chunked numpy checks: no whole-embedding temporaries (exporter/upstream)
         if settings.compute_precision == "fp32":
             mlmodel = ct.convert(
                 program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32, skip_model_load=True, **common
@@ -152,7 +145,7 @@ def convert_program(program: torch.export.ExportedProgram, settings: CoreMLSetti
             mil = ct.convert(program, convert_to="milinternal", compute_precision=ct.precision.FLOAT32, **common)
             if mem is not None:
                 mem.mark("convert to MIL (fp32)")
-            common["pass_pipeline"] = pipeline()
+            common["pass_pipeline"] = pass_pipeline(internal)
             fp16 = ct.transform.FP16ComputePrecision(op_selector=fp16_op_selector)  # RG-LRU and RoPE stay fp32
             mlmodel = ct.convert(mil, convert_to="mlprogram", compute_precision=fp16, skip_model_load=True, **common)
             del mil

@@ -56,7 +56,7 @@ class StatefulStep(nn.Module):
             self.register_buffer(feature_name(s.name), torch.zeros(shape, dtype=STATE_DTYPE))
 
     def buffer(self, layer: int, field: str) -> torch.Tensor:
-        return self.get_buffer(feature_name(f"past_key_values.{layer}.{field}"))
+        return self.get_buffer(feature_name(IOSpec.state_input_name(layer, field)))
 
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, *explicit: torch.Tensor

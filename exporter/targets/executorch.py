@@ -28,7 +28,7 @@ Deliberate changes to the traced step, all numerically faithful:
     "XNNPACK fp32 is ~1e-4 off" once taken for rounding). Decomposed, it runs as
     tanh/mul/add, which XNNPACK delegates exactly.
   * attention and RMSNorm are traced in their XNNPACK-friendly forms
-    (:func:`xnnpack_friendly`) and whatever depends only on weights is folded at export
+    (exporter/targets/executorch_layers.py) and whatever depends only on weights is folded at export
     (:func:`fold_constants`). At the 2B width (3-layer slice, int4) these took a decode
     step from 19 delegate calls + 115 portable ops to 10 + 68, and the portable kernels'
     share of a step from ~13 ms (a ``where`` over each KV ring) to under 1 ms.
@@ -36,16 +36,12 @@ Deliberate changes to the traced step, all numerically faithful:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import ctypes
 import gc
-import hashlib
 import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +53,14 @@ from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_file
 from exporter.model.griffin import positions
-from exporter.model.layers import LocalAttention, RMSNorm
 from exporter.model.state import flatten_state, init_state, unflatten_state
 from exporter.package.manifest import Program
+from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule
 from exporter.targets import TargetResult
+from exporter.targets.executorch_layers import xnnpack_friendly
+from exporter.upstream.executorch_1_5_1 import SPILL_MIN_BYTES, lean_xnnpack_preprocess
 
 if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
@@ -78,12 +76,8 @@ DECODE, PREFILL = "decode", "prefill"
 # The state does not grow with context, so no architectural limit; ExecuTorch's
 # runner treats get_max_context_len as a hard stop, so it gets the int32 maximum.
 UNBOUNDED_CONTEXT = 2**31 - 1
-# ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) of the IOSpec dtypes.
-SCALAR_TYPES = {"int64": 4, "float16": 5, "float32": 6}
 # Graph bookkeeping nodes that get_delegation_info counts but that run no kernel.
 _NOT_OPS = {"getitem", "alloc"}
-# XNNPACK blobs at least this large are spilled to disk during an export (see ``lower``).
-SPILL_MIN_BYTES = 1 << 20
 
 
 class ExecuTorchStep(StepModule):
@@ -154,30 +148,6 @@ def fold_constants(ep: torch.export.ExportedProgram) -> torch.export.ExportedPro
     return constant_prop_pass(ep, custom_skip_targets=keep)
 
 
-@contextlib.contextmanager
-def xnnpack_friendly(module: nn.Module) -> Iterator[None]:
-    """Trace ``module``'s layers in their XNNPACK-friendly forms (same maths), restored on exit.
-
-    * attention (``LocalAttention.ring_as_lhs``): the KV ring is read once, as the left
-      operand of a 3-D ``bmm``, and the decode step writes its one new row with a
-      ``scatter``. The default forms cost, per attention layer and step, a portable
-      ``where`` over each whole ring (broadcast element by element: ~6 ms per
-      [1, 1, 2048, 256] ring on a 2-core machine, the largest cost of a decode step), an
-      ``expand`` copy of each ring and a delegated transpose of the key ring.
-    * RMSNorm (``RMSNorm.pool_mean``): the mean as a 4-D mean over the last two dims, which
-      XNNPACK takes, instead of a portable ``mean`` splitting the delegate at every norm.
-    """
-    flags = {LocalAttention: "ring_as_lhs", RMSNorm: "pool_mean"}
-    flagged: list[tuple[nn.Module, str]] = [(m, flags[type(m)]) for m in module.modules() if type(m) in flags]
-    for m, flag in flagged:
-        setattr(m, flag, True)
-    try:
-        yield
-    finally:
-        for m, flag in flagged:
-            delattr(m, flag)  # back to the class default
-
-
 def constant_methods(config: GriffinConfig, prefill_chunk: int) -> dict[str, Any]:
     """Metadata stored as ExecuTorch constant methods (LLM-runner keys first, then rgmobile's)."""
     return {
@@ -215,93 +185,8 @@ def lower(
     from executorch.exir import to_edge_transform_and_lower
 
     partitioner = [XnnpackPartitioner()] if xnnpack else None
-    with _lean_xnnpack_preprocess(spill_dir, spill_min_bytes):
+    with lean_xnnpack_preprocess(spill_dir, spill_min_bytes):
         return to_edge_transform_and_lower(programs, partitioner=partitioner, constant_methods=metadata)
-
-
-class _ShareTensors:
-    """Stands in for the ``copy`` module of ExecuTorch's duplicate_constant_node pass: its "copy"
-    of a constant used inside and outside a partition (the tied table: portable lookup + XNNPACK
-    head) is the same tensor under a second name. Neither user writes to it."""
-
-    @staticmethod
-    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
-        return value if isinstance(value, torch.Tensor) else copy.deepcopy(value, memo)
-
-
-@contextlib.contextmanager
-def _lean_xnnpack_preprocess(spill_dir: Path | None = None, spill_min_bytes: int = SPILL_MIN_BYTES) -> Iterator[None]:
-    """Lower without the whole-weight copies ExecuTorch 1.5.1 makes for XNNPACK (pinned version).
-
-    * ``BackendDetails.copy_exported_program_for_preprocess`` deep-copies every partition of
-      every method, constants included, all before the first ``preprocess``: one more copy of
-      the weights per method. XNNPACK's preprocess only reads constants (its passes replace
-      ``state_dict`` entries, never a tensor in place), so the copy here shares the tensors and
-      copies the rest (graph, signature, dicts).
-    * each method's partitions serialize their weights into their own named-data bytes, so
-      prefill and decode each held a copy until the .pte is written (which dedups by key). The
-      keys are the sha256 of the bytes: identical blobs are replaced by the first one seen.
-    * a constant used both by a delegated and by a portable op (the tied table) is deep-copied
-      per method by ``duplicate_constant_node``; here the copy is the same tensor
-      (:class:`_ShareTensors`).
-    * with ``spill_dir``, every blob of at least ``spill_min_bytes`` is written to a file there
-      when its partition is preprocessed and replaced by a ``FileBackedData``: the serialized
-      weights are never all in memory next to the torch weights (at 2B fp32 that is 10.7 GB).
-    All hooks are restored on exit.
-    """
-    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
-    from executorch.exir._serialize._cord import FileBackedData
-    from executorch.exir.backend.canonical_partitioners import duplicate_constant_node_pass
-
-    saved = {name: XnnpackBackend.__dict__.get(name) for name in ("copy_exported_program_for_preprocess", "preprocess")}
-    preprocess = XnnpackBackend.preprocess
-    blobs: dict[str, Any] = {}
-
-    def spilled(blob: bytes) -> Any:
-        if spill_dir is None or len(blob) < spill_min_bytes:
-            return blob
-        path = Path(spill_dir) / f"xnnpack-{len(blobs)}.bin"
-        with path.open("wb") as f:
-            f.write(blob)
-        return FileBackedData(str(path), cleanup=True, sha256=hashlib.sha256(blob).digest())
-
-    def same(first: Any, blob: bytes) -> bool:
-        if isinstance(first, FileBackedData):
-            return len(first) == len(blob) and first.sha256() == hashlib.sha256(blob).digest()
-        return isinstance(first, bytes) and first == blob
-
-    def copy_sharing_constants(cls: type, program: torch.export.ExportedProgram, specs: Any) -> Any:
-        tensors = [*program.state_dict.values(), *program.constants.values()]
-        memo: dict[int, Any] = {id(t): t for t in tensors if isinstance(t, torch.Tensor)}
-        return copy.deepcopy(program, memo)
-
-    def preprocess_sharing_blobs(program: torch.export.ExportedProgram, specs: Any) -> Any:
-        result = preprocess(program, specs)
-        store = result.data_store_output
-        if store is not None:
-            for key, entry in store.pte_data.items():
-                blob = store.buffers[entry.buffer_index]
-                if not isinstance(blob, bytes):  # already replaced (a second key of the same buffer)
-                    continue
-                first = blobs.get(key)
-                if first is None:
-                    blobs[key] = store.buffers[entry.buffer_index] = spilled(blob)
-                elif same(first, blob):
-                    store.buffers[entry.buffer_index] = first
-        return result
-
-    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_constants)  # type: ignore[assignment]
-    XnnpackBackend.preprocess = staticmethod(preprocess_sharing_blobs)  # type: ignore[method-assign]
-    duplicate_constant_node_pass.copy = _ShareTensors  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        duplicate_constant_node_pass.copy = copy
-        for name, value in saved.items():
-            if value is None:
-                delattr(XnnpackBackend, name)
-            else:
-                setattr(XnnpackBackend, name, value)
 
 
 def delegation_summary(edge: EdgeProgramManager, method: str) -> dict[str, Any]:
@@ -387,7 +272,7 @@ def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int]) -> None:
         pairs = [(s, meta.input_tensor_meta(i)) for i, s in enumerate(spec.inputs)]
         pairs += [(s, meta.output_tensor_meta(i)) for i, s in enumerate(spec.outputs)]
         for s, info in pairs:
-            if tuple(info.sizes()) != s.concrete_shape(1, seq) or info.dtype() != SCALAR_TYPES[s.dtype]:
+            if tuple(info.sizes()) != s.concrete_shape(1, seq) or info.dtype() != dtype(s.dtype).executorch:
                 raise RuntimeError(f"{path.name}:{name}: {s.name} is {tuple(info.sizes())}, IOSpec says {s.shape}")
 
 
