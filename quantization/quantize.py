@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from exporter.errors import RgMobileError
-from exporter.model.griffin import Griffin
 from quantization.qcheckpoint import (
     CONFIG_NAME,
     METHODS,
@@ -33,7 +30,7 @@ from quantization.qcheckpoint import (
     weight_sqnr,
     write_quantized_checkpoint,
 )
-from quantization.qweights import QuantizedWeights, load_dequantized, quantize_weights
+from quantization.qweights import load_dequantized, quantize_weights
 from quantization.recipe import Recipe, load_recipe
 
 log = logging.getLogger(__name__)
@@ -168,18 +165,6 @@ def _token_sequences(tokenizer_path: Path, text: str, bos: int, max_tokens: int,
     return sequences(ids, bos, SEQ_LEN, max_tokens)
 
 
-def _gptq(model: Griffin, recipe: Recipe, batches: list[torch.Tensor]) -> QuantizedWeights:
-    try:
-        from quantization.gptq import gptq_weights
-    except ModuleNotFoundError as exc:
-        if exc.name != "quantization.gptq":
-            raise
-        raise RgMobileError(
-            "--method gptq is not available in this installation (quantization/gptq.py is missing); use --method rtn"
-        ) from None
-    return gptq_weights(model, recipe, batches)
-
-
 @dataclass(frozen=True)
 class QuantizeResult:
     out: Path
@@ -223,15 +208,14 @@ def quantize_checkpoint(options: QuantizeOptions) -> QuantizeResult:
     calibration: dict[str, Any] | None = None
     t0 = time.perf_counter()
     if options.method == "gptq":
+        from quantization.gptq import calibration_batches, gptq_weights
+
         assert texts.calibration is not None
-        seqs = _token_sequences(ckpt.tokenizer_path, texts.calibration, bos, options.calibration_tokens, False)
-        if not seqs:
-            raise RgMobileError(f"calibration text {texts.calibration_label} has no tokens")
-        batches = [torch.tensor([s], dtype=torch.long) for s in seqs]
-        tokens = sum(len(s) - 1 for s in seqs)
-        calibration = {"text": texts.calibration_label, "tokens": tokens, "sequences": len(seqs), "seq_len": SEQ_LEN}
-        log.info("quantize: GPTQ on %d calibration tokens (%d sequences)", tokens, len(seqs))
-        weights = _gptq(model, recipe, batches)
+        batches = calibration_batches(ckpt.tokenizer_path, texts.calibration, SEQ_LEN, options.calibration_tokens)
+        tokens = sum(int(b.shape[1]) - 1 for b in batches)
+        calibration = {"text": texts.calibration_label, "tokens": tokens, "sequences": len(batches), "seq_len": SEQ_LEN}
+        log.info("quantize: GPTQ on %d calibration tokens (%d sequences)", tokens, len(batches))
+        weights = gptq_weights(model, recipe, batches)
     else:
         weights = quantize_weights(model, recipe)
     quantize_seconds = time.perf_counter() - t0
