@@ -41,5 +41,6 @@ def perturbed_given(model: Griffin, recipe: Recipe, seed: int = 0) -> GivenQuant
 
 def write_perturbed_checkpoint(out: Path, model: Griffin, recipe: Recipe, tokenizer: Path, seed: int = 0) -> Path:
     """A quantized checkpoint folder (as ``rgmobile quantize`` writes) holding perturbed integers."""
-    write_quantized_checkpoint(out, model, QuantizationConfig(recipe), perturbed_weights(model, recipe, seed), tokenizer)
+    weights = perturbed_weights(model, recipe, seed)
+    write_quantized_checkpoint(out, model, QuantizationConfig(recipe), weights, tokenizer)
     return out
