@@ -2,7 +2,7 @@
 
 A format that quantized again (round to nearest, its own scale rule) instead of shipping the
 checkpoint's integers would pass a test built on round-to-nearest integers by luck. Here every
-group's integers are moved off round-to-nearest (about a third of them by one step, inside the
+group's integers are moved off round-to-nearest (about two thirds of them by one step, inside the
 range) and every scale is stretched by a random factor, so only an artifact that stores
 exactly the given integers and scales reads back equal.
 """
