@@ -246,23 +246,27 @@ def gptq_weights(
     scheme = recipe.linears
     linear_names = {n for n, qt in weights.items() if qt.scheme == scheme and not qt.block_diagonal}
     linear_names &= {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if options.sequential:
-        _sequential(model, weights, linear_names, scheme, batches, options)
-    else:
-        _one_pass(model, weights, linear_names, scheme, batches, options)
+    job = _Job(model, weights, linear_names, scheme, batches, options)
+    (_sequential if options.sequential else _one_pass)(job)
     return weights
 
 
-def _one_pass(
-    model: Griffin,
-    weights: QuantizedWeights,
-    names: set[str],
-    scheme: WeightScheme,
-    batches: list[torch.Tensor],
-    options: GptqOptions,
-) -> None:
+@dataclass(frozen=True)
+class _Job:
+    """What both strategies work on: ``weights`` (filled in for ``names``) of ``model``."""
+
+    model: Griffin
+    weights: QuantizedWeights
+    names: set[str]
+    scheme: WeightScheme
+    batches: list[torch.Tensor]
+    options: GptqOptions
+
+
+def _one_pass(job: _Job) -> None:
     """Hessians of every linear from the fp32 model in one pass, then each linear rounded."""
-    modules = _linears(model, "", names)
+    model, weights, scheme, batches, options = job.model, job.weights, job.scheme, job.batches, job.options
+    modules = _linears(model, "", job.names)
     capture = _Capture(modules)
     try:
         for ids in batches:
@@ -299,15 +303,11 @@ def _stages(
     return [group for _, group in seen]
 
 
-def _sequential(
-    model: Griffin,
-    weights: QuantizedWeights,
-    names: set[str],
-    scheme: WeightScheme,
-    batches: list[torch.Tensor],
-    options: GptqOptions,
-) -> None:
+def _sequential(job: _Job) -> None:
     """Block by block, stage by stage, each stage's inputs from the already quantized model."""
+    model, weights, names, scheme, batches, options = (
+        job.model, job.weights, job.names, job.scheme, job.batches, job.options
+    )  # fmt: skip
     work = copy.deepcopy(model).eval()
     load_dequantized(work, weights)  # round-to-nearest everywhere; the linears are redone in order
     original = dict(model.named_parameters())
