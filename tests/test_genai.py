@@ -2,14 +2,15 @@
 
 The tokenizer.json (transformers' Gemma converter) is checked against sentencepiece on the golden
 strings; the greedy tokens of onnxruntime-genai are checked against rgmobile's own loop
-(runtime_py.generate) on the same files, over 2 x window new tokens from a prompt longer than the
-window.
+(runtime_py.generate, feeding one token per step as onnxruntime-genai does) on the same files,
+over 2 x window new tokens from a prompt longer than the window.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ from exporter.package.genai import (
 )
 from exporter.package.manifest import read_manifest
 from exporter.package.selftest import case_prompts, tokenizer_strings
-from runtime_py.generate import generate
+from runtime_py.backend import Backend
+from runtime_py.generate import generate, run_tokens
 from runtime_py.open import open_path
 from runtime_py.tokenizer import Tokenizer
 
@@ -73,6 +75,26 @@ def _genai_greedy(folder: Path, prompt_ids: list[int], new_tokens: int) -> list[
     return out
 
 
+# Two logits closer than this are a tie: kernels that sum in another order (another thread
+# split, another ISA path) may order them either way. A real difference is orders larger.
+TIE = 2e-3
+
+
+def _assert_same_or_tied(backend: Backend, prompt: list[int], ours: list[int], theirs: list[int]) -> None:
+    """Equal tokens, or equal up to a step where our two candidates' logits are a :data:`TIE`.
+
+    Past that step the two continuations differ by design, so the comparison ends there.
+    """
+    cut = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    if cut is None:
+        assert theirs == ours  # same tokens and same length
+        return
+    logits, _ = run_tokens(backend, [*prompt, *ours[:cut]], backend.init_state(1), max_chunk=1, all_logits=False)
+    last = logits[-1]
+    gap = float(last[ours[cut]] - last[theirs[cut]])
+    assert 0 <= gap <= TIE, f"token {cut}: ours {ours[cut]}, onnxruntime-genai {theirs[cut]}, logit gap {gap:.3g}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_genai_greedy_equals_rgmobile(onnx_bundles: dict[str, Path], precision: str) -> None:
@@ -85,11 +107,43 @@ def test_genai_greedy_equals_rgmobile(onnx_bundles: dict[str, Path], precision: 
     window = manifest.config.window
     opened = open_path(bundle)
     for _, text in case_prompts(tok, window)[:2]:  # longer than the window; byte fallback
-        ours = generate(opened.backend, tok, text, 2 * window)
+        # onnxruntime-genai runs the t = 1 graph for every token, prompt included; so does our
+        # loop here (max_chunk=1), so that both compute the very same operations. Through the
+        # prefill graph the int4 logits differ in the last bits (other GEMM shapes in MLAS) and a
+        # near tie may flip a greedy token; that the two graphs agree is validate's business.
+        ours = generate(opened.backend, tok, text, 2 * window, max_chunk=1)
         theirs = _genai_greedy(bundle, ours.prompt_ids, 2 * window)
         assert len(ours.new_ids) == 2 * window
-        assert theirs == ours.new_ids
+        _assert_same_or_tied(opened.backend, ours.prompt_ids, ours.new_ids, theirs)
     # onnxruntime-genai's own tokenizer (from tokenizer.json) agrees with sentencepiece, without BOS
     og_tok = og.Tokenizer(og.Model(str(bundle)))
     for text in tokenizer_strings()[:60]:
         assert list(og_tok.encode(text)) == tok.encode(text, add_bos=False), repr(text)
+
+
+class _FixedLogits:
+    """A backend whose every step gives the same logits (for the tie rule itself)."""
+
+    name = "fixed"
+
+    def __init__(self, logits: list[float]) -> None:
+        self.logits = np.asarray(logits, dtype=np.float32)
+
+    def seq_lens(self) -> tuple[int, ...]:
+        return (1,)
+
+    def init_state(self, batch: int = 1) -> None:
+        return None
+
+    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, state: None) -> tuple[np.ndarray, None]:
+        return np.broadcast_to(self.logits, (1, input_ids.shape[1], self.logits.size)).copy(), None
+
+
+def test_a_divergence_passes_only_at_a_tie() -> None:
+    tied = cast(Backend, _FixedLogits([0.0, 5.0, 5.0 - TIE / 2, 1.0]))
+    _assert_same_or_tied(tied, [0], [1, 1, 1], [1, 1, 1])
+    _assert_same_or_tied(tied, [0], [1, 1, 1], [1, 2, 3])  # token 1 is a tie: the rest is not compared
+    with pytest.raises(AssertionError, match="logit gap"):
+        _assert_same_or_tied(tied, [0], [1, 1, 1], [1, 3, 1])  # 5.0 vs 1.0: a real difference
+    with pytest.raises(AssertionError):
+        _assert_same_or_tied(tied, [0], [1, 1, 1], [1, 1])  # shorter
