@@ -56,6 +56,11 @@ def check_recipe(recipe: Recipe, ios: int) -> None:
                 f"coreml quantization: {cls} at int{scheme.bits} in groups of {scheme.group_size} needs "
                 f"per-block weights, which Core ML has from iOS 18 on; pass --ios 18 (iOS 17 has int8 per channel)"
             )
+        if scheme is not None and scheme.bits == 4 and ios < 18:
+            raise RgMobileError(
+                f"coreml quantization: {cls} at int4 needs 4-bit weights, which Core ML has from iOS 18 on; "
+                "pass --ios 18 (iOS 17 has int8 per channel)"
+            )
 
 
 def effective_recipe(recipe: Recipe, ios: int) -> Recipe:
