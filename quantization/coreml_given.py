@@ -75,7 +75,9 @@ def plan_given(mlmodel: Any, model: Griffin, given: GivenQuantization, ios: int)
             val = op.outputs[0].val
             want = tuple(given.weights[name].dequantize().shape)
             if tuple(val.shape) != want:
-                raise RgMobileError(f"coreml given weights: const {op.name} has shape {tuple(val.shape)}, {name} is {want}")
+                raise RgMobileError(
+                    f"coreml given weights: const {op.name} has shape {tuple(val.shape)}, {name} is {want}"
+                )
             consts[op.name] = (name, classes[name], str(val.dtype))
             seen.add(name)
     want_names = {n for n in given.weights if getattr(effective, classes.get(n, ""), None) is not None}
@@ -114,8 +116,8 @@ def scale_as(scale: np.ndarray, dtype: str, what: str) -> np.ndarray:
     out = scale.astype(dtype)
     if dtype == "float16" and (np.any(out == 0) or not np.all(np.isfinite(out))):
         raise RgMobileError(
-            f"coreml given weights: a scale of {what} does not fit fp16 (min {scale.min():.3g}, max {scale.max():.3g}); "
-            "export with --compute-precision fp32"
+            f"coreml given weights: a scale of {what} does not fit fp16 (min {scale.min():.3g}, "
+            f"max {scale.max():.3g}); export with --compute-precision fp32"
         )
     return out
 

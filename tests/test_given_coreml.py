@@ -24,7 +24,6 @@ import torch
 from typer.testing import CliRunner
 
 from exporter.cli import app
-from exporter.config import griffin_pattern
 from exporter.errors import RgMobileError
 from exporter.export import ExportOptions, export
 from exporter.package.manifest import read_manifest
