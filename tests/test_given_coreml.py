@@ -16,6 +16,7 @@ stretched), so only a package that stores exactly those integers reads back equa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,22 @@ def test_int4_checkpoint_on_ios17_is_refused(gcheckpoint, tmp_path: Path) -> Non
         export(ExportOptions(out=tmp_path / "x", format="coreml", checkpoint=gcheckpoint("int4"), ios=17))
     assert "\n" not in str(info.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_int4_per_channel_on_ios17_is_refused() -> None:
+    from quantization.coreml import check_recipe
+    from quantization.recipe import WeightScheme
+
+    recipe = replace(load_recipe("int8"), linears=WeightScheme(4))
+    with pytest.raises(RgMobileError, match="--ios 18") as info:
+        check_recipe(recipe, 17)
+    assert "\n" not in str(info.value)
+    check_recipe(recipe, 18)  # iOS 18 holds it
+
+
+def test_a_scale_fp16_cannot_hold_is_refused() -> None:
+    from quantization.coreml_given import scale_as
+
+    with pytest.raises(RgMobileError, match="--compute-precision fp32"):
+        scale_as(np.array([[1e-9], [0.01]], np.float32), "float16", "w")
+    assert scale_as(np.array([[1e-9]], np.float32), "float32", "w")[0, 0] == np.float32(1e-9)
