@@ -27,6 +27,9 @@ as quantization/tensor.py, but computed from the fp16 weights and with fp16 scal
 model computes in fp16, so the integers can differ from ``fake_quantized`` by one step
 where w / scale lies within fp16 rounding of x.5. :mod:`quantization.coreml_readback`
 reads the shipped integers back.
+
+A quantized checkpoint's own integers (``rgmobile export QDIR``) are not quantized again:
+quantization/coreml_given.py puts them in place of the consts at the same stage.
 """
 
 from __future__ import annotations
