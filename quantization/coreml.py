@@ -27,6 +27,9 @@ as quantization/tensor.py, but computed from the fp16 weights and with fp16 scal
 model computes in fp16, so the integers can differ from ``fake_quantized`` by one step
 where w / scale lies within fp16 rounding of x.5. :mod:`quantization.coreml_readback`
 reads the shipped integers back.
+
+A quantized checkpoint's own integers (``rgmobile export QDIR``) are not quantized again:
+quantization/coreml_given.py puts them in place of the consts at the same stage.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ def check_recipe(recipe: Recipe, ios: int) -> None:
             raise RgMobileError(
                 f"coreml quantization: {cls} at int{scheme.bits} in groups of {scheme.group_size} needs "
                 f"per-block weights, which Core ML has from iOS 18 on; pass --ios 18 (iOS 17 has int8 per channel)"
+            )
+        if scheme is not None and scheme.bits == 4 and ios < 18:
+            raise RgMobileError(
+                f"coreml quantization: {cls} at int4 needs 4-bit weights, which Core ML has from iOS 18 on; "
+                "pass --ios 18 (iOS 17 has int8 per channel)"
             )
 
 

@@ -13,6 +13,11 @@ parameter's. That model then:
   recipe the package holds, in units of the reference's quantization step (scale); and
 * runs in PyTorch (fp32 arithmetic) for the quality report against the fp32 model.
 
+:func:`read_integers` reads the integers and scales themselves (int8, or int4 data that
+coremltools loads as int8 with the declared dtype int4) back into our layout
+(quantization/qweights.py), for a package built from a quantized checkpoint's given weights
+(quantization/coreml_given.py), which must equal the checkpoint's exactly.
+
 What this cannot show is Core ML's own arithmetic (fp16 compute, the constexpr
 kernels): that needs macOS.
 """
@@ -32,6 +37,7 @@ from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
 from exporter.targets.coreml_convert import package_spec_path, read_package_spec
 from quantization.coreml import class_of, param_of
+from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import fake_quantized
 from quantization.tensor import quantize
@@ -222,3 +228,91 @@ def check_weights(model: Griffin, weights: ShippedWeights, recipe: Recipe) -> We
         passed=not problems, problems=tuple(problems), max_steps=max_steps, flip_fraction=flip_fraction,
         max_abs=max_abs, quantized=len(weights.quantized), embedding_op=embed_op, largest_float_const=largest,
     )  # fmt: skip
+
+
+# --- the integers themselves: what a package ships, in our layout --------------------------------
+
+
+@dataclass
+class ShippedIntegers:
+    """The integers and scales of every ``constexpr_*`` weight of a package, in our layout.
+
+    ``weights`` holds :class:`quantization.qweights.QuantizedTensor` values (scales widened to
+    float32 from ``scale_dtypes``, the dtype the package stores); ``head_tied``: the embedding's
+    constexpr feeds both the ``gather`` and the head ``linear`` in every function.
+    """
+
+    weights: QuantizedWeights = field(default_factory=dict)
+    scale_dtypes: dict[str, str] = field(default_factory=dict)
+    op_types: dict[str, str] = field(default_factory=dict)
+    head_tied: bool = False
+    functions: list[str] = field(default_factory=list)
+
+
+def _bits(var: Any, what: str) -> int:
+    """Bit width of a constexpr's integer input from its declared MIL dtype (int4 data loads as int8)."""
+    from coremltools.converters.mil.mil import types
+
+    name = types.builtin_to_string(var.dtype)
+    if name not in ("int8", "int4"):
+        raise RgMobileError(f"coreml weights: {what} stores {name} integers; only signed int8 / int4 are read")
+    return 8 if name == "int8" else 4
+
+
+def _integers_of(op: Any, block_diagonal: bool, what: str) -> tuple[QuantizedTensor, str]:
+    """(integers and scales in our layout, stored scale dtype) of one constexpr op."""
+    if op.op_type == "constexpr_blockwise_shift_scale":
+        offset = _val(op, "offset")
+        if offset is not None and np.any(offset != 0):
+            raise RgMobileError(f"coreml weights: {what} has a nonzero offset; symmetric integers were expected")
+        bits = _bits(op.inputs["data"], what)
+        q, s = np.asarray(_val(op, "data")).astype(np.int8), np.asarray(_val(op, "scale"))
+        if block_diagonal:  # the program's [h, in, out] -> ours per head [out, in]
+            q, s = q.transpose(0, 2, 1), s.transpose(0, 2, 1)
+    elif op.op_type == "constexpr_affine_dequantize":
+        if np.any(np.asarray(_val(op, "zero_point")) != 0) or int(_val(op, "axis")) != 0 or block_diagonal:  # type: ignore[arg-type]
+            raise RgMobileError(f"coreml weights: {what} is not symmetric per output row (zero point 0, axis 0)")
+        bits = _bits(op.inputs["quantized_data"], what)
+        q, s = np.asarray(_val(op, "quantized_data")).astype(np.int8), np.asarray(_val(op, "scale"))
+        s = s.reshape(-1, 1) if s.ndim == 1 else np.broadcast_to(s, (q.shape[0], 1))
+    else:
+        raise RgMobileError(f"coreml weights: {what} is a {op.op_type}, which this check cannot read")
+    groups, cols = s.shape[-1], q.shape[-1]
+    scheme = WeightScheme(bits) if groups == 1 else WeightScheme(bits, "per_group", cols // groups)
+    qt = QuantizedTensor(
+        torch.from_numpy(np.ascontiguousarray(q)),
+        torch.from_numpy(np.ascontiguousarray(s.astype(np.float32))),
+        scheme,
+        block_diagonal=block_diagonal,
+    )
+    return qt, str(s.dtype)
+
+
+def _same(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+    return bool(torch.equal(a.q, b.q) and torch.equal(a.scale, b.scale))
+
+
+def read_integers(package: Path, model: Griffin) -> ShippedIntegers:
+    """The integers and scales ``package`` stores for each quantized weight of ``model``, by our name.
+
+    Read from the saved spec and weight blob (no Core ML); each function's copy must agree.
+    """
+    out = ShippedIntegers()
+    classes = class_of(model)
+    tied: list[bool] = []
+    for fname, fn in load_program(package).functions.items():
+        out.functions.append(fname)
+        for op in fn.operations:
+            if not op.op_type.startswith("constexpr_"):
+                continue
+            name = param_of(op.name.removesuffix(QUANTIZED_SUFFIX), model)
+            if name is None or name not in classes:
+                continue
+            qt, dtype = _integers_of(op, classes[name] == "rglru_gates", f"{fname}:{op.name}")
+            if name in out.weights and not _same(out.weights[name], qt):
+                raise RgMobileError(f"coreml weights: functions disagree on the integers of {name}")
+            out.weights[name], out.scale_dtypes[name], out.op_types[name] = qt, dtype, op.op_type
+            if name == "embed_tokens.weight":
+                tied.append({c.op_type for c in op.outputs[0].child_ops} >= {"gather", "linear"})
+    out.head_tied = bool(tied) and all(tied)
+    return out

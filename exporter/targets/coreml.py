@@ -24,6 +24,11 @@ its model) before quantization and ``save_multifunction`` load the saved weights
 again. ``format_details["memory_stages"]`` records the RSS of each stage
 (exporter/targets/coreml_memory.py).
 
+Quantized: from a quantized checkpoint (``given``), its own integers and scales are
+shipped as constexpr ops (quantization/coreml_given.py, manifest
+``quantization.coreml.given``); otherwise coremltools quantizes by the recipe
+(quantization/coreml.py). Both run at the same stage, after the release.
+
 Each model carries Xcode-readable metadata: author, description, version,
 a description of every input/output/state, and ``rgmobile.*`` user-defined
 metadata (config, window, vocab, special tokens, programs, feature map, source).
@@ -64,7 +69,9 @@ if TYPE_CHECKING:
     from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
     from quantization.coreml import QuantPlan
+    from quantization.coreml_given import GivenPlan
     from quantization.qweights import GivenQuantization
+    from quantization.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +113,7 @@ def export(
     # renamed and saved right away; quantized ones wait, converted but not loaded: an
     # unloaded MLModel of coremltools' saved package (its MIL program dropped) and the
     # quantization plan, made from the const names and the model's names and shapes.
-    pending: dict[str, tuple[Any, QuantPlan]] = {}
+    pending: dict[str, tuple[Any, QuantPlan | GivenPlan]] = {}
     for name, seq in lens.items():
         t0 = time.perf_counter()
         log.info("coreml: %s (t=%d), %s, %s compute, %s state", name, seq, settings.deployment_target,
@@ -117,9 +124,7 @@ def export(
         del program  # coremltools holds what it needs; the torch weights stay with ``model``
         mem.mark(f"{name}: ct.convert")
         if recipe.is_quantized:  # before save_multifunction, so both functions share the same quantized consts
-            from quantization.coreml import plan_quantization
-
-            plan = plan_quantization(mlmodel, model, recipe, settings.ios)
+            plan = _plan(mlmodel, model, recipe, settings.ios, given)
             mlmodel._mil_program = None  # the fp16/fp32 weights stay in the package on disk only
             pending[name] = (mlmodel, plan)
         else:
@@ -138,11 +143,9 @@ def export(
     for name in lens:
         if name not in pending:
             continue
-        from quantization.coreml import apply_plan
-
         t0 = time.perf_counter()
         mlmodel, plan = pending.pop(name)
-        quantized = apply_plan(mlmodel, plan)
+        quantized = _apply(mlmodel, plan)
         quant_facts = plan.facts
         _drop_temp_package(mlmodel)  # the unquantized weights, on disk until exit otherwise
         del mlmodel
@@ -188,6 +191,30 @@ def export(
             "memory_stages": mem.stages,
         },
     )
+
+
+def _plan(
+    mlmodel: Any, model: Griffin, recipe: Recipe, ios: int, given: GivenQuantization | None
+) -> QuantPlan | GivenPlan:
+    """How one converted program is quantized: the checkpoint's given integers, or coremltools' quantizer."""
+    if given is not None:
+        from quantization.coreml_given import plan_given
+
+        return plan_given(mlmodel, model, given, ios)
+    from quantization.coreml import plan_quantization
+
+    return plan_quantization(mlmodel, model, recipe, ios)
+
+
+def _apply(mlmodel: Any, plan: QuantPlan | GivenPlan) -> Any:
+    """The quantized MLModel of a saved program, by the kind of ``plan``."""
+    from quantization.coreml_given import GivenPlan, apply_given
+
+    if isinstance(plan, GivenPlan):
+        return apply_given(mlmodel, plan)
+    from quantization.coreml import apply_plan
+
+    return apply_plan(mlmodel, plan)
 
 
 def _program_path(out_dir: Path, staging: Path, name: str, settings: CoreMLSettings) -> Path:
