@@ -176,7 +176,7 @@ def quantized_step(
     facts: dict[str, Any] = {"tool": "torchao.quantization.quantize_ before to_edge_transform_and_lower"}
     applied: dict[str, Any] = {}
     if given is not None:
-        facts["tool"] = "the checkpoint's integers as torchao IntxUnpackedToInt8Tensor before to_edge_transform_and_lower"
+        facts["tool"] = "the checkpoint's integers as torchao tensors before to_edge_transform_and_lower"
         facts["given"] = True
         facts["given_method"] = given.method
         facts["scale_dtypes"] = apply_given(step, given, HEAD)
@@ -202,8 +202,11 @@ def quantized_step(
         "rglru_gates": {
             "params": count["rglru_gates"],
             "why": "block-diagonal einsum weights [h, i, j]; torchao quantizes nn.Linear only",
-            **({"stored": "the checkpoint's q * scale in fp32 (exact products)"}
-               if given is not None and recipe.rglru_gates is not None else {}),
+            **(
+                {"stored": "the checkpoint's q * scale in fp32 (exact products)"}
+                if given is not None and recipe.rglru_gates is not None
+                else {}
+            ),
         },
         "other": "conv1d, norms, biases, RG-LRU a_param",
     }

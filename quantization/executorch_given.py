@@ -22,7 +22,7 @@ are refused (:func:`check_given`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from torch import nn
 from exporter.errors import RgMobileError
 from quantization.qweights import GivenQuantization, QuantizedTensor
 from quantization.recipe import WeightScheme
+
+if TYPE_CHECKING:
+    from quantization.executorch import QuantizedStep
 
 # XNNPACK's blockwise (qb4w) fully-connected kernels: group sizes that are multiples of this.
 XNNPACK_GROUP_MULTIPLE = 32
@@ -62,7 +65,9 @@ def intx_tensor(qt: QuantizedTensor) -> Any:
 
     n, k = qt.q.shape
     group = qt.scheme.group_size if qt.scheme.granularity == "per_group" else k
-    scale = qt.scale.reshape(n, k // (group or k)).float().contiguous()
+    # Per-group scales rounded to bf16 here already (XNNPACK stores them so): the eager step
+    # then computes with the values the .pte holds, and is the exact reference of the lowering.
+    scale = qt.scale.reshape(n, k // (group or k)).to(scale_dtype(qt.scheme)).float().contiguous()
     return IntxUnpackedToInt8Tensor(
         qdata=qt.q.contiguous(),
         scale=scale,
@@ -79,7 +84,7 @@ def _set_weight(module: nn.Module, weight: Any) -> None:
 
 
 @torch.no_grad()
-def apply_given(step: nn.Module, given: GivenQuantization, head: str) -> dict[str, str]:
+def apply_given(step: QuantizedStep, given: GivenQuantization, head: str) -> dict[str, str]:
     """Put ``given``'s integers into ``step`` (a QuantizedStep: ``step.model`` and its ``head``).
 
     Returns the stored scale dtype per recipe class. Every given parameter must exist in the model.
@@ -97,7 +102,7 @@ def apply_given(step: nn.Module, given: GivenQuantization, head: str) -> dict[st
             raise RgMobileError(f"quantized checkpoint: weight {name!r} is not a parameter of this model")
         if name == "embed_tokens.weight":
             _set_weight(step.get_submodule(head), intx_tensor(qt))
-            model.embed_tokens = IntRowEmbedding(qt.q, qt.scale)
+            model.embed_tokens = IntRowEmbedding(qt.q, qt.scale)  # type: ignore[assignment]
         elif qt.block_diagonal:  # an RG-LRU gate: fp32 q * scale, in the parameter's own layout
             params[name].copy_(qt.dequantize())
         elif isinstance(modules.get(owner), nn.Linear) and leaf == "weight":

@@ -39,6 +39,7 @@ from torch import nn
 
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
+from exporter.model.griffin import Griffin
 from quantization.qcheckpoint import unpack_int4
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import WeightScheme
@@ -88,14 +89,12 @@ def _decode_graph(blob: bytes, workdir: Path) -> dict[str, Any]:
     return json.loads((workdir / "graph.json").read_text())
 
 
-def _meta_model(config: GriffinConfig) -> nn.Module:
-    from exporter.model.griffin import Griffin
-
+def _meta_model(config: GriffinConfig) -> Griffin:
     with torch.device("meta"):
         return Griffin(config).eval()
 
 
-def linear_call_order(model: nn.Module) -> list[str]:
+def linear_call_order(model: Griffin) -> list[str]:
     """Our ``nn.Linear`` weight names in the order one step calls them (hooks on ``model``, on meta)."""
     from exporter.model.griffin import positions
     from exporter.model.state import init_state
@@ -111,7 +110,7 @@ def linear_call_order(model: nn.Module) -> list[str]:
         with torch.no_grad():
             state = init_state(config, 1, device=torch.device("meta"))
             ids = torch.zeros(1, 1, dtype=torch.int64, device="meta")
-            model.hidden(ids, positions(0, 1, 1).to("meta"), state)  # type: ignore[operator]
+            model.hidden(ids, positions(0, 1, 1).to("meta"), state)
     finally:
         for h in hooks:
             h.remove()
@@ -241,9 +240,10 @@ def read_back(pte_path: Path, config: GriffinConfig) -> ReadBack:
     if gates:
         gates.sort(key=lambda g: g[0])
         if len(gates) != len(gate_names):
-            raise RgMobileError(f"executorch read-back: {len(gates)} float gate operands, the model has {len(gate_names)}")
+            raise RgMobileError(
+                f"executorch read-back: {len(gates)} float gate operands, the model has {len(gate_names)} gates"
+            )
         for name, (_, w) in zip(gate_names, gates, strict=True):
             _check_shape(name, tuple(w.shape), shapes[name])
             out.float_weights[name] = w
     return out
-
