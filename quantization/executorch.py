@@ -44,6 +44,8 @@ from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
 from exporter.model.state import flatten_state, unflatten_state
 from exporter.step.iospec import build_iospec
+from quantization.executorch_given import apply_given, check_given
+from quantization.qweights import GivenQuantization
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import weight_classes
 
@@ -144,8 +146,13 @@ def _integers(weight: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def quantized_step(model: Griffin, recipe: Recipe, in_place: bool = False) -> tuple[QuantizedStep, dict[str, Any]]:
+def quantized_step(
+    model: Griffin, recipe: Recipe, in_place: bool = False, given: GivenQuantization | None = None
+) -> tuple[QuantizedStep, dict[str, Any]]:
     """``model`` as a step module quantized with torchao per ``recipe``, and the facts.
+
+    ``given``: a quantized checkpoint's integers and scales (its recipe replaces ``recipe``):
+    they are put into the step as they are (quantization/executorch_given.py), not chosen again.
 
     ``in_place=False`` quantizes a deep copy (``model`` is left as it was: tests, references).
     ``in_place=True`` quantizes ``model`` itself, swapping its linears and embedding for integer
@@ -154,6 +161,9 @@ def quantized_step(model: Griffin, recipe: Recipe, in_place: bool = False) -> tu
     """
     from torchao.quantization import quantize_
 
+    if given is not None:
+        recipe = given.recipe
+        check_given(given)
     widths = tuple(sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)}))
     check_recipe(recipe, widths + (model.config.width,))
     classes = weight_classes(model)
@@ -165,15 +175,22 @@ def quantized_step(model: Griffin, recipe: Recipe, in_place: bool = False) -> tu
     step = QuantizedStep((model if in_place else copy.deepcopy(model)).float().eval()).eval()
     facts: dict[str, Any] = {"tool": "torchao.quantization.quantize_ before to_edge_transform_and_lower"}
     applied: dict[str, Any] = {}
+    if given is not None:
+        facts["tool"] = "the checkpoint's integers as torchao tensors before to_edge_transform_and_lower"
+        facts["given"] = True
+        facts["given_method"] = given.method
+        facts["scale_dtypes"] = apply_given(step, given, HEAD)
     if recipe.linears is not None:
-        quantize_(step.model, _config(recipe.linears), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+        if given is None:
+            quantize_(step.model, _config(recipe.linears), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
         applied["linears"] = {**recipe.linears.to_dict(), "params": count["linears"],
                               "scheme": SUPPORTED[(recipe.linears.bits, recipe.linears.granularity)],
                               "kernel": "XNNPACK qd8 fully connected"}  # fmt: skip
     if recipe.embedding is not None:
-        quantize_(step, _config(recipe.embedding), filter_fn=lambda m, fqn: fqn == HEAD)
-        qdata, scales = _integers(step.lm_head.weight)
-        step.model.embed_tokens = IntRowEmbedding(qdata, scales)  # type: ignore[assignment]
+        if given is None:
+            quantize_(step, _config(recipe.embedding), filter_fn=lambda m, fqn: fqn == HEAD)
+            qdata, scales = _integers(step.lm_head.weight)
+            step.model.embed_tokens = IntRowEmbedding(qdata, scales)  # type: ignore[assignment]
         applied["embedding"] = {**recipe.embedding.to_dict(), "params": count["embedding"],
                                 "head": SUPPORTED[(recipe.embedding.bits, recipe.embedding.granularity)],
                                 "lookup": "int8 table x fp32 scales on portable kernels, the head's integers",
@@ -185,6 +202,11 @@ def quantized_step(model: Griffin, recipe: Recipe, in_place: bool = False) -> tu
         "rglru_gates": {
             "params": count["rglru_gates"],
             "why": "block-diagonal einsum weights [h, i, j]; torchao quantizes nn.Linear only",
+            **(
+                {"stored": "the checkpoint's q * scale in fp32 (exact products)"}
+                if given is not None and recipe.rglru_gates is not None
+                else {}
+            ),
         },
         "other": "conv1d, norms, biases, RG-LRU a_param",
     }

@@ -313,7 +313,8 @@ def export(
         from quantization.executorch import quantized_step
 
         # In place: the model has no other user after this target (the caller reads its config).
-        step, quant_facts = quantized_step(model, recipe, in_place=True)
+        # A quantized checkpoint's integers go in as they are (``given``), not chosen again.
+        step, quant_facts = quantized_step(model, recipe, in_place=True, given=given)
         _stage(rss, "quantize")
     programs = export_programs(model, seq_lens, step)
     del step
