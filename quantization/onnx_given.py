@@ -78,7 +78,9 @@ class GivenIntegers:
             raise RgMobileError(f"onnx export: {param} is {'' if qt.block_diagonal else 'not '}block-diagonal")
         q, scale = (qt.q, qt.scale) if head is None else (qt.q[head], qt.scale[head])
         if tuple(q.shape) != (n, k):
-            raise RgMobileError(f"onnx export: given {param} is {tuple(q.shape)}, the graph's weight is [N, K] = {n, k}")
+            raise RgMobileError(
+                f"onnx export: given {param} is {tuple(q.shape)}, the graph's weight is [N, K] = {n, k}"
+            )
         packed, scales = pack(q.numpy(), scale.numpy(), qt.scheme, block)
         self.used.add(param)
         return self.store.put(packed, scales, k, qt.scheme.bits, block, f"given:{param}:{head}")
@@ -91,13 +93,17 @@ class GivenIntegers:
             }
         name = self._gates.get(_sha(w))
         if name is None:
-            raise RgMobileError(f"onnx export: a gate weight {tuple(w.shape)} of the graph is no parameter of the model")
+            raise RgMobileError(
+                f"onnx export: a gate weight {tuple(w.shape)} of the graph is no parameter of the model"
+            )
         return name
 
     def check_all_used(self) -> None:
         missing = sorted(set(self.given.weights) - self.used)
         if missing:
-            raise RgMobileError(f"onnx export: {len(missing)} given weights found no place in the graph, e.g. {missing[0]}")
+            raise RgMobileError(
+                f"onnx export: {len(missing)} given weights found no place in the graph, e.g. {missing[0]}"
+            )
 
 
 def _sha(a: np.ndarray) -> str:

@@ -92,7 +92,9 @@ class SpillStore:
         if (key, bits, block) not in self._done:
             n, k_blocks = scales.shape
             if packed.shape != (n, k_blocks, block * bits // 8) or packed.dtype != np.uint8:
-                raise RgMobileError(f"onnx quantization: {key}: packed {packed.shape} does not fit scales {scales.shape}")
+                raise RgMobileError(
+                    f"onnx quantization: {key}: packed {packed.shape} does not fit scales {scales.shape}"
+                )
             spans = self._append(packed), self._append(np.ascontiguousarray(scales, np.float32))
             self._done[(key, bits, block)] = QuantizedWeight(k, n, bits, block, *spans)
         return self._done[(key, bits, block)]
