@@ -214,3 +214,27 @@ def test_a_group_size_matmulnbits_cannot_hold_is_refused_in_one_line(tmp_path: P
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "group size 8" in lines[0] and "16, 32, 64, 128, 256" in lines[0], result.output
     assert not (tmp_path / "a").exists()
+
+
+# --- the bundled trained model ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bundled_gptq_checkpoint_ships_its_integers_and_passes_validate(tmp_path: Path) -> None:
+    """Calibrated int4 integers of the trained model: read back unchanged from the default export
+    (accuracy level 4), and validate against the quantized checkpoint passes."""
+    from runtime_py.validate import ValidateOptions, validate
+
+    q = tmp_path / "q"
+    res = CliRunner().invoke(app, ["quantize", "--recipe", "int4", "--method", "gptq", "--out", str(q),
+                                   "--calibration-tokens", "1024", "--eval-tokens", "256"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    art = tmp_path / "onnx"
+    res = CliRunner().invoke(app, ["export", str(q), "--format", "onnx", "--out", str(art)])
+    assert res.exit_code == 0, res.output
+    given = _given(q)
+    assert given.method == "gptq"
+    assert differences(given.weights, read_artifact_weights(art)) == []
+    assert read_manifest(art).quantization["onnx"]["given_method"] == "gptq"
+    report = validate(ValidateOptions(artifact=art, greedy_tokens=16, quality_tokens=1024))
+    assert report.passed, [f.message() for f in report.failures]
