@@ -38,6 +38,8 @@ NAMING = (
 
 def pack(q: np.ndarray, scale: np.ndarray, scheme: WeightScheme, block: int) -> tuple[np.ndarray, np.ndarray]:
     """(packed uint8 [N, k_blocks, block * bits / 8], scales fp32 [N, k_blocks]) of our q [N, K], scale [N, groups]."""
+    if q.dtype != np.int8:
+        raise RgMobileError(f"onnx quantization: integers must be int8 storage, got {q.dtype}")
     n, k = q.shape
     bits = scheme.bits
     kb = -(-k // block)
@@ -52,7 +54,7 @@ def pack(q: np.ndarray, scale: np.ndarray, scheme: WeightScheme, block: int) -> 
         scales = np.repeat(np.asarray(scale[:, :1], np.float32), kb, axis=1)
     zero = 2 ** (bits - 1)
     u = np.full((n, kb * block), zero, np.uint8)
-    u[:, :k] = (q.astype(np.int16) + zero).astype(np.uint8)
+    u[:, :k] = q.view(np.uint8) + np.uint8(zero)  # two's complement + 2^(bits-1), mod 256: exact, no widening
     u = u.reshape(n, kb, block)
     if bits == 4:
         u = u[..., 0::2] | (u[..., 1::2] << 4)

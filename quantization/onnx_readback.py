@@ -5,7 +5,7 @@ its external ``weights.bin``), without onnxruntime: every ``MatMulNBits`` intege
 is unpacked (u - 2^(bits-1), padding past K dropped) and keyed by our parameter name from its
 initializer name (quantization/onnx_given.py ``NAMING``); per_channel scales, repeated per
 block in the graph, must agree along the row and become [out, 1]; gate heads are re-stacked
-into q [h, out, in], scale [h, out, 1]. The embedding ``GatherBlockQuantized`` must read the
+into q [h, out, in], scale [h, out, groups]. The embedding ``GatherBlockQuantized`` must read the
 head's integers and scales (tied), so the embedding counts once, as ``embed_tokens.weight``.
 The recipe (which class is per_channel or per_group) is the one the graph's metadata records.
 
