@@ -9,6 +9,7 @@ both from a quantized checkpoint folder, both with decode and prefill graphs, bu
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.tokenizer import Tokenizer
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import compare, prompt_ids, summarize
+
+log = logging.getLogger(__name__)
 
 RECIPES = ("int8", "int4")
 GRAPHS = ("decode.onnx", "prefill.onnx")
@@ -168,6 +171,7 @@ def test_onnxruntime_matches_eager_with_the_given_weights(given_artifact, tiny_t
     for label, ref in (("given", load_dequantized(tiny_model(), given.weights)), ("fp32", tiny_model())):
         cmp, greedy = compare(backend, TorchBackend(ref), prompt, steps=24, greedy_tokens=8)
         errors[label] = summarize(cmp, greedy)[0]
+    log.info("max abs logits vs the given weights / fp32: %s", {k: e["max_abs_logits"] for k, e in errors.items()})
     assert errors["given"]["max_abs_logits"] < 2e-5 and errors["given"]["max_state_abs"] < 2e-5
     assert errors["given"]["top1_agreement"] == 1.0
     assert errors["fp32"]["max_abs_logits"] > 100 * errors["given"]["max_abs_logits"]
