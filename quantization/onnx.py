@@ -7,6 +7,10 @@ at 2B, next to the torch model that was exported): here every weight is read thr
 memory map from the exporter's external data, quantized in chunks, and written once to
 a spill file (:class:`SpillStore`) that both graphs (decode, prefill) point at.
 
+Exported from a quantized checkpoint (``given``), the same surgery takes the checkpoint's own
+integers and scales instead of MLAS's, unchanged (quantization/onnx_given.py), and
+quantization/onnx_readback.py reads them back out of the saved artifact.
+
 Per recipe class (quantization/recipe.py), on each program graph:
 
   linears      every MatMul with a constant 2-D weight -> ``MatMulNBits`` (bits, block).
@@ -42,7 +46,7 @@ import copy
 import hashlib
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -58,6 +62,10 @@ from quantization.onnx_store import QuantizedWeight, SpillStore, column_reader, 
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import weight_classes
 
+if TYPE_CHECKING:
+    from quantization.onnx_given import GivenIntegers
+    from quantization.qweights import GivenQuantization
+
 log = logging.getLogger(__name__)
 
 MLAS_BLOCKS = (256, 128, 64, 32, 16)
@@ -72,8 +80,8 @@ def block_size_for(scheme: WeightScheme, k: int) -> int:
         assert scheme.group_size is not None
         if scheme.group_size not in MLAS_BLOCKS:
             raise RgMobileError(
-                f"onnx quantization: group size {scheme.group_size} is not supported by onnxruntime's "
-                f"quantizer; use one of {sorted(MLAS_BLOCKS)}"
+                f"onnx quantization: group size {scheme.group_size} cannot be held by MatMulNBits "
+                f"(blocks of 16..256); use a group size of one of {sorted(MLAS_BLOCKS)} or per_channel"
             )
         return scheme.group_size
     return next((b for b in MLAS_BLOCKS if k % b == 0), MLAS_BLOCKS[-1])
@@ -205,7 +213,7 @@ def _nbits_node(
 
 def _quantize_head(
     graph: onnx.GraphProto, store: SpillStore, gather: onnx.NodeProto, embed: onnx.TensorProto,
-    scheme: WeightScheme, accuracy_level: int,
+    scheme: WeightScheme, accuracy_level: int, src: GivenIntegers | None = None,
 ) -> int:  # fmt: skip
     """Head -> MatMulNBits over the embedding's rows; embedding Gather -> GatherBlockQuantized over
     the same integers and scales (stored once). Returns the parameters quantized."""
@@ -218,7 +226,10 @@ def _quantize_head(
     def columns(n0: int, n1: int) -> np.ndarray:  # the table's rows n0:n1, transposed
         return np.asarray(read_rows(embed, n0, n1), np.float32).T
 
-    q = store.quantize(columns, k, n, scheme.bits, block, "embed:" + digest(embed))
+    if src is not None:
+        q = src.weight("embed_tokens.weight", None, k, n, block)
+    else:
+        q = store.quantize(columns, k, n, scheme.bits, block, "embed:" + digest(embed))
     node = _nbits_node(graph, store, head.input[0], head.output[0], head.name, HEAD_NAME, q, accuracy_level)
     _replace(graph, head, [node])
     graph.node.remove(tr)
@@ -234,7 +245,8 @@ def _quantize_head(
 
 
 def _quantize_gates(
-    graph: onnx.GraphProto, store: SpillStore, scheme: WeightScheme, accuracy_level: int, blocks: dict[int, int]
+    graph: onnx.GraphProto, store: SpillStore, scheme: WeightScheme, accuracy_level: int, blocks: dict[int, int],
+    src: GivenIntegers | None = None,
 ) -> tuple[int, int]:  # fmt: skip
     """Each block-diagonal Einsum -> Split(h) -> h MatMulNBits -> Concat. Returns (matmuls, params)."""
     inits = _inits(graph)
@@ -254,11 +266,15 @@ def _quantize_gates(
         outs = [f"{node.output[0]}__y{h}" for h in range(heads)]
         new = [helper.make_node("Split", [node.input[0]], parts, name=f"{base}_split", axis=-2, num_outputs=heads)]
         block = block_size_for(scheme, k)
+        param = src.gate_param(w) if src is not None else w_init.name  # given: named by our parameter
         for h in range(heads):
-            wh = w[h]
-            key = hashlib.sha256(np.ascontiguousarray(wh, np.float32).tobytes()).hexdigest()
-            q = store.quantize(column_reader(wh), k, n, scheme.bits, block, key)
-            new.append(_nbits_node(graph, store, parts[h], outs[h], f"{base}_head{h}", f"{w_init.name}.head{h}", q,
+            if src is not None:
+                q = src.weight(param, h, k, n, block)
+            else:
+                wh = w[h]
+                key = hashlib.sha256(np.ascontiguousarray(wh, np.float32).tobytes()).hexdigest()
+                q = store.quantize(column_reader(wh), k, n, scheme.bits, block, key)
+            new.append(_nbits_node(graph, store, parts[h], outs[h], f"{base}_head{h}", f"{param}.head{h}", q,
                                    accuracy_level))  # fmt: skip
         new.append(helper.make_node("Concat", outs, [node.output[0]], name=f"{base}_concat", axis=-2))
         _replace(graph, node, new)
@@ -269,7 +285,8 @@ def _quantize_gates(
 
 
 def _quantize_linears(
-    graph: onnx.GraphProto, store: SpillStore, scheme: WeightScheme, accuracy_level: int, blocks: dict[int, int]
+    graph: onnx.GraphProto, store: SpillStore, scheme: WeightScheme, accuracy_level: int, blocks: dict[int, int],
+    src: GivenIntegers | None = None,
 ) -> tuple[int, int]:  # fmt: skip
     """Every MatMul with a constant 2-D weight -> MatMulNBits. Returns (matmuls, params)."""
     matmuls = params = 0
@@ -277,7 +294,12 @@ def _quantize_linears(
         w = read_rows(b)  # [K, N]
         k, n = w.shape
         block = block_size_for(scheme, k)
-        q = store.quantize(column_reader(w), k, n, scheme.bits, block, digest(b))
+        if src is not None:
+            if not b.name.endswith("_t"):  # _name_weights names every parameter's weight <param>_t
+                raise RgMobileError(f"onnx export: MatMul weight {b.name} {k}x{n} is no parameter of the model")
+            q = src.weight(b.name[: -len("_t")], None, k, n, block)
+        else:
+            q = store.quantize(column_reader(w), k, n, scheme.bits, block, digest(b))
         _replace(graph, node, [_nbits_node(graph, store, node.input[0], node.output[0], node.name, b.name, q,
                                            accuracy_level)])  # fmt: skip
         blocks[block] = blocks.get(block, 0) + 1
@@ -305,15 +327,26 @@ def load_external(proto: onnx.ModelProto) -> None:
 
 
 def quantize_graph(
-    proto: onnx.ModelProto, model: Griffin, recipe: Recipe, store: SpillStore, accuracy_level: int = 0
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    proto: onnx.ModelProto, model: Griffin, recipe: Recipe, store: SpillStore, accuracy_level: int = 0,
+    given: GivenQuantization | None = None,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:  # fmt: skip
     """Quantize one exported program graph of ``model`` under ``recipe`` in place; returns (graph, facts).
 
     Quantized weights go to ``store`` (shared by the graphs of one export); fp32 weights are read
-    from wherever the graph keeps them (raw data or external files) one at a time.
+    from wherever the graph keeps them (raw data or external files) one at a time. With ``given``
+    (a quantized checkpoint) the graph holds exactly its integers and scales (quantization/onnx_given.py)
+    and ``recipe`` must be ``given.recipe``; without it, onnxruntime's MLAS quantizer chooses them.
     """
     if not 0 <= accuracy_level <= 4:
         raise RgMobileError(f"--accuracy-level must be 0..4, got {accuracy_level}")
+    src = None
+    if given is not None:
+        from quantization.onnx_given import GivenIntegers
+
+        if recipe != given.recipe:
+            raise RgMobileError(f"onnx quantization: recipe {recipe.name} is not the given recipe {given.recipe.name}")
+        check_recipe(recipe)
+        src = GivenIntegers(given, store, model)
     cfg = model.config
     graph = proto.graph
     _name_weights(graph, store)
@@ -321,27 +354,50 @@ def quantize_graph(
     classes: dict[str, dict[str, Any]] = {}
     if recipe.embedding is not None:
         block = block_size_for(recipe.embedding, cfg.width)
-        params = _quantize_head(graph, store, gather, embed, recipe.embedding, accuracy_level)
+        params = _quantize_head(graph, store, gather, embed, recipe.embedding, accuracy_level, src)
         op = "MatMulNBits (head) + GatherBlockQuantized (embedding), same integers"
         classes["embedding"] = {"bits": recipe.embedding.bits, "block_sizes": {block: 1}, "matmuls": 1,
                                 "params": params, "op": op}  # fmt: skip
     if recipe.rglru_gates is not None:
         blocks: dict[int, int] = {}
-        matmuls, params = _quantize_gates(graph, store, recipe.rglru_gates, accuracy_level, blocks)
+        matmuls, params = _quantize_gates(graph, store, recipe.rglru_gates, accuracy_level, blocks, src)
         if matmuls:
             classes["rglru_gates"] = {"bits": recipe.rglru_gates.bits, "block_sizes": dict(sorted(blocks.items())),
                                       "matmuls": matmuls, "params": params,
                                       "op": "Einsum per head: Split -> MatMulNBits x heads -> Concat"}  # fmt: skip
     if recipe.linears is not None:
         blocks = {}
-        matmuls, params = _quantize_linears(graph, store, recipe.linears, accuracy_level, blocks)
+        matmuls, params = _quantize_linears(graph, store, recipe.linears, accuracy_level, blocks, src)
         if matmuls:
             classes["linears"] = {"bits": recipe.linears.bits, "block_sizes": dict(sorted(blocks.items())),
                                   "matmuls": matmuls, "params": params, "op": "MatMulNBits"}  # fmt: skip
     _drop_unused(graph)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return proto, _facts(proto, classes, accuracy_level)
+    facts = _facts(proto, classes, accuracy_level)
+    if given is not None and src is not None:
+        src.check_all_used()
+        facts.update(_given_facts(given, len(src.used)))
+    return proto, facts
+
+
+def _given_facts(given: GivenQuantization, params: int) -> dict[str, Any]:
+    """What a graph holding a quantized checkpoint's own integers records instead of the MLAS rule."""
+    import onnxruntime
+
+    from quantization.onnx_given import NAMING
+
+    return {
+        "tool": f"given integers (quantized checkpoint, method {given.method}) in MatMulNBits / "
+        f"GatherBlockQuantized, onnxruntime {onnxruntime.__version__}",
+        "scale_rule": "as given; per_channel: the row's scale repeated for every block of the row (exact)",
+        "given": True,
+        "given_method": given.method,
+        "given_params": params,
+        "scale_dtype": "float32",
+        "zero_point": "implicit 2^(bits-1): stored u = q + 2^(bits-1), q as given",
+        "initializers": NAMING,
+    }
 
 
 def _facts(proto: onnx.ModelProto, classes: dict[str, Any], accuracy_level: int) -> dict[str, Any]:

@@ -84,7 +84,18 @@ class SpillStore:
         """Quantize B [K, N] (read through ``columns``) unless a weight with the same ``key`` was."""
         if (key, bits, block) not in self._done:
             packed, scales = quantize_blocks(columns, k, n, bits, block)
-            spans = self._append(packed), self._append(scales)
+            return self.put(packed, scales, k, bits, block, key)
+        return self._done[(key, bits, block)]
+
+    def put(self, packed: np.ndarray, scales: np.ndarray, k: int, bits: int, block: int, key: str) -> QuantizedWeight:
+        """Store integers chosen elsewhere (already in MatMulNBits' layout) unless ``key`` was stored."""
+        if (key, bits, block) not in self._done:
+            n, k_blocks = scales.shape
+            if packed.shape != (n, k_blocks, block * bits // 8) or packed.dtype != np.uint8:
+                raise RgMobileError(
+                    f"onnx quantization: {key}: packed {packed.shape} does not fit scales {scales.shape}"
+                )
+            spans = self._append(packed), self._append(np.ascontiguousarray(scales, np.float32))
             self._done[(key, bits, block)] = QuantizedWeight(k, n, bits, block, *spans)
         return self._done[(key, bits, block)]
 

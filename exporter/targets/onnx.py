@@ -18,7 +18,8 @@ same bytes (offset/length), which halves the artifact on disk.
 
 Quantized exports (``--quant int8|int4``, quantization/onnx.py) quantize each graph
 after the fp32 export (onnxruntime's MLAS integers, one weight at a time from the
-exporter's external data, so a 2B export never holds an fp32 copy), and keep their weights
+exporter's external data, so a 2B export never holds an fp32 copy; from a quantized
+checkpoint, its own integers and scales unchanged instead), and keep their weights
 in the shared ``weights.bin`` by default (``external_data="auto"``): tensors with the
 same bytes are stored once, including the embedding and the head, which read the same
 quantized integers through differently shaped initializers.
@@ -87,8 +88,12 @@ def export(
             meta = metadata(model, options, source, name, seq)
             if store is not None:
                 log.info("quantizing %s with recipe %s", name, recipe.name)
-                protos[name], facts[name] = quantize_graph(protos[name], model, recipe, store, options.accuracy_level)
+                protos[name], facts[name] = quantize_graph(
+                    protos[name], model, recipe, store, options.accuracy_level, given
+                )
                 meta["rgmobile.quantization"] = json.dumps(recipe.to_dict(), sort_keys=True)
+                if given is not None:  # the checkpoint's integers, not MLAS's (read back by onnx_readback)
+                    meta["rgmobile.quantization.given"] = "true"
                 if not external:
                     load_external(protos[name])
             _set_metadata(protos[name], meta)

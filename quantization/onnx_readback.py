@@ -1,0 +1,165 @@
+"""Read the quantized weights back out of a saved ONNX artifact, in our layout (:data:`QuantizedWeights`).
+
+The inverse of quantization/onnx_given.py, done on the files as shipped (each ``.onnx`` and
+its external ``weights.bin``), without onnxruntime: every ``MatMulNBits`` integer initializer
+is unpacked (u - 2^(bits-1), padding past K dropped) and keyed by our parameter name from its
+initializer name (quantization/onnx_given.py ``NAMING``); per_channel scales, repeated per
+block in the graph, must agree along the row and become [out, 1]; gate heads are re-stacked
+into q [h, out, in], scale [h, out, groups]. The embedding ``GatherBlockQuantized`` must read the
+head's integers and scales (tied), so the embedding counts once, as ``embed_tokens.weight``.
+The recipe (which class is per_channel or per_group) is the one the graph's metadata records.
+
+Works for MLAS-quantized artifacts too, as long as every weight carries its parameter's name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from exporter.errors import RgMobileError
+from quantization.onnx_mlas import unpack
+from quantization.qweights import QuantizedTensor, QuantizedWeights
+from quantization.recipe import Recipe, WeightScheme
+
+HEAD_NAME = "lm_head.weight_t"  # quantization/onnx.py: the tied head's initializers
+EMBEDDING = "embed_tokens.weight"
+_GATE = re.compile(r"(?:model\.)?(.+)\.head(\d+)")  # <param>.head<h> (MLAS exports keep the "model." prefix)
+
+
+def read_graph_weights(path: Path) -> QuantizedWeights:
+    """Every quantized weight one ``.onnx`` file (and its external data) holds, by our parameter name."""
+    path = Path(path)
+    proto = onnx.load_model(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "rgmobile.quantization" not in meta:
+        raise RgMobileError(f"{path.name}: not a quantized rgmobile ONNX graph (no rgmobile.quantization metadata)")
+    recipe = Recipe.from_dict(json.loads(meta["rgmobile.quantization"]), f"{path.name} metadata")
+    inits = {i.name: i for i in proto.graph.initializer}
+
+    def array(name: str) -> np.ndarray:
+        if name not in inits:
+            raise RgMobileError(f"{path.name}: {name} is not an initializer")
+        return numpy_helper.to_array(inits[name], base_dir=str(path.parent))
+
+    out: QuantizedWeights = {}
+    heads: dict[str, dict[int, tuple[np.ndarray, np.ndarray, WeightScheme]]] = {}
+    head_u: np.ndarray | None = None
+    for node in proto.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        a = _attrs(node)
+        k, bits, block = a["K"], a["bits"], a["block_size"]
+        if len(node.input) > 3 and node.input[3]:
+            raise RgMobileError(f"{path.name}: {node.name} has explicit zero points (rgmobile writes none)")
+        base = node.input[1].removesuffix(f"_Q{bits}")
+        if node.input[2] != f"{base}_scales":
+            raise RgMobileError(f"{path.name}: {node.name}: scales {node.input[2]} do not belong to {node.input[1]}")
+        u = unpack(array(node.input[1]), bits).reshape(a["N"], -1)[:, :k]
+        scales = np.asarray(array(node.input[2]), np.float32)
+        q = (u - 2 ** (bits - 1)).astype(np.int8)
+        gate = _GATE.fullmatch(base)
+        if base == HEAD_NAME:
+            head_u = u
+            out[EMBEDDING] = _tensor(EMBEDDING, q, scales, _scheme(recipe.embedding, "embedding", bits, block))
+        elif gate is not None:
+            heads.setdefault(gate[1], {})[int(gate[2])] = (q, scales, _scheme(recipe.rglru_gates, "gates", bits, block))
+        elif base.endswith("_t"):
+            param = base.removesuffix("_t")
+            out[param] = _tensor(param, q, scales, _scheme(recipe.linears, "linears", bits, block))
+        else:
+            raise RgMobileError(f"{path.name}: MatMulNBits weight {node.input[1]} names no parameter")
+    for param, by_head in heads.items():
+        if sorted(by_head) != list(range(len(by_head))):
+            raise RgMobileError(f"{path.name}: {param}: gate heads {sorted(by_head)} are not 0..{len(by_head) - 1}")
+        parts = [_tensor(f"{param}.head{h}", *by_head[h]) for h in range(len(by_head))]
+        out[param] = QuantizedTensor(
+            torch.stack([p.q for p in parts]), torch.stack([p.scale for p in parts]), parts[0].scheme, True
+        )
+    _check_embedding(proto, path, array, head_u)
+    return out
+
+
+def read_artifact_weights(artifact: Path) -> QuantizedWeights:
+    """The quantized weights of an ONNX artifact; every program (decode, prefill) must hold the same."""
+    from exporter.package.manifest import read_manifest
+
+    programs = read_manifest(Path(artifact)).programs
+    read = {name: read_graph_weights(Path(artifact) / p.file) for name, p in programs.items()}
+    first, *rest = read
+    for name in rest:
+        diff = differences(read[first], read[name])
+        if diff:
+            raise RgMobileError(f"{artifact}: {first} and {name} hold different weights: {diff[0]}")
+    return read[first]
+
+
+def differences(expected: QuantizedWeights, actual: QuantizedWeights) -> list[str]:
+    """One line per weight whose integers, scales (float32) or scheme differ, or that is missing/extra."""
+    lines = [f"{n}: missing" for n in sorted(set(expected) - set(actual))]
+    lines += [f"{n}: not expected" for n in sorted(set(actual) - set(expected))]
+    for name in sorted(set(expected) & set(actual)):
+        e, a = expected[name], actual[name]
+        if e.scheme != a.scheme or e.block_diagonal != a.block_diagonal:
+            lines.append(f"{name}: scheme {a.scheme.to_dict()} != {e.scheme.to_dict()}")
+        elif e.q.shape != a.q.shape or e.scale.shape != a.scale.shape:
+            lines.append(f"{name}: shapes q {tuple(a.q.shape)} / scale {tuple(a.scale.shape)} != {tuple(e.q.shape)}")
+        elif not torch.equal(e.q, a.q):
+            lines.append(f"{name}: {int((e.q != a.q).sum())} integers differ")
+        elif not torch.equal(e.scale.float(), a.scale.float()):
+            lines.append(f"{name}: {int((e.scale.float() != a.scale.float()).sum())} scales differ")
+    return lines
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, int]:
+    return {a.name: int(helper.get_attribute_value(a)) for a in node.attribute if a.type == onnx.AttributeProto.INT}
+
+
+def _scheme(scheme: WeightScheme | None, cls: str, bits: int, block: int) -> WeightScheme:
+    """The recipe's scheme of ``cls``, checked against what the node holds."""
+    if scheme is None or scheme.bits != bits:
+        raise RgMobileError(f"onnx read-back: a {bits}-bit {cls} weight, but the recipe says {scheme}")
+    if scheme.granularity == "per_group" and scheme.group_size != block:
+        raise RgMobileError(
+            f"onnx read-back: {cls} in blocks of {block}, the recipe's group size is {scheme.group_size}"
+        )
+    return scheme
+
+
+def _tensor(name: str, q: np.ndarray, scales: np.ndarray, scheme: WeightScheme) -> QuantizedTensor:
+    """Our QuantizedTensor of q [N, K], MatMulNBits scales [N, k_blocks] (per_channel: equal along the row)."""
+    if scheme.granularity == "per_channel":
+        if not np.array_equal(scales, np.repeat(scales[:, :1], scales.shape[1], axis=1)):
+            raise RgMobileError(f"onnx read-back: {name}: per_channel, but the blocks of a row have different scales")
+        scales = scales[:, :1]
+    return QuantizedTensor(torch.from_numpy(q.copy()), torch.from_numpy(scales.copy()), scheme)
+
+
+def _check_embedding(
+    proto: onnx.ModelProto, path: Path, array: Callable[[str], np.ndarray], head_u: np.ndarray | None
+) -> None:
+    """The embedding GatherBlockQuantized reads the head's integers and scales (still tied)."""
+    gathers = [n for n in proto.graph.node if n.op_type == "GatherBlockQuantized"]
+    if not gathers:
+        return
+    head = next((n for n in proto.graph.node if n.op_type == "MatMulNBits" and n.input[1].startswith(HEAD_NAME)), None)
+    if len(gathers) != 1 or head is None or head_u is None:
+        raise RgMobileError(f"{path.name}: a GatherBlockQuantized without the tied head's MatMulNBits")
+    gbq = gathers[0]
+    a = _attrs(gbq)
+    u = unpack(array(gbq.input[0]), a["bits"])
+    if len(gbq.input) > 3 and gbq.input[3]:
+        raise RgMobileError(f"{path.name}: {gbq.name} has explicit zero points (rgmobile writes none)")
+    same_scales = gbq.input[2] == head.input[2] or np.array_equal(array(gbq.input[2]), array(head.input[2]))
+    if a["bits"] != _attrs(head)["bits"] or not np.array_equal(u, head_u) or not same_scales:
+        raise RgMobileError(f"{path.name}: the embedding does not read the head's integers and scales (untied)")
