@@ -28,7 +28,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,7 +40,11 @@ from quantization.coreml import class_of, param_of
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import fake_quantized
+from quantization.shipped import Shipped
 from quantization.tensor import quantize
+
+if TYPE_CHECKING:
+    from exporter.package.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -315,4 +319,28 @@ def read_integers(package: Path, model: Griffin) -> ShippedIntegers:
             if name == "embed_tokens.weight":
                 tied.append({c.op_type for c in op.outputs[0].child_ops} >= {"gather", "linear"})
     out.head_tied = bool(tied) and all(tied)
+    return out
+
+
+def read_shipped(artifact: Path, manifest: Manifest, model: Griffin) -> list[tuple[str, Shipped]]:
+    """What each package ships, as :class:`quantization.shipped.Shipped`: [(package, shipped)].
+
+    Weights the manifest lists as ``kept_float`` (iOS 17's RG-LRU gates) are read as float consts.
+    """
+    kept = list(((manifest.quantization or {}).get("coreml") or {}).get("kept_float") or [])
+    out = []
+    for file in sorted({p.file for p in manifest.programs.values()}):
+        package = Path(artifact) / file
+        ints = read_integers(package, model)
+        floats = read_weights(package, model).float_weights if kept else {}
+        missing = [k for k in kept if k not in floats]
+        if missing:
+            raise RgMobileError(f"coreml weights: {file} has no float const for {missing[0]} (listed as kept float)")
+        shipped = Shipped(
+            weights=ints.weights,
+            scale_dtypes=ints.scale_dtypes,
+            float_weights={k: torch.from_numpy(np.asarray(floats[k], np.float32)) for k in kept},
+            head_tied=ints.head_tied or "embed_tokens.weight" not in ints.weights,
+        )
+        out.append((file, shipped))
     return out

@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,6 +43,10 @@ from exporter.model.griffin import Griffin
 from quantization.qcheckpoint import unpack_int4
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import WeightScheme
+from quantization.shipped import Shipped
+
+if TYPE_CHECKING:
+    from exporter.package.manifest import Manifest
 
 EMBEDDING = "embed_tokens.weight"
 DECODE = "decode"
@@ -246,4 +250,21 @@ def read_back(pte_path: Path, config: GriffinConfig) -> ReadBack:
         for name, (_, w) in zip(gate_names, gates, strict=True):
             _check_shape(name, tuple(w.shape), shapes[name])
             out.float_weights[name] = w
+    return out
+
+
+def read_shipped(artifact: Path, manifest: Manifest, model: Griffin) -> list[tuple[str, Shipped]]:
+    """What the artifact's program ships, as :class:`quantization.shipped.Shipped`: [(file, shipped)]."""
+    del model  # the read-back builds its own (meta) model from the config
+    out = []
+    for file in sorted({p.file for p in manifest.programs.values()}):
+        rb = read_back(Path(artifact) / file, manifest.config)
+        shipped = Shipped(
+            weights=rb.weights,
+            scale_dtypes={n: d for n, d in rb.scale_dtypes.items() if n in rb.weights},
+            float_weights=rb.float_weights,
+            head=rb.head,
+            head_scale_dtype=rb.scale_dtypes.get("head", "float32"),
+        )
+        out.append((file, shipped))
     return out

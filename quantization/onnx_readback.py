@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -28,6 +29,12 @@ from exporter.errors import RgMobileError
 from quantization.onnx_mlas import unpack
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import Recipe, WeightScheme
+from quantization.shipped import Shipped
+from quantization.shipped import differences as shipped_differences
+
+if TYPE_CHECKING:
+    from exporter.model.griffin import Griffin
+    from exporter.package.manifest import Manifest
 
 HEAD_NAME = "lm_head.weight_t"  # quantization/onnx.py: the tied head's initializers
 EMBEDDING = "embed_tokens.weight"
@@ -103,19 +110,14 @@ def read_artifact_weights(artifact: Path) -> QuantizedWeights:
 
 def differences(expected: QuantizedWeights, actual: QuantizedWeights) -> list[str]:
     """One line per weight whose integers, scales (float32) or scheme differ, or that is missing/extra."""
-    lines = [f"{n}: missing" for n in sorted(set(expected) - set(actual))]
-    lines += [f"{n}: not expected" for n in sorted(set(actual) - set(expected))]
-    for name in sorted(set(expected) & set(actual)):
-        e, a = expected[name], actual[name]
-        if e.scheme != a.scheme or e.block_diagonal != a.block_diagonal:
-            lines.append(f"{name}: scheme {a.scheme.to_dict()} != {e.scheme.to_dict()}")
-        elif e.q.shape != a.q.shape or e.scale.shape != a.scale.shape:
-            lines.append(f"{name}: shapes q {tuple(a.q.shape)} / scale {tuple(a.scale.shape)} != {tuple(e.q.shape)}")
-        elif not torch.equal(e.q, a.q):
-            lines.append(f"{name}: {int((e.q != a.q).sum())} integers differ")
-        elif not torch.equal(e.scale.float(), a.scale.float()):
-            lines.append(f"{name}: {int((e.scale.float() != a.scale.float()).sum())} scales differ")
-    return lines
+    return shipped_differences(expected, Shipped(actual))
+
+
+def read_shipped(artifact: Path, manifest: Manifest, model: Griffin) -> list[tuple[str, Shipped]]:
+    """What the artifact ships (both programs hold one set of weights): [(file, :class:`Shipped`)]."""
+    del model  # the graphs name their weights
+    files = " + ".join(sorted({p.file for p in manifest.programs.values()}))
+    return [(files, Shipped(read_artifact_weights(artifact)))]
 
 
 # --- helpers ---------------------------------------------------------------------------------------

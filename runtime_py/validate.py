@@ -342,6 +342,9 @@ def validate(options: ValidateOptions) -> ValidationReport:
         )
     checks: list[dict[str, str]] = []
     emulated = False  # Core ML off macOS: the saved programs run in the emulator
+    # Exported from a quantized checkpoint: its integers are checked against that checkpoint's
+    # (below, when it is the reference), not against a re-quantization of its weights.
+    given = bool(((manifest.quantization or {}).get(manifest.format) or {}).get("given"))
     if manifest.format == "coreml":
         from runtime_py import validate_coreml
 
@@ -351,11 +354,15 @@ def validate(options: ValidateOptions) -> ValidationReport:
         # No Core ML runtime here: emulate the saved programs, check the pre-conversion ones, and say so.
         backend = validate_coreml.emulated_backend(artifact, manifest)
         program, program_precision = validate_coreml.program_backend(manifest, ckpt.model)
-        if manifest.quantization is not None:  # the quantization, on the weights the packages ship
+        if manifest.quantization is not None and not given:  # the quantization, on the weights shipped
             shipped_check, _ = validate_coreml.shipped_weights(artifact, manifest, ckpt.model, options.threads)
             checks.append(shipped_check)
     else:
         backend = open_artifact_backend(artifact, manifest, options.threads)
+    if manifest.quantization is not None and ckpt.quantization is not None:
+        from runtime_py.validate_integers import integers_check
+
+        checks.append(integers_check(artifact, manifest, ckpt.quantization, ckpt.model))
     reference = TorchBackend(ckpt.model, threads=options.threads)
     window, chunk = manifest.config.window, manifest.prefill_chunk
     length = options.prompt_tokens or (2 * chunk + max(1, chunk // 4 + 1) if chunk > 1 else 8)

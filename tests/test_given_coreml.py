@@ -36,6 +36,7 @@ from runtime_py.coreml_emulator import CoreMLEmulatedBackend
 from runtime_py.thresholds import thresholds_for
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import check, compare, summarize
+from runtime_py.validate_integers import integers_check
 from tests.conftest import tiny_config, tiny_model
 from tests.given_weights import write_perturbed_checkpoint
 
@@ -193,3 +194,23 @@ def test_a_scale_fp16_cannot_hold_is_refused() -> None:
     with pytest.raises(RgMobileError, match="--compute-precision fp32"):
         scale_as(np.array([[1e-9], [0.01]], np.float32), "float16", "w")
     assert scale_as(np.array([[1e-9]], np.float32), "float32", "w")[0, 0] == np.float32(1e-9)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_validate_checks_the_integers_against_the_checkpoint(gartifact, gcheckpoint, gmodel, name: str) -> None:
+    """validate's check passes on the checkpoint the packages came from; a changed integer is named
+    (on iOS 17 a gate's: those ship as float q * scale)."""
+    art = gartifact(name)
+    given = given_of(gcheckpoint(VARIANTS[name][0]))
+    manifest = read_manifest(art)
+    record = integers_check(art, manifest, given, gmodel)
+    assert record["status"] == "passed", record
+    param = next(p for p in given.weights if p.endswith("rg_lru.input_gate_weight"))
+    if name != "int8-ios17":
+        param = "layers.0.mlp_block.up_proj.weight"
+    q = given.weights[param].q.clone()
+    q.view(-1)[0] = 1 if q.view(-1)[0] != 1 else 0
+    changed = GivenQuantization(given.recipe, {**given.weights, param: replace(given.weights[param], q=q)})
+    record = integers_check(art, manifest, changed, gmodel)
+    want = "the float weight is not q * scale" if name == "int8-ios17" else "1 integers differ"
+    assert record["status"] == "failed" and f"{param}: {want}" in record["detail"], record

@@ -10,6 +10,7 @@ checkpoint's own (``load_checkpoint(QDIR).quantization``), read back out of the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from runtime_py.executorch_backend import open_artifact
 from runtime_py.tokenizer import Tokenizer
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import compare, prompt_ids, summarize
+from runtime_py.validate_integers import integers_check
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -103,6 +105,20 @@ def check_numerics(qdir: Path, out: Path, name: str) -> None:
         assert s["min_cosine"] >= 0.999 and s["top1_agreement"] >= 0.95, (name, reference.name, s)
 
 
+def check_validate(given: GivenQuantization, qdir: Path, out: Path) -> None:
+    """validate's integer check: passes on the checkpoint, names one changed integer of the head."""
+    m, model = read_manifest(out), load_checkpoint(qdir).model
+    assert integers_check(out, m, given, model)["status"] == "passed"
+    emb = given.weights["embed_tokens.weight"]
+    q = emb.q.clone()
+    q[0, 0] = 1 if q[0, 0] != 1 else 0
+    changed = GivenQuantization(given.recipe, {**given.weights, "embed_tokens.weight": replace(emb, q=q)})
+    record = integers_check(out, m, changed, model)
+    assert record["status"] == "failed", record
+    assert "embed_tokens.weight: 1 integers differ" in record["detail"]
+    assert "head: 1 integers differ" in record["detail"]
+
+
 def check_manifest(out: Path, name: str) -> None:
     m = read_manifest(out)
     assert m.precision == name
@@ -122,6 +138,7 @@ def test_pte_from_a_quantized_checkpoint_ships_its_integers(tmp_path: Path, tiny
     for name in RECIPES:
         qdir, out = _export(tmp_path / name, tiny_tokenizer, name)
         check_read_back(_given(qdir), out, name)
+        check_validate(_given(qdir), qdir, out)
         check_numerics(qdir, out, name)
         check_manifest(out, name)
 

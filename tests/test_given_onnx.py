@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.tokenizer import Tokenizer
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import compare, prompt_ids, summarize
+from runtime_py.validate_integers import NAME, integers_check
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,21 @@ def _given(qdir: Path) -> GivenQuantization:
     given = load_checkpoint(qdir).quantization
     assert given is not None
     return given
+
+
+def test_validate_checks_the_integers_against_the_checkpoint(given_artifact) -> None:
+    """validate's check passes on the checkpoint the artifact came from and names a changed integer."""
+    name, qdir, artifact = given_artifact
+    given = _given(qdir)
+    model = load_checkpoint(qdir).model
+    manifest = read_manifest(artifact)
+    assert integers_check(artifact, manifest, given, model)["status"] == "passed"
+    param = "layers.0.mlp_block.up_proj.weight"
+    q = given.weights[param].q.clone()
+    q[0, 0] = 1 if q[0, 0] != 1 else 0
+    changed = GivenQuantization(given.recipe, {**given.weights, param: replace(given.weights[param], q=q)})
+    record = integers_check(artifact, manifest, changed, model)
+    assert record["status"] == "failed" and f"{param}: 1 integers differ" in record["detail"], record
 
 
 # --- 1. read-back ----------------------------------------------------------------------------------
@@ -242,3 +259,5 @@ def test_bundled_gptq_checkpoint_ships_its_integers_and_passes_validate(tmp_path
     assert read_manifest(art).quantization["onnx"]["given_method"] == "gptq"
     report = validate(ValidateOptions(artifact=art, greedy_tokens=16, quality_tokens=1024))
     assert report.passed, [f.message() for f in report.failures]
+    (integers,) = [c for c in report.checks if c["name"] == NAME]  # the default reference: the checkpoint
+    assert integers["status"] == "passed", integers
