@@ -44,7 +44,7 @@ from quantization.shipped import Shipped
 from quantization.tensor import quantize
 
 if TYPE_CHECKING:
-    from exporter.package.manifest import Manifest
+    from exporter.artifact.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Per recipe class (quantization/recipe.py), on the step module the ExecuTorch tar
                This differs from the ONNX artifacts, which keep fp32 activations.
   embedding    the tied table is untied: the head becomes its own ``nn.Linear``
                (``lm_head``) quantized like the linears at the embedding's bits (8da8w per
-               channel, or 8da4w per group); the lookup table is an :class:`IntRowEmbedding`
+               channel, or 8da4w per group); the lookup table is an ``IntRowEmbedding``
                holding *the head's own integers and scales* (read back from torchao's
                tensor), so embedding and head stay tied numerically. The table runs on the
                portable kernels (``embedding`` of an int8 table, cast, multiply by the
@@ -42,9 +42,9 @@ from torch import nn
 
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
-from exporter.model.state import flatten_state, unflatten_state
 from exporter.step.iospec import build_iospec
 from quantization.executorch_given import apply_given, check_given
+from quantization.executorch_modules import IntRowEmbedding, QuantizedStep
 from quantization.qweights import GivenQuantization
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import weight_classes
@@ -87,53 +87,6 @@ def _config(scheme: WeightScheme) -> Any:
     granularity = PerAxis(0) if scheme.granularity == "per_channel" else PerGroup(scheme.group_size)
     dtype = {8: torch.int8, 4: torch.int4}[scheme.bits]  # type: ignore[attr-defined]
     return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
-
-
-class IntRowEmbedding(nn.Module):
-    """Lookup in an integer table: ``table[ids] * scales[ids]`` per group of ``d / groups`` columns.
-
-    ``qdata`` [v, d] int8 (int4 values unpacked), ``scales`` [v, groups] fp32; symmetric
-    (zero point 0), as torchao's symmetric mapping. Runs on portable ExecuTorch kernels.
-    """
-
-    qdata: torch.Tensor
-    scales: torch.Tensor
-
-    def __init__(self, qdata: torch.Tensor, scales: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("qdata", qdata.to(torch.int8).contiguous())
-        self.register_buffer("scales", scales.float().reshape(qdata.shape[0], -1).contiguous())
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [b, t] -> [b, t, d]
-        rows = nn.functional.embedding(input_ids, self.qdata).to(torch.float32)  # [b, t, d]
-        scales = nn.functional.embedding(input_ids, self.scales)  # [b, t, groups]
-        b, t, d = rows.shape
-        groups = scales.shape[-1]
-        return (rows.reshape(b, t, groups, d // groups) * scales.unsqueeze(-1)).reshape(b, t, d)
-
-
-class QuantizedStep(nn.Module):
-    """The ExecuTorch step (exporter/targets/executorch.py ``ExecuTorchStep``) with an untied head."""
-
-    def __init__(self, model: Griffin) -> None:
-        super().__init__()
-        self.model = model
-        with torch.device("meta"):  # no throwaway [v, d] initialisation
-            self.lm_head = nn.Linear(model.config.width, model.config.vocab_size, bias=False)
-        # The embedding's own storage, not a clone: torchao quantizes the head from it (new
-        # integer tensors), and the fp32 table goes once the lookup becomes an IntRowEmbedding.
-        self.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach(), requires_grad=False)
-
-    def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, *state: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        model = self.model
-        hidden, new_state = model.hidden(input_ids, position_ids, unflatten_state(model.config, list(state)))
-        logits = self.lm_head(hidden)  # [b, t, v]
-        cap = model.config.logits_soft_cap  # same soft-cap as Griffin.logits
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return (logits, *flatten_state(new_state))
 
 
 def _integers(weight: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ scale, zero point 0. XNNPACK then packs exactly those integers:
                holds group scales as **bf16**: the given fp32 scales are rounded once,
                by at most 2^-9 relative).
   embedding    the head (``lm_head``) is built from the embedding's integers and scales; the
-               lookup table (:class:`quantization.executorch.IntRowEmbedding`) holds the
+               lookup table (:class:`quantization.executorch_modules.IntRowEmbedding`) holds the
                same integers with the fp32 scales.
   rglru_gates  kept float, as ``q * scale`` in fp32: they are ``einsum`` weights XNNPACK
                takes only as float. The stored fp32 values are exactly the given
@@ -32,7 +32,7 @@ from quantization.qweights import GivenQuantization, QuantizedTensor
 from quantization.recipe import WeightScheme
 
 if TYPE_CHECKING:
-    from quantization.executorch import QuantizedStep
+    from quantization.executorch_modules import QuantizedStep
 
 # XNNPACK's blockwise (qb4w) fully-connected kernels: group sizes that are multiples of this.
 XNNPACK_GROUP_MULTIPLE = 32
@@ -89,7 +89,7 @@ def apply_given(step: QuantizedStep, given: GivenQuantization, head: str) -> dic
 
     Returns the stored scale dtype per recipe class. Every given parameter must exist in the model.
     """
-    from quantization.executorch import IntRowEmbedding
+    from quantization.executorch_modules import IntRowEmbedding
 
     model = step.model
     modules = dict(model.named_modules())

@@ -37,16 +37,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from exporter.checkpoint.quantized import unpack_int4
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
-from quantization.qcheckpoint import unpack_int4
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import WeightScheme
 from quantization.shipped import Shipped
 
 if TYPE_CHECKING:
-    from exporter.package.manifest import Manifest
+    from exporter.artifact.manifest import Manifest
 
 EMBEDDING = "embed_tokens.weight"
 DECODE = "decode"

@@ -33,7 +33,6 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,34 +69,6 @@ class GptqOptions:
             raise RgMobileError(f"gptq: damping must be in (0, 10), got {self.damp}")
         if self.block_size < 1:
             raise RgMobileError(f"gptq: block size must be >= 1, got {self.block_size}")
-
-
-# ---------------------------------------------------------------------------------------------
-# calibration text
-
-
-def calibration_batches(tokenizer_path: Path, text: str, seq_len: int, max_tokens: int) -> list[torch.Tensor]:
-    """Token-id batches [1, seq_len] of ``text``: [BOS] + ``seq_len - 1`` text tokens each.
-
-    The text is tokenized without BOS and its first ``max_tokens`` tokens cut into whole pieces
-    (a shorter tail is dropped), every piece run from position 0 like training/evaluate.py.
-    """
-    from runtime_py.tokenizer import Tokenizer
-
-    if seq_len < 2:
-        raise RgMobileError(f"calibration: sequence length must be >= 2, got {seq_len}")
-    tok = Tokenizer(Path(tokenizer_path))
-    ids = tok.encode(text, add_bos=False)[:max_tokens] if text.strip() else []
-    piece = seq_len - 1
-    if len(ids) < piece:
-        raise RgMobileError(
-            f"calibration: the text has {len(ids)} tokens (of at most {max_tokens} used), fewer than one "
-            f"sequence of {piece}; pass a longer --calibration text"
-        )
-    bos = [tok.bos_id] if tok.bos_id >= 0 else []
-    return [
-        torch.tensor([[*bos, *ids[i : i + piece]]], dtype=torch.int64) for i in range(0, len(ids) - piece + 1, piece)
-    ]
 
 
 # ---------------------------------------------------------------------------------------------

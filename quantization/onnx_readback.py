@@ -33,8 +33,8 @@ from quantization.shipped import Shipped
 from quantization.shipped import differences as shipped_differences
 
 if TYPE_CHECKING:
+    from exporter.artifact.manifest import Manifest
     from exporter.model.griffin import Griffin
-    from exporter.package.manifest import Manifest
 
 HEAD_NAME = "lm_head.weight_t"  # quantization/onnx.py: the tied head's initializers
 EMBEDDING = "embed_tokens.weight"
@@ -96,7 +96,7 @@ def read_graph_weights(path: Path) -> QuantizedWeights:
 
 def read_artifact_weights(artifact: Path) -> QuantizedWeights:
     """The quantized weights of an ONNX artifact; every program (decode, prefill) must hold the same."""
-    from exporter.package.manifest import read_manifest
+    from exporter.artifact.manifest import read_manifest
 
     programs = read_manifest(Path(artifact)).programs
     read = {name: read_graph_weights(Path(artifact) / p.file) for name, p in programs.items()}

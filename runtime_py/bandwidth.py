@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from exporter.artifact.manifest import Manifest
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

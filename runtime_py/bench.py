@@ -182,7 +182,7 @@ def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float) -> None:
 
 def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | None, int]:
     """(subject stubs with their worker specs, the baseline shape, the baseline prefill chunk)."""
-    from exporter.package.manifest import read_manifest
+    from exporter.artifact.manifest import read_manifest
 
     manifests = [(Path(a), read_manifest(Path(a), verify=False)) for a in options.artifacts]
     chunk = options.prefill_chunk or max((m.prefill_chunk for _, m in manifests), default=32)

@@ -70,7 +70,7 @@ class WorkerSpec:
 
 def _open_artifact(spec: WorkerSpec, seq_len: int) -> Subject:
     """The artifact with only its ``seq_len`` program loaded."""
-    from exporter.package.manifest import read_manifest
+    from exporter.artifact.manifest import read_manifest
     from runtime_py.bandwidth import decode_weight_bytes
     from runtime_py.open import open_artifact_backend
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from exporter.artifact.manifest import Manifest
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 from runtime_py.coreml_emulator_program import EmulatedFunction, load_program
 from runtime_py.coreml_io import CoreMLIO, NumpyState
 

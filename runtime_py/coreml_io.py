@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from exporter.artifact.manifest import Manifest
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 from exporter.step.dtypes import COREML_NUMPY
 from exporter.step.iospec import IOSpec, TensorSpec
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporter.artifact.manifest import Manifest
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec
 

@@ -2,7 +2,7 @@
 
 An exported artifact carries its identity in ``manifest.json`` (``identity``:
 config_sha256, weights_sha256, precision; written at export by
-:func:`exporter.package.identity.compute_identity`). The PyTorch reference
+:func:`exporter.artifact.identity.compute_identity`). The PyTorch reference
 computes the same function on its loaded model, with precision ``"fp32"``.
 Hashing the weights reads every parameter (about 20 s at the 2B shape), so it
 runs only when a state is saved or resumed, never when a backend opens.
@@ -66,7 +66,7 @@ def backend_identity(backend: Any) -> Identity:
     cached = getattr(backend, "_identity", None)
     if isinstance(cached, Identity):
         return cached
-    from exporter.package.identity import compute_identity
+    from exporter.artifact.identity import compute_identity
 
     t0 = time.perf_counter()
     ident = Identity.from_dict(compute_identity(model, "fp32"), "checkpoint")

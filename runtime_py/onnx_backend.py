@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from exporter.artifact.manifest import Manifest
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 from exporter.step.dtypes import DTYPES, dtype
 from exporter.step.iospec import IOSpec
 

@@ -15,7 +15,7 @@ from exporter.registry import load_entry
 from runtime_py.backend import Backend
 
 if TYPE_CHECKING:
-    from exporter.package.manifest import Manifest
+    from exporter.artifact.manifest import Manifest
 
 # format -> "module:factory"; the factory takes (artifact_dir: Path, manifest, threads) and returns a Backend.
 ARTIFACT_BACKENDS: dict[str, str] = {
@@ -49,7 +49,7 @@ def open_path(path: Path | None, threads: int | None = None) -> Opened:
     from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
 
     if path is not None and is_artifact(path):
-        from exporter.package.manifest import read_manifest
+        from exporter.artifact.manifest import read_manifest
 
         manifest = read_manifest(Path(path))
         backend = open_artifact_backend(Path(path), manifest, threads)

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from exporter.artifact.manifest import Manifest
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 from runtime_py.backend import Backend, State, plan_chunks
 from runtime_py.thresholds import QUALITY_METRICS, exceeded
 

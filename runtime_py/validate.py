@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from exporter.artifact.manifest import read_manifest
 from exporter.errors import RgMobileError
 from exporter.fsio import write_json
-from exporter.package.manifest import read_manifest
 from runtime_py.backend import Backend, State, plan_chunks
 from runtime_py.coreml_emulator import DESCRIPTION as EMULATED_NAME
 from runtime_py.open import open_artifact_backend

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exporter.artifact.manifest import Manifest
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 from runtime_py.coreml_emulator import DESCRIPTION
 
 log = logging.getLogger(__name__)

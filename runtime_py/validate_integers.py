@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from exporter.registry import load_entry
 
 if TYPE_CHECKING:
+    from exporter.artifact.manifest import Manifest
     from exporter.model.griffin import Griffin
-    from exporter.package.manifest import Manifest
     from quantization.qweights import GivenQuantization
 
 NAME = "quantized weights vs the checkpoint's integers"

@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from exporter.artifact.identity import config_sha256  # noqa: E402
 from exporter.checkpoint.random_init import parse_dtype, random_model  # noqa: E402
 from exporter.config import preset  # noqa: E402
-from exporter.package.identity import config_sha256  # noqa: E402
 from runtime_py.generate import run_tokens  # noqa: E402
 from runtime_py.identity import Identity, backend_identity  # noqa: E402
 from runtime_py.state_file import SavedState, load_state, save_state  # noqa: E402

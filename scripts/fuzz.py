@@ -4,11 +4,11 @@
 
 Targets (each reads one file written by the fuzzer into a fresh folder):
   config_json     a checkpoint's config.json (exporter/checkpoint/hf.py read_hf_config)
-  manifest_json   an artifact's manifest.json (exporter/package/manifest.py read_manifest)
+  manifest_json   an artifact's manifest.json (exporter/artifact/manifest.py read_manifest)
   safetensors     a weights file, header and data (exporter/checkpoint/hf.py read_safetensors)
   shard_index     model.safetensors.index.json + shards (exporter/checkpoint/hf.py read_hf_weights)
   tokenizer       tokenizer.model (exporter/checkpoint/loader.py check_tokenizer, runtime_py/tokenizer.py)
-  selftest_json   a bundle's selftest.json (exporter/package/selftest.py read_selftest), when present
+  selftest_json   a bundle's selftest.json (rgmobile/package/selftest.py read_selftest), when present
   rgstate         a saved state (runtime_py/state_file.py load_state), when present
 
 Inputs are mutations of a valid file (values replaced by other JSON values of any type,
@@ -63,7 +63,7 @@ def seed_hf_config() -> dict[str, Any]:
 
 def seed_manifest(folder: Path) -> dict[str, Any]:
     """A valid manifest dict for two small files written into ``folder``."""
-    from exporter.package.manifest import Manifest, Program, file_entries
+    from exporter.artifact.manifest import Manifest, Program, file_entries
     from exporter.step.iospec import build_iospec
 
     config = _tiny_config()
@@ -174,7 +174,7 @@ def _load_hf_config(payload: bytes, folder: Path) -> None:
 
 
 def _load_manifest(payload: bytes, folder: Path) -> None:
-    from exporter.package.manifest import read_manifest
+    from exporter.artifact.manifest import read_manifest
 
     (folder / "decode.onnx").write_bytes(b"graph")
     (folder / "tokenizer.model").write_bytes(b"tok")
@@ -213,7 +213,7 @@ def _load_tokenizer(payload: bytes, folder: Path) -> None:
 
 
 def _load_selftest(payload: bytes, folder: Path) -> None:
-    from exporter.package.selftest import read_selftest
+    from rgmobile.package.selftest import read_selftest
 
     (folder / "selftest.json").write_bytes(payload)
     read_selftest(folder / "selftest.json")
@@ -298,7 +298,7 @@ def targets() -> list[Target]:
                                                          "b": "model-1.safetensors"}}).map(text_of))),
         Target("tokenizer", _load_tokenizer, lambda d: mutated_bytes(_tokenizer_seed()) | st.binary(max_size=64)),
     ]  # fmt: skip
-    if _have("exporter.package.selftest"):
+    if _have("rgmobile.package.selftest"):
         out.append(Target("selftest_json", _load_selftest, lambda d: (
             mutated_json(seed_selftest()).map(text_of) | JSON.map(text_of))))  # fmt: skip
     if _have("runtime_py.state_file"):

@@ -23,9 +23,10 @@ from torch.nn import functional as F
 
 from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
 from exporter.model.griffin import Griffin, positions
-from quantization.gptq import GptqOptions, calibration_batches, gptq_weights
+from quantization.gptq import GptqOptions, gptq_weights
 from quantization.qweights import load_dequantized, quantize_weights
 from quantization.recipe import load_recipe
+from rgmobile.quantize import calibration_batches
 from runtime_py.tokenizer import Tokenizer
 
 

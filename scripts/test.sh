@@ -10,5 +10,5 @@ command -v mvn >/dev/null && command -v java >/dev/null || {
 }
 . .venv/bin/activate
 ruff check .
-mypy exporter runtime_py quantization
+mypy exporter runtime_py quantization rgmobile
 python -m pytest -q -ra "$@"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.export import ExportOptions, export
-from exporter.package.bundle import PackageOptions, package
+from rgmobile.export import ExportOptions, export
+from rgmobile.package.bundle import PackageOptions, package
 
 PRECISIONS = {"fp32": "none", "int4": "int4"}
 _ARTIFACTS: dict[str, Path] = {}

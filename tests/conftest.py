@@ -59,7 +59,7 @@ def tiny_et_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: 
     """
     from typer.testing import CliRunner
 
-    from exporter.cli import app
+    from rgmobile.cli import app
 
     out = tmp_path_factory.mktemp("et") / "tiny-et"
     args = ["export", str(tiny_checkpoint), "--format", "executorch", "--out", str(out), "--prefill-chunk", "8"]

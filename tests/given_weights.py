@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from exporter.checkpoint.quantized import QuantizationConfig, write_quantized_checkpoint
 from exporter.model.griffin import Griffin
-from quantization.qcheckpoint import QuantizationConfig, write_quantized_checkpoint
 from quantization.qweights import GivenQuantization, QuantizedTensor, QuantizedWeights, quantize_weights
 from quantization.recipe import Recipe
 from quantization.tensor import qrange

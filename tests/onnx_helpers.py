@@ -13,8 +13,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import Manifest, file_entries, read_manifest, write_manifest
+from exporter.artifact.manifest import Manifest, file_entries, read_manifest, write_manifest
+from rgmobile.export import ExportOptions, export
 
 CHUNK = 8  # prefill chunk of the test artifact (window 16: the prompt crosses it)
 _CACHE: dict[str, Path] = {}

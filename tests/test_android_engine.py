@@ -101,7 +101,7 @@ def test_jar_selftest_passes(engine_jar: Path, android_bundles: dict[str, Path],
     assert result["worst_error"] <= tolerances["max_abs_logits"]
     assert result["worst_match"] >= tolerances["greedy_match"]
     # The same checks run by rgmobile's Python runtime on the same bundle agree with Kotlin's.
-    from exporter.package.bundle import selftest_bundle
+    from rgmobile.package.bundle import selftest_bundle
 
     py = selftest_bundle(bundle, threads=int(THREADS))
     assert py.passed
@@ -188,7 +188,7 @@ def test_tokenizer_with_user_defined_pieces_equals_sentencepiece(engine_jar: Pat
 
     import sentencepiece as spm
 
-    from exporter.package.selftest import tokenizer_strings
+    from exporter.artifact.tokenizer_strings import tokenizer_strings
 
     rng = random.Random(0)
     words = "the a cat dog sat on mat ran far away big small house tree river stone light dark café 東京".split()

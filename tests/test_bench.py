@@ -16,9 +16,9 @@ import sentencepiece as spm
 import torch
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.artifact.manifest import read_manifest
 from exporter.config import preset
-from exporter.package.manifest import read_manifest
+from rgmobile.cli import app
 from runtime_py.bench_schema import SCHEMA, validate_bench
 from runtime_py.bench_state import backend_state, synth_state_arrays
 from runtime_py.open import open_artifact_backend
@@ -229,7 +229,7 @@ def test_bench_decode_weight_bytes_count_the_graph_weights(random_artifact: Path
 
 def test_bench_decode_weight_bytes_of_a_pte_read_the_table_once(tmp_path: Path) -> None:
     """ExecuTorch stores the tied table twice (lookup + head); a decode step reads the head and one row."""
-    from exporter.export import ExportOptions, export
+    from rgmobile.export import ExportOptions, export
     from runtime_py.bandwidth import decode_weight_bytes
 
     out = tmp_path / "et"

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.checkpoint.loader import BUNDLED_DIR, load_checkpoint
-from exporter.cli import app
+from rgmobile.cli import app
 from runtime_py.generate import generate
 from runtime_py.sampling import Sampler, SamplingConfig
 from runtime_py.tokenizer import Tokenizer
@@ -85,7 +85,7 @@ def test_full_disk_is_one_line_exit_2(exc: OSError, tmp_path: Path, monkeypatch:
     def full(options: object) -> None:
         raise exc
 
-    monkeypatch.setattr("exporter.export.export", full)
+    monkeypatch.setattr("rgmobile.export.export", full)
     res = runner.invoke(app, ["export", "--format", "onnx", "--out", str(tmp_path / "a")])
     assert res.exit_code == 2, res.output
     assert "no space left on the device" in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -96,7 +96,7 @@ def test_other_os_errors_are_not_called_a_full_disk(tmp_path: Path, monkeypatch:
     def denied(options: object) -> None:
         raise PermissionError(13, "Permission denied", "/out")
 
-    monkeypatch.setattr("exporter.export.export", denied)
+    monkeypatch.setattr("rgmobile.export.export", denied)
     res = runner.invoke(app, ["export", "--format", "onnx", "--out", str(tmp_path / "a")])
     assert res.exit_code == 2 and "Permission denied: /out" in res.output and "space" not in res.output
 

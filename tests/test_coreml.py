@@ -26,12 +26,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.save import save_hf_folder
-from exporter.cli import app
 from exporter.config import griffin_pattern
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import read_manifest
 from exporter.step.iospec import build_iospec
 from exporter.step.step import export_step
 from exporter.targets import coreml_rewrites
@@ -40,6 +38,8 @@ from exporter.targets.coreml_convert import build_program, feature_map, read_pac
 from exporter.targets.coreml_memory import StageMemory
 from exporter.targets.coreml_parity import ProgramBackend, build_programs
 from exporter.upstream import coremltools_9_0
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions, export
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import ValidateOptions, compare, summarize, validate
 from tests.conftest import tiny_config, tiny_model

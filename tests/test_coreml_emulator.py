@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.save import save_hf_folder
-from exporter.cli import app
 from exporter.config import griffin_pattern
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import read_manifest
 from exporter.targets.coreml_check import check_spec
 from exporter.targets.coreml_convert import read_package_spec, write_package_spec
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions, export
 from runtime_py import validate_coreml
 from runtime_py.coreml_emulator import DESCRIPTION, CoreMLEmulatedBackend
 from runtime_py.coreml_emulator_program import EmulatedFunction, load_program, op_modes

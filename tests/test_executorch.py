@@ -18,10 +18,10 @@ from conftest import tiny_config, tiny_model
 from torch import nn
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.loader import BUNDLED_DIR, load_checkpoint
-from exporter.cli import app
 from exporter.errors import RgMobileError
-from exporter.package.manifest import read_manifest
+from rgmobile.cli import app
 from runtime_py.backend import Backend, plan_chunks
 from runtime_py.executorch_backend import ExecuTorchBackend, open_artifact
 from runtime_py.generate import run_tokens
@@ -355,7 +355,7 @@ def test_xnnpack_friendly_forms_match_the_default_step(t: int, start: int) -> No
 )
 def test_bundled_model_greedy_128_matches_checkpoint(tmp_path: Path) -> None:
     from exporter.checkpoint.loader import default_checkpoint
-    from exporter.export import ExportOptions, export
+    from rgmobile.export import ExportOptions, export
     from runtime_py.generate import generate
     from runtime_py.sampling import SamplingConfig
     from runtime_py.tokenizer import Tokenizer

@@ -15,16 +15,17 @@ from typing import cast
 import numpy as np
 import pytest
 
-from exporter.checkpoint.loader import BUNDLED_DIR
-from exporter.package.genai import (
+from exporter.artifact.genai import (
     GENAI_CONFIG,
     GENAI_FILES,
     tokenizer_json,
     tokenizer_json_mismatches,
     write_genai_files,
 )
-from exporter.package.manifest import read_manifest
-from exporter.package.selftest import case_prompts, tokenizer_strings
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.tokenizer_strings import tokenizer_strings
+from exporter.checkpoint.loader import BUNDLED_DIR
+from rgmobile.package.selftest import case_prompts
 from runtime_py.backend import Backend
 from runtime_py.generate import generate, run_tokens
 from runtime_py.open import open_path

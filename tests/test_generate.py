@@ -18,10 +18,10 @@ from conftest import tiny_model
 from onnx_helpers import copy_artifact, tiny_onnx_artifact
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest, write_manifest
 from exporter.checkpoint.loader import BUNDLED_DIR, load_checkpoint
-from exporter.cli import app
 from exporter.errors import RgMobileError
-from exporter.package.manifest import read_manifest, write_manifest
+from rgmobile.cli import app
 from runtime_py.backend import DEFAULT_MAX_CHUNK
 from runtime_py.generate import TextStream, generate, run_tokens
 from runtime_py.identity import backend_identity

@@ -24,14 +24,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.artifact.manifest import read_manifest
+from exporter.checkpoint.quantized import read_quantized_checkpoint
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import read_manifest
 from quantization.coreml_readback import read_integers, read_weights
-from quantization.qcheckpoint import read_quantized_checkpoint
 from quantization.qweights import GivenQuantization, load_dequantized
 from quantization.recipe import load_recipe
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions, export
 from runtime_py.coreml_emulator import CoreMLEmulatedBackend
 from runtime_py.thresholds import thresholds_for
 from runtime_py.torch_backend import TorchBackend

@@ -4,7 +4,7 @@ The checkpoints hold perturbed integers (tests/given_weights.py): off round-to-n
 stretched scales, so only a .pte that stores exactly the given integers reads back equal. Two
 artifacts, built once per module from quantized checkpoint folders of a two-layer tiny model
 (one recurrent, one attention layer; decode only, to keep lowering short): int8 through
-``exporter.export.export`` and int4 through the CLI. The integers are compared with the
+``rgmobile.export.export`` and int4 through the CLI. The integers are compared with the
 checkpoint's own (``load_checkpoint(QDIR).quantization``), read back out of the .pte file.
 """
 
@@ -19,16 +19,16 @@ from conftest import tiny_config, tiny_model
 from given_weights import perturbed_given, write_perturbed_checkpoint
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.loader import load_checkpoint
-from exporter.cli import app
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
 from exporter.model.griffin import Griffin
-from exporter.package.manifest import read_manifest
 from quantization.executorch import StepBackend, quantized_step
 from quantization.executorch_readback import read_back
 from quantization.qweights import GivenQuantization, load_dequantized
 from quantization.recipe import load_recipe
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions, export
 from runtime_py.executorch_backend import open_artifact
 from runtime_py.tokenizer import Tokenizer
 from runtime_py.torch_backend import TorchBackend
@@ -132,7 +132,7 @@ def check_manifest(out: Path, name: str) -> None:
 
 @pytest.mark.slow
 def test_pte_from_a_quantized_checkpoint_ships_its_integers(tmp_path: Path, tiny_tokenizer: Path) -> None:
-    """int8 (``exporter.export.export``) and int4 (CLI) from quantized checkpoint folders: the
+    """int8 (``rgmobile.export.export``) and int4 (CLI) from quantized checkpoint folders: the
     .pte reads back the checkpoint's integers, runs like it, and its manifest says so.
     One test: lowering takes ~40 s per artifact on the shared machine."""
     for name in RECIPES:

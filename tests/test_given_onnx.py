@@ -2,7 +2,7 @@
 
 The checkpoints hold perturbed integers (tests/given_weights.py): off round-to-nearest and with
 stretched scales, so only an artifact that stores exactly the given integers reads back equal.
-One int8 artifact (through ``exporter.export.export``) and one int4 artifact (through the CLI),
+One int8 artifact (through ``rgmobile.export.export``) and one int4 artifact (through the CLI),
 both from a quantized checkpoint folder, both with decode and prefill graphs, built once per session.
 """
 
@@ -24,16 +24,16 @@ from onnx import helper, numpy_helper
 from onnx_helpers import CHUNK, rehash
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.loader import load_checkpoint
-from exporter.cli import app
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import read_manifest
 from quantization.onnx import block_size_for, check_recipe
 from quantization.onnx_given import pack
 from quantization.onnx_readback import differences, read_artifact_weights, read_graph_weights
 from quantization.qweights import GivenQuantization, load_dequantized, quantize_weights
 from quantization.recipe import Recipe, WeightScheme, load_recipe
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions, export
 from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.tokenizer import Tokenizer
 from runtime_py.torch_backend import TorchBackend

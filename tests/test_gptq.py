@@ -11,10 +11,11 @@ from torch import nn
 
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin, positions
-from quantization.gptq import GptqOptions, calibration_batches, gptq_quantize, gptq_weights, output_error
+from quantization.gptq import GptqOptions, gptq_quantize, gptq_weights, output_error
 from quantization.qweights import QuantizedWeights, load_dequantized, quantize_tensor, quantize_weights
 from quantization.recipe import WeightScheme, load_recipe
 from quantization.tensor import qrange
+from rgmobile.quantize import calibration_batches
 from tests.conftest import TINY_VOCAB, tiny_model
 
 INT4 = WeightScheme(4, "per_group", 32)

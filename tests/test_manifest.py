@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from exporter.errors import RgMobileError
-from exporter.package.manifest import (
+from exporter.artifact.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     Manifest,
@@ -18,6 +17,7 @@ from exporter.package.manifest import (
     read_manifest,
     write_manifest,
 )
+from exporter.errors import RgMobileError
 from exporter.step.iospec import build_iospec
 
 

@@ -13,14 +13,14 @@ import pytest
 from onnx_helpers import CHUNK, tiny_onnx_artifact
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.loader import BUNDLED_DIR, load_checkpoint
-from exporter.cli import app
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions
-from exporter.package.manifest import read_manifest
 from exporter.step.iospec import build_iospec
 from exporter.targets import get_target
 from exporter.targets.onnx import read_metadata
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions
 from runtime_py.generate import generate
 from runtime_py.onnx_backend import open_artifact
 from runtime_py.tokenizer import Tokenizer
@@ -151,7 +151,7 @@ def test_state_is_a_value_not_overwritten(onnx_artifact: Path) -> None:
 
 def test_backend_does_not_import_the_torch_model() -> None:
     code = (
-        "import sys, runtime_py.onnx_backend, exporter.package.manifest;"
+        "import sys, runtime_py.onnx_backend, exporter.artifact.manifest;"
         "bad = [m for m in sys.modules if m.startswith(('exporter.model.griffin', 'exporter.model.layers'))];"
         "assert not bad, bad"
     )
@@ -177,7 +177,7 @@ def test_bundled_model_onnx_greedy_128(tmp_path: Path) -> None:
     if not (BUNDLED_DIR / "config.json").is_file():
         pytest.skip(f"bundled model not trained/installed yet ({BUNDLED_DIR} has no config.json)")
     from exporter.checkpoint.loader import default_checkpoint
-    from exporter.export import export
+    from rgmobile.export import export
 
     ckpt = default_checkpoint()
     manifest = export(ExportOptions(out=tmp_path / "bundled-onnx", checkpoint=ckpt))

@@ -12,13 +12,13 @@ import pytest
 from onnx_helpers import rehash, tiny_onnx_artifact
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.artifact.genai import GENAI_FILES
+from exporter.artifact.manifest import read_manifest
 from exporter.errors import RgMobileError
-from exporter.package.bundle import PackageOptions, check_bundle, package, selftest_bundle
-from exporter.package.genai import GENAI_FILES
-from exporter.package.manifest import read_manifest
-from exporter.package.onnx_bundle import inline_initializer_bytes
-from exporter.package.selftest import SELFTEST_NAME
+from rgmobile.cli import app
+from rgmobile.package.bundle import PackageOptions, check_bundle, package, selftest_bundle
+from rgmobile.package.onnx_bundle import inline_initializer_bytes
+from rgmobile.package.selftest import SELFTEST_NAME
 
 runner = CliRunner()
 
@@ -223,7 +223,7 @@ def test_executorch_android_bundle_and_ios_refusal(tiny_et_artifact: Path, tmp_p
 
 @pytest.mark.slow
 def test_coreml_ios_bundle_is_incomplete_on_linux(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from exporter.export import ExportOptions, export
+    from rgmobile.export import ExportOptions, export
 
     artifact = tmp_path / "cm"
     export(ExportOptions(out=artifact, format="coreml", checkpoint=tiny_checkpoint, prefill_chunk=8, ios=18))

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.save import save_hf_folder
 from exporter.config import griffin_pattern
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import read_manifest
 from exporter.targets.coreml_convert import package_spec_path, read_package_spec
 from quantization.coreml_readback import as_shipped_model, check_weights, read_weights
 from quantization.recipe import Recipe, load_recipe
+from rgmobile.export import ExportOptions, export
 from runtime_py import validate_coreml
 from runtime_py.validate import ValidateOptions, validate
 from tests.conftest import tiny_config, tiny_model

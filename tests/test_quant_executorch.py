@@ -17,14 +17,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest, write_manifest
 from exporter.checkpoint.loader import load_checkpoint
-from exporter.cli import app
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import read_manifest, write_manifest
 from quantization.executorch import StepBackend, check_recipe, quantized_step
 from quantization.recipe import WeightScheme, load_recipe
 from quantization.reference import weight_classes
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions, export
 from runtime_py.executorch_backend import open_artifact
 from runtime_py.thresholds import thresholds_for
 from runtime_py.validate import ValidateOptions, compare, prompt_ids, summarize, validate

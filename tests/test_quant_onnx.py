@@ -18,14 +18,14 @@ from onnx import numpy_helper
 from onnx_helpers import CHUNK, rehash
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import read_manifest
 from exporter.checkpoint.loader import BUNDLED_DIR, load_checkpoint
-from exporter.cli import app
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions, export
-from exporter.package.manifest import read_manifest
 from quantization.onnx import ort_reference, weight_bytes
 from quantization.recipe import load_recipe
 from quantization.reference import fake_quantized, weight_classes
+from rgmobile.cli import app
+from rgmobile.export import ExportOptions, export
 from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.quality import QualityOptions, artifact_size, sequences
 from runtime_py.thresholds import QUALITY_THRESHOLDS, quality_thresholds_for, thresholds_for
@@ -83,9 +83,9 @@ def test_quant_options_are_checked_before_exporting(tmp_path: Path, changes: dic
 
 
 def test_quant_on_a_format_without_quantization_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import exporter.export
+    import rgmobile.export
 
-    monkeypatch.setattr(exporter.export, "QUANT_FORMATS", ("onnx",))
+    monkeypatch.setattr(rgmobile.export, "QUANT_FORMATS", ("onnx",))
     with pytest.raises(RgMobileError, match="not supported for --format executorch"):
         ExportOptions(out=tmp_path / "a", format="executorch", quant="int8")
     ExportOptions(out=tmp_path / "b", format="executorch")  # fp32 is always fine

@@ -1,4 +1,4 @@
-"""The quantized checkpoint (quantization/qcheckpoint.py) and ``rgmobile quantize`` (quantization/quantize.py)."""
+"""The quantized checkpoint (exporter/checkpoint/quantized.py) and ``rgmobile quantize`` (rgmobile/quantize.py)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from exporter.checkpoint.loader import BUNDLED_DIR, load_checkpoint
-from exporter.cli import app
-from exporter.errors import RgMobileError
-from quantization.qcheckpoint import (
+from exporter.checkpoint.quantized import (
     QuantizationConfig,
     pack_int4,
     read_quantized_checkpoint,
     unpack_int4,
     write_quantized_checkpoint,
 )
+from exporter.errors import RgMobileError
 from quantization.qweights import quantize_weights
 from quantization.recipe import load_recipe
 from quantization.reference import fake_quantized
+from rgmobile.cli import app
 from tests.conftest import tiny_model
 
 runner = CliRunner()

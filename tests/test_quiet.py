@@ -20,7 +20,7 @@ UPSTREAM_NOISE = (
 
 def _export(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "TORCH_LOGS"}
-    cmd = [sys.executable, "-m", "exporter.cli", *extra, "export", "--random-init", "tiny", "--format", "onnx",
+    cmd = [sys.executable, "-m", "rgmobile.cli", *extra, "export", "--random-init", "tiny", "--format", "onnx",
            "--prefill-chunk", "1", "--out", str(tmp_path / "a")]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 

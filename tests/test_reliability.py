@@ -15,15 +15,15 @@ import typer
 from conftest import tiny_config, tiny_model
 from typer.testing import CliRunner
 
+from exporter.artifact.manifest import Manifest, Program, file_entries, read_manifest, write_manifest
+from exporter.artifact.out_folder import check_replaceable
 from exporter.checkpoint.hf_config import config_from_hf, config_to_hf
-from exporter.cli import app, user_errors
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
-from exporter.export import ExportOptions
 from exporter.fsio import atomic_dir
-from exporter.package.manifest import Manifest, Program, file_entries, read_manifest, write_manifest
-from exporter.package.out_folder import check_replaceable
 from exporter.step.iospec import build_iospec
+from rgmobile.cli import app, user_errors
+from rgmobile.export import ExportOptions
 from runtime_py.sampling import Sampler, SamplingConfig
 
 # --- helpers -------------------------------------------------------------------------------------------------------

@@ -14,19 +14,18 @@ import sentencepiece as spm
 import torch
 from onnx_helpers import tiny_onnx_artifact
 
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.tokenizer_strings import FIXED_STRINGS, tokenizer_strings
 from exporter.checkpoint.loader import load_checkpoint
 from exporter.errors import RgMobileError
-from exporter.package.manifest import read_manifest
-from exporter.package.selftest import (
-    FIXED_STRINGS,
+from rgmobile.package.selftest import (
     build_selftest,
     case_prompts,
     check_selftest,
     check_steps,
     read_selftest,
-    tokenizer_strings,
 )
-from exporter.package.selftest_check import run_selftest
+from rgmobile.package.selftest_check import run_selftest
 from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.thresholds import thresholds_for
 from runtime_py.tokenizer import Tokenizer

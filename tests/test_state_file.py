@@ -16,8 +16,8 @@ from conftest import tiny_config, tiny_model
 from safetensors import safe_open
 from safetensors.numpy import save
 
+from exporter.artifact.identity import compute_identity
 from exporter.errors import RgMobileError
-from exporter.package.identity import compute_identity
 from exporter.step.iospec import build_iospec
 from runtime_py.generate import run_tokens
 from runtime_py.identity import Identity, backend_identity

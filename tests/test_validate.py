@@ -9,8 +9,8 @@ import pytest
 from onnx_helpers import copy_artifact, freeze_output, rehash, swap_outputs, tiny_onnx_artifact
 from typer.testing import CliRunner
 
-from exporter.cli import app
 from exporter.errors import RgMobileError
+from rgmobile.cli import app
 from runtime_py.thresholds import THRESHOLDS, exceeded, thresholds_for
 from runtime_py.validate import ValidateOptions, validate
 

@@ -1,7 +1,7 @@
 """One entry point for every checkpoint: ``load_checkpoint(path)`` -> :class:`Checkpoint`.
 
 A folder is read as Hugging Face (config.json + safetensors), or as a quantized checkpoint when
-its config has a ``quantization_config`` (quantization/qcheckpoint.py), a ``.pt``/``.pth``/``.bin``
+its config has a ``quantization_config`` (exporter/checkpoint/quantized.py), a ``.pt``/``.pth``/``.bin``
 file as the official recurrentgemma state dict. Both end in the same strict
 check (:func:`weight_map.check_state_dict`) and the same tokenizer check, so
 every later stage can trust ``Checkpoint.model`` and ``Checkpoint.tokenizer_path``.
@@ -109,7 +109,7 @@ def load_checkpoint(path: Path, dtype: torch.dtype = torch.float32, tokenizer: P
     given: GivenQuantization | None = None
     if path.is_dir():
         kind = "hf"
-        from quantization.qcheckpoint import is_quantized_folder, read_quantized_checkpoint
+        from exporter.checkpoint.quantized import is_quantized_folder, read_quantized_checkpoint
 
         if is_quantized_folder(path):  # written by `rgmobile quantize` (docs/quantized-checkpoint.md)
             folder = read_quantized_checkpoint(path, dtype)

@@ -1,13 +1,14 @@
 """The explicit registry of export targets (after optimum-executorch's ``@register_recipe``).
 
 Each target is a function ``export(model, out_dir, options, source, given) -> TargetResult``
-(``source``: the checkpoint path, for metadata; ``given``: the integers and scales of a
+(``options``: a :class:`TargetOptions`, what a target reads of ``rgmobile export``'s options;
+``source``: the checkpoint path, for metadata; ``given``: the integers and scales of a
 quantized checkpoint, to ship as they are, or None to apply ``options.quant_recipe``) that writes its program files
-into ``out_dir`` (a temporary folder that :mod:`exporter.export` renames into
+into ``out_dir`` (a temporary folder that :mod:`rgmobile.export` renames into
 place) and says which program is which.
 The orchestrator copies the tokenizer and writes the manifest; a target does not.
 
-A target owns ``model`` for the call: :func:`exporter.export.export` passes a model
+A target owns ``model`` for the call: :func:`rgmobile.export.export` passes a model
 it loaded itself and only reads ``model.config`` afterwards, so a target may call
 :func:`exporter.model.release.release_weights` once it no longer needs the weights
 (the Core ML target does, before quantizing; a caller of a target that still
@@ -24,15 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from exporter.package.manifest import Program
+from exporter.artifact.manifest import Program
 from exporter.registry import check_entry, load_entry
 
 if TYPE_CHECKING:
-    from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
     from quantization.qweights import GivenQuantization
+    from quantization.recipe import Recipe
 
 # name -> "module:function". No auto-discovery: a target exists when it is listed here.
 TARGETS: dict[str, str] = {
@@ -40,6 +41,26 @@ TARGETS: dict[str, str] = {
     "coreml": "exporter.targets.coreml:export",
     "executorch": "exporter.targets.executorch:export",
 }
+
+
+class TargetOptions(Protocol):
+    """What a target reads of the export options (``rgmobile.export.ExportOptions`` is one; its
+    docstring says what each field means). Defined here so that targets do not import the pipeline."""
+
+    @property
+    def prefill_chunk(self) -> int: ...
+    @property
+    def external_data(self) -> str: ...
+    @property
+    def ios(self) -> int: ...
+    @property
+    def compute_precision(self) -> str: ...
+    @property
+    def coreml_state(self) -> str: ...
+    @property
+    def accuracy_level(self) -> int: ...
+    @property
+    def quant_recipe(self) -> Recipe: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,7 @@ class TargetResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-TargetFn = Callable[["Griffin", Path, "ExportOptions", str, "GivenQuantization | None"], TargetResult]
+TargetFn = Callable[["Griffin", Path, "TargetOptions", str, "GivenQuantization | None"], TargetResult]
 
 
 def target_names() -> list[str]:

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
+from exporter.artifact.manifest import Program
 from exporter.model.release import release_weights
-from exporter.package.manifest import Program
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.targets import TargetResult
 from exporter.targets.coreml_convert import (
@@ -66,8 +66,8 @@ from exporter.targets.metadata import common_metadata
 from exporter.upstream.coremltools_9_0 import lean_coremltools
 
 if TYPE_CHECKING:
-    from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from exporter.targets import TargetOptions
     from quantization.coreml import QuantPlan
     from quantization.coreml_given import GivenPlan
     from quantization.qweights import GivenQuantization
@@ -79,7 +79,7 @@ MULTIFUNCTION_FILE = "model.mlpackage"
 DEFAULT_FUNCTION = "decode"
 
 
-def settings_of(options: ExportOptions) -> CoreMLSettings:
+def settings_of(options: TargetOptions) -> CoreMLSettings:
     return CoreMLSettings(
         ios=options.ios,
         compute_precision=options.compute_precision,  # type: ignore[arg-type]  # checked in CoreMLSettings
@@ -95,7 +95,7 @@ def program_lengths(prefill_chunk: int) -> dict[str, int]:
 
 
 def export(
-    model: Griffin, out_dir: Path, options: ExportOptions, source: str, given: GivenQuantization | None = None
+    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None
 ) -> TargetResult:
     """Write the Core ML package(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
     import coremltools as ct
@@ -246,7 +246,7 @@ def _drop_temp_package(mlmodel: Any) -> None:
 
 def user_metadata(
     model: Griffin,
-    options: ExportOptions,
+    options: TargetOptions,
     settings: CoreMLSettings,
     source: str,
     lens: dict[str, int],

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.artifact.manifest import Manifest
 from exporter.errors import RgMobileError
-from exporter.package.manifest import Manifest
 from exporter.targets.coreml_convert import SPEC_VERSION, read_package_spec
 
 Feature = tuple[str, str, tuple[int, ...]]  # (name, dtype, shape)

@@ -49,12 +49,12 @@ import torch
 from torch import nn
 
 from exporter import __version__
+from exporter.artifact.manifest import Program
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_file
 from exporter.model.griffin import positions
 from exporter.model.state import flatten_state, init_state, unflatten_state
-from exporter.package.manifest import Program
 from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule
@@ -65,8 +65,8 @@ from exporter.upstream.executorch_1_5_1 import SPILL_MIN_BYTES, lean_xnnpack_pre
 if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
 
-    from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from exporter.targets import TargetOptions
     from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def _stage(stages: dict[str, int], name: str) -> None:
 
 
 def export(
-    model: Griffin, out_dir: Path, options: ExportOptions, source: str, given: GivenQuantization | None = None
+    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None
 ) -> TargetResult:
     """Write ``model.pte`` (methods prefill + decode) for ``model`` (loaded from ``source``) into ``out_dir``."""
     if model.embed_tokens.weight.dtype != torch.float32:

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from exporter import __version__
 
 if TYPE_CHECKING:
-    from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from exporter.targets import TargetOptions
 
 
-def common_metadata(model: Griffin, options: ExportOptions, source: str) -> dict[str, str]:
+def common_metadata(model: Griffin, options: TargetOptions, source: str) -> dict[str, str]:
     """Window, vocab, special ids, chunk, source and the full config, as ONNX/Core ML string props."""
     c = model.config
     return {

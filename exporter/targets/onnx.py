@@ -38,7 +38,7 @@ import onnx
 import torch
 
 from exporter import __version__
-from exporter.package.manifest import Program
+from exporter.artifact.manifest import Program
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule, example_inputs
 from exporter.targets import TargetResult
@@ -46,8 +46,8 @@ from exporter.targets.metadata import common_metadata
 from exporter.targets.onnx_external import external_bytes, external_span
 
 if TYPE_CHECKING:
-    from exporter.export import ExportOptions
     from exporter.model.griffin import Griffin
+    from exporter.targets import TargetOptions
     from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ _EXAMPLE_BATCH = 2  # trace with batch 2: batch 1 would be specialised as a cons
 
 
 def export(
-    model: Griffin, out_dir: Path, options: ExportOptions, source: str, given: GivenQuantization | None = None
+    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None
 ) -> TargetResult:
     """Write the ONNX program(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
     spec = build_iospec(model.config)
@@ -221,7 +221,7 @@ def _cleanup_raw(raw_dir: Path) -> None:
         raw_dir.rmdir()
 
 
-def metadata(model: Griffin, options: ExportOptions, source: str, program: str, seq: int) -> dict[str, str]:
+def metadata(model: Griffin, options: TargetOptions, source: str, program: str, seq: int) -> dict[str, str]:
     """The ``rgmobile.*`` metadata_props of one graph (strings, as ONNX requires)."""
     return {**common_metadata(model, options, source), "rgmobile.program": program, "rgmobile.seq_len": str(seq)}
 

@@ -74,7 +74,7 @@ public struct Identity: Codable, Equatable {
     }
 }
 
-/// The parsed `manifest.json` (exporter/package/manifest.py documents every field). Unknown
+/// The parsed `manifest.json` (exporter/artifact/manifest.py documents every field). Unknown
 /// top-level keys are ignored; `bundle`, `identity` and `runtime_requirements` are optional.
 public struct Manifest: Decodable {
     public static let schemaVersion = 1

@@ -36,7 +36,7 @@ data class FileEntry(val path: String, val size: Long, val sha256: String)
 /** What a saved state must match (manifest `identity`); apps compare the strings, never recompute them. */
 data class Identity(val configSha256: String, val weightsSha256: String, val precision: String)
 
-/** The parsed manifest.json (schema 1; the Python reader in exporter/package/manifest.py is the reference). */
+/** The parsed manifest.json (schema 1; the Python reader in exporter/artifact/manifest.py is the reference). */
 data class Manifest(
     val schemaVersion: Int,
     val format: String,

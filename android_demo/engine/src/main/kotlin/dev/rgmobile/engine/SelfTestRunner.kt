@@ -20,7 +20,7 @@ data class SelftestResult(
 }
 
 /**
- * Runs a bundle's selftest.json exactly as docs/bundle.md describes (exporter/package/selftest_check.py
+ * Runs a bundle's selftest.json exactly as docs/bundle.md describes (rgmobile/package/selftest_check.py
  * is the reference): teacher-forced checks, free-running greedy match, tokenizer vectors.
  */
 class SelfTestRunner(private val backend: Backend, private val tokenizer: SentencePieceTokenizer, private val eosId: Int) {

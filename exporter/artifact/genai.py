@@ -14,7 +14,7 @@ opens it unchanged.
 onnxruntime-genai does not read SentencePiece ``tokenizer.model``; it reads the Hugging Face
 ``tokenizer.json``. It is made by transformers' Gemma converter from our ``tokenizer.model``
 (a byte-fallback BPE model) and checked against sentencepiece on the golden strings
-(exporter/package/selftest.py) before it is written; a tokenizer the converter cannot
+(exporter/artifact/tokenizer_strings.py) before it is written; a tokenizer the converter cannot
 reproduce gets no onnxruntime-genai files at all. BOS is not added by onnxruntime-genai's
 encoder: an app prepends ``bos_token_id`` itself (docs/bundle.md).
 """
@@ -134,11 +134,11 @@ def tokenizer_config(config: GriffinConfig, tokenizer_model: Path) -> dict[str, 
 
 
 def tokenizer_json_mismatches(tokenizer_model: Path, tokenizer_file: Path) -> list[str]:
-    """Golden strings (exporter/package/selftest.py) on which ``tokenizer.json`` differs from sentencepiece."""
+    """Golden strings (exporter/artifact/tokenizer_strings.py) on which ``tokenizer.json`` and sentencepiece differ."""
     import sentencepiece as spm
     from tokenizers import Tokenizer as HFTokenizer
 
-    from exporter.package.selftest import tokenizer_strings
+    from exporter.artifact.tokenizer_strings import tokenizer_strings
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     hf = HFTokenizer.from_file(str(tokenizer_file))

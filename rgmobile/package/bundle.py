@@ -6,8 +6,8 @@
   3. runs ``validate`` against the reference checkpoint and refuses a failing artifact
      (Core ML off macOS can only be "incomplete": packaged, and the bundle says so);
   4. writes the bundle into a temporary folder beside ``out`` and renames it into place:
-     the program files (ONNX weights stored once, exporter/package/onnx_bundle.py),
-     ``tokenizer.model``, ``selftest.json`` (exporter/package/selftest.py), the
+     the program files (ONNX weights stored once, rgmobile/package/onnx_bundle.py),
+     ``tokenizer.model``, ``selftest.json`` (rgmobile/package/selftest.py), the
      onnxruntime-genai files (ONNX), ``README.txt`` and a fresh ``manifest.json`` with the
      ``bundle``, ``identity`` and ``runtime_requirements`` sections.
 
@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.artifact.manifest import Manifest, file_entries, read_manifest, write_manifest
+from exporter.artifact.out_folder import check_out, check_replaceable
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_dir, write_json
-from exporter.package.manifest import Manifest, file_entries, read_manifest, write_manifest
-from exporter.package.out_folder import check_out, check_replaceable
-from exporter.package.selftest import SELFTEST_NAME, read_selftest
-from exporter.package.selftest_check import SelftestResult
 from exporter.step.dtypes import dtype
+from rgmobile.package.selftest import SELFTEST_NAME, read_selftest
+from rgmobile.package.selftest_check import SelftestResult
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,10 @@ def _copy(src: Path, dst: Path) -> None:
 
 def package(options: PackageOptions) -> PackageResult:
     """Verify, validate and write the bundle (see the module docstring)."""
+    from exporter.artifact.identity import compute_identity
+    from exporter.artifact.requirements import runtime_requirements
     from exporter.checkpoint.loader import load_checkpoint
-    from exporter.package.identity import compute_identity
-    from exporter.package.requirements import runtime_requirements
-    from exporter.package.selftest import build_selftest
+    from rgmobile.package.selftest import build_selftest
     from runtime_py.open import open_artifact_backend
     from runtime_py.thresholds import thresholds_for
     from runtime_py.tokenizer import Tokenizer
@@ -207,8 +207,8 @@ def package(options: PackageOptions) -> PackageResult:
         details = dict(manifest.format_details)
         written: set[str] = set()
         if manifest.format == "onnx":
-            from exporter.package.genai import GENAI_FILES, write_genai_files
-            from exporter.package.onnx_bundle import write_onnx_programs
+            from exporter.artifact.genai import GENAI_FILES, write_genai_files
+            from rgmobile.package.onnx_bundle import write_onnx_programs
 
             details.update(write_onnx_programs(artifact, manifest, tmp))
             written |= {p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()}
@@ -268,7 +268,7 @@ def check_bundle(bundle_dir: Path) -> BundleSummary:
 
 def selftest_bundle(bundle_dir: Path, threads: int | None = None) -> SelftestResult:
     """Check the bundle, then run its self-test with rgmobile's Python runtime."""
-    from exporter.package.selftest_check import run_selftest
+    from rgmobile.package.selftest_check import run_selftest
     from runtime_py.open import open_artifact_backend
     from runtime_py.tokenizer import Tokenizer
 

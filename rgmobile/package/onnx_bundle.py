@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from exporter.package.manifest import Manifest
+from exporter.artifact.manifest import Manifest
 from exporter.targets.onnx import SHARED_WEIGHTS, write_shared
 
 log = logging.getLogger(__name__)

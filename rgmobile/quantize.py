@@ -5,7 +5,7 @@ calibrates on the first half of the model's held-out text, or ``calibration``; t
 scores text calibration did not see); quantize (round-to-nearest, or GPTQ from
 quantization/gptq.py); score the quantized eager reference against fp32 on the evaluation text
 (runtime_py/quality.py's teacher-forced metrics) plus weight SQNR; write the folder atomically
-(quantization/qcheckpoint.py) with ``quality_report.json``.
+(exporter/checkpoint/quantized.py) with ``quality_report.json``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exporter.errors import RgMobileError
-from quantization.qcheckpoint import (
+from exporter.checkpoint.quantized import (
     CONFIG_NAME,
     METHODS,
     REPORT_NAME,
@@ -30,8 +29,12 @@ from quantization.qcheckpoint import (
     weight_sqnr,
     write_quantized_checkpoint,
 )
+from exporter.errors import RgMobileError
 from quantization.qweights import load_dequantized, quantize_weights
 from quantization.recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +211,7 @@ def quantize_checkpoint(options: QuantizeOptions) -> QuantizeResult:
     calibration: dict[str, Any] | None = None
     t0 = time.perf_counter()
     if options.method == "gptq":
-        from quantization.gptq import calibration_batches, gptq_weights
+        from quantization.gptq import gptq_weights
 
         assert texts.calibration is not None
         batches = calibration_batches(ckpt.tokenizer_path, texts.calibration, SEQ_LEN, options.calibration_tokens)
@@ -245,3 +248,29 @@ def quantize_checkpoint(options: QuantizeOptions) -> QuantizeResult:
                                check_replace=check_quant_out)  # fmt: skip
     log.info("quantized %s (%s, %s) to %s", source, recipe.name, options.method, options.out)
     return QuantizeResult(Path(options.out), report)
+
+
+def calibration_batches(tokenizer_path: Path, text: str, seq_len: int, max_tokens: int) -> list[torch.Tensor]:
+    """Token-id batches [1, seq_len] of ``text``: [BOS] + ``seq_len - 1`` text tokens each.
+
+    The text is tokenized without BOS and its first ``max_tokens`` tokens cut into whole pieces
+    (a shorter tail is dropped), every piece run from position 0 like training/evaluate.py.
+    """
+    import torch
+
+    from runtime_py.tokenizer import Tokenizer
+
+    if seq_len < 2:
+        raise RgMobileError(f"calibration: sequence length must be >= 2, got {seq_len}")
+    tok = Tokenizer(Path(tokenizer_path))
+    ids = tok.encode(text, add_bos=False)[:max_tokens] if text.strip() else []
+    piece = seq_len - 1
+    if len(ids) < piece:
+        raise RgMobileError(
+            f"calibration: the text has {len(ids)} tokens (of at most {max_tokens} used), fewer than one "
+            f"sequence of {piece}; pass a longer --calibration text"
+        )
+    bos = [tok.bos_id] if tok.bos_id >= 0 else []
+    return [
+        torch.tensor([[*bos, *ids[i : i + piece]]], dtype=torch.int64) for i in range(0, len(ids) - piece + 1, piece)
+    ]

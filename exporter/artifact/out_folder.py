@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from exporter.artifact.manifest import MANIFEST_NAME, read_manifest
 from exporter.errors import RgMobileError
 from exporter.fsio import first_line
-from exporter.package.manifest import MANIFEST_NAME, read_manifest
 
 
 def check_out(out: Path) -> None:

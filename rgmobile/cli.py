@@ -1,7 +1,7 @@
 """The ``rgmobile`` command line: generate | info | quantize | export | validate | package | bench.
 
 Only the command line prints. A user error (:class:`RgMobileError`) becomes one line
-on stderr and exit code 2, never a traceback (exporter/cli_errors.py).
+on stderr and exit code 2, never a traceback (rgmobile/cli_errors.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from exporter.cli_errors import OneLineUsageErrors, err, user_errors
 from exporter.errors import RgMobileError
+from rgmobile.cli_errors import OneLineUsageErrors, err, user_errors
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, cls=OneLineUsageErrors, pretty_exceptions_enable=False
@@ -142,7 +142,7 @@ def info(
             f"+ RG-LRU {_fmt_bytes(state['rg_lru'])} (fp32); the same at every context length",
         )
     if given is not None and checkpoint is not None:
-        from quantization.qcheckpoint import quantized_bytes
+        from exporter.checkpoint.quantized import quantized_bytes
 
         r = given.recipe
         classes = ", ".join(f"{k} {getattr(r, k).bits}-bit" for k in ("linears", "embedding", "rglru_gates")
@@ -192,8 +192,8 @@ def export(
     ] = 4,
 ) -> None:
     """Export a checkpoint to an artifact folder: program files, tokenizer.model, manifest.json."""
-    from exporter.export import ExportOptions
-    from exporter.export import export as run_export
+    from rgmobile.export import ExportOptions
+    from rgmobile.export import export as run_export
 
     options = ExportOptions(
         out=out_dir, format=fmt, checkpoint=checkpoint, prefill_chunk=prefill_chunk, tokenizer=tokenizer,
@@ -242,7 +242,7 @@ def quantize(
     eval_tokens: Annotated[int, typer.Option(help="text tokens the quality report scores")] = 4096,
 ) -> None:
     """Quantize a checkpoint once into a checkpoint folder every command takes (docs/quantized-checkpoint.md)."""
-    from quantization.quantize import QuantizeOptions, quantize_checkpoint
+    from rgmobile.quantize import QuantizeOptions, quantize_checkpoint
 
     options = QuantizeOptions(
         out=out_dir, checkpoint=checkpoint, recipe=recipe, group_size=group_size, embedding_bits=embedding_bits,
@@ -407,8 +407,8 @@ def package(
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
 ) -> None:
     """Package a validated artifact into a phone bundle (docs/bundle.md); --check re-verifies a bundle."""
-    from exporter.package.bundle import PackageOptions, check_bundle, selftest_bundle
-    from exporter.package.bundle import package as run_package
+    from rgmobile.package.bundle import PackageOptions, check_bundle, selftest_bundle
+    from rgmobile.package.bundle import package as run_package
 
     if check:
         summary = check_bundle(path)

@@ -112,7 +112,7 @@ def free_running(backend: Backend, case: dict[str, Any], eos_id: int) -> float:
 
 
 def run_selftest(data: dict[str, Any], backend: Backend, tokenizer: TokenizerLike, eos_id: int) -> SelftestResult:
-    """Run a checked selftest object (exporter.package.selftest.check_selftest) against ``backend``."""
+    """Run a checked selftest object (rgmobile.package.selftest.check_selftest) against ``backend``."""
     tol = {k: float(v) for k, v in data["tolerances"].items()}
     vocab = int(data["vocab_size"])
     agree = steps = 0

@@ -33,10 +33,10 @@ Schema (``schema_version`` 1), all keys required unless marked optional:
 Optional top-level objects (readers of schema 1 accept them and may ignore them;
 docs/bundle.md defines them):
 
-  identity              {"config_sha256", "weights_sha256", "precision"} (exporter/package/identity.py):
+  identity              {"config_sha256", "weights_sha256", "precision"} (exporter/artifact/identity.py):
                         what a saved state must match.
   runtime_requirements  minimum runtime versions, e.g. {"onnxruntime": "1.22.0"}.
-  bundle                written by ``rgmobile package`` only (exporter/package/bundle.py).
+  bundle                written by ``rgmobile package`` only (rgmobile/package/bundle.py).
 """
 
 from __future__ import annotations

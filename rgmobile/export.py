@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from exporter.artifact.manifest import Manifest, file_entries, read_manifest, write_manifest
+from exporter.artifact.out_folder import check_out, check_replaceable
 from exporter.errors import RgMobileError
 from exporter.fsio import atomic_dir
-from exporter.package.manifest import Manifest, file_entries, read_manifest, write_manifest
-from exporter.package.out_folder import check_out, check_replaceable
 from exporter.step.iospec import build_iospec
 from exporter.targets import check_target, get_target
 from quantization.recipe import Recipe, load_recipe
@@ -206,15 +206,15 @@ def _write_artifact(
 ) -> Manifest:
     """Run the target into a temporary folder, add tokenizer + manifest, rename into place."""
     target = get_target(options.format)
-    from exporter.package.identity import compute_identity
-    from exporter.package.requirements import runtime_requirements
+    from exporter.artifact.identity import compute_identity
+    from exporter.artifact.requirements import runtime_requirements
 
     weights = compute_identity(model, "fp32")  # before the target runs: a target may retie or quantize in place
     with atomic_dir(Path(options.out), check_replace=check_replaceable) as tmp:
         result = target(model, tmp, options, label, given)
         write_tokenizer(tmp / TOKENIZER_FILE)
         if options.format == "onnx":  # onnxruntime-genai reads its own config and tokenizer.json
-            from exporter.package.genai import write_genai_files
+            from exporter.artifact.genai import write_genai_files
 
             write_genai_files(tmp, model.config, tmp / TOKENIZER_FILE)
         manifest = Manifest(

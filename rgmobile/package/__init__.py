@@ -1,0 +1,1 @@
+"""Phone bundles: an artifact plus its selftest, checked by running the runtime."""
