@@ -37,9 +37,9 @@ from exporter.artifact.manifest import read_manifest
 from exporter.errors import RgMobileError
 from exporter.fsio import write_json
 from runtime_py.backend import Backend, State, plan_chunks
-from runtime_py.coreml_emulator import DESCRIPTION as EMULATED_NAME
 from runtime_py.open import open_artifact_backend
 from runtime_py.thresholds import METRICS, exceeded, thresholds_for
+from runtime_py.validate_coreml import DESCRIPTION as EMULATED_NAME
 
 log = logging.getLogger(__name__)
 
