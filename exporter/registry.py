@@ -1,4 +1,4 @@
-"""Explicit registries of lazily imported entries: export targets and artifact backends.
+"""Explicit registries of lazily imported entries (the formats of exporter/formats.py).
 
 A registry is a plain dict ``name -> "module:attribute"``; the module is imported only
 when its entry is used, so a missing optional toolchain (executorch, coremltools)
@@ -20,9 +20,14 @@ def check_entry(registry: dict[str, str], name: str, unknown: str, valid: str = 
         raise RgMobileError(f"{unknown}; {valid}: {sorted(registry)}")
 
 
+def resolve(spec: str) -> Any:
+    """The attribute a ``"module:attribute"`` string names, its module imported now."""
+    module, attribute = spec.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def load_entry(registry: dict[str, str], name: str, unknown: str, valid: str = "valid") -> Any:
     """The attribute ``registry[name]`` names, its module imported now; an unknown name fails as in
     :func:`check_entry`."""
     check_entry(registry, name, unknown, valid)
-    module, attribute = registry[name].split(":")
-    return getattr(importlib.import_module(module), attribute)
+    return resolve(registry[name])

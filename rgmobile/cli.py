@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.errors import RgMobileError
+from exporter.formats import format_names
 from rgmobile.cli_errors import OneLineUsageErrors, err, user_errors
 
 app = typer.Typer(
@@ -157,7 +158,7 @@ def info(
 @user_errors
 def export(
     checkpoint: CheckpointArg = None,
-    fmt: Annotated[str, typer.Option("--format", help="export target: onnx, executorch, coreml")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help=f"export target: {', '.join(format_names())}")] = "onnx",
     out_dir: Annotated[Path, typer.Option("--out", help="artifact folder (an existing artifact is replaced)")] = Path(
         "artifact"
     ),

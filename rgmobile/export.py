@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from exporter.artifact.manifest import Manifest, file_entries, read_manifest, write_manifest
 from exporter.artifact.out_folder import check_out, check_replaceable
 from exporter.errors import RgMobileError
+from exporter.formats import get_format, quant_formats
 from exporter.fsio import atomic_dir
 from exporter.step.iospec import build_iospec
 from exporter.targets import check_target, get_target
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ExternalData = Literal["auto", "always", "never"]
-# Targets that apply a --quant recipe (the others would silently export fp32): add yours when it does.
-QUANT_FORMATS: tuple[str, ...] = ("onnx", "coreml", "executorch")
+# Targets that apply a --quant recipe (the others would silently export fp32): those whose entry
+# (exporter/formats.py) has a recipe check.
+QUANT_FORMATS: tuple[str, ...] = quant_formats()
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -43,7 +45,7 @@ class ExportOptions:
 
     Fields:
       out: the artifact folder to write (replaced if it already holds an artifact).
-      format: export target, one of ``exporter.targets.TARGETS`` ("onnx", "executorch", "coreml").
+      format: export target, one of ``exporter.formats.FORMATS`` ("onnx", "executorch", "coreml").
       checkpoint: HF folder or official .pt; None = the bundled model.
       prefill_chunk: tokens per prefill step (the prefill program's t); 1 = decode only.
       tokenizer: SentencePiece model to ship, if not beside the checkpoint.
@@ -122,18 +124,8 @@ def check_recipe_for_format(recipe: Recipe, fmt: str, ios: int, what: str) -> No
     """Refuse, in one line, a recipe that format ``fmt`` cannot hold (``what`` names where it came from)."""
     if recipe.is_quantized and fmt not in QUANT_FORMATS:
         raise RgMobileError(f"{what} is not supported for --format {fmt} yet; quantized formats: {list(QUANT_FORMATS)}")
-    if fmt == "onnx" and recipe.is_quantized:
-        from quantization.onnx import check_recipe
-
-        check_recipe(recipe)
-    if fmt == "coreml" and recipe.is_quantized:
-        from quantization.coreml import check_recipe as check_coreml_recipe
-
-        check_coreml_recipe(recipe, ios)  # int4 per block needs --ios 18
-    if fmt == "executorch" and recipe.is_quantized:
-        from quantization.executorch import check_recipe as check_executorch_recipe
-
-        check_executorch_recipe(recipe)  # only the verified XNNPACK paths (8da8w, 8da4w)
+    if recipe.is_quantized:
+        get_format(fmt).load("check_recipe")(recipe, ios)  # the format's own check (its entry)
 
 
 def export(options: ExportOptions) -> Manifest:

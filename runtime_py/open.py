@@ -1,7 +1,7 @@
 """Open whatever the user points at: a checkpoint (PyTorch reference) or an exported artifact.
 
-An artifact folder is recognised by its ``manifest.json``; its ``format`` picks
-the backend from the explicit registry below (exporter/registry.py) (an unknown format fails with the
+An artifact folder is recognised by its ``manifest.json``; its ``format`` picks the backend its
+entry in the format registry names (exporter/formats.py; an unknown format fails with the
 valid choices).
 """
 
@@ -11,18 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.registry import load_entry
+from exporter.formats import get_format
 from runtime_py.backend import Backend
 
 if TYPE_CHECKING:
     from exporter.artifact.manifest import Manifest
-
-# format -> "module:factory"; the factory takes (artifact_dir: Path, manifest, threads) and returns a Backend.
-ARTIFACT_BACKENDS: dict[str, str] = {
-    "onnx": "runtime_py.onnx_backend:open_artifact",
-    "executorch": "runtime_py.executorch_backend:open_artifact",
-    "coreml": "runtime_py.coreml_backend:open_artifact",
-}
 
 
 @dataclass(frozen=True)
@@ -38,8 +31,9 @@ def is_artifact(path: Path) -> bool:
 
 
 def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | None = None) -> Backend:
-    """The backend of ``manifest.format`` from the registry above."""
-    factory = load_entry(ARTIFACT_BACKENDS, manifest.format, f"{artifact}: unknown artifact format {manifest.format!r}")
+    """The backend of ``manifest.format``: its entry's factory, ``(artifact_dir, manifest, threads) -> Backend``."""
+    entry = get_format(manifest.format, f"{artifact}: unknown artifact format {manifest.format!r}", "valid")
+    factory = entry.load("backend")
     backend: Backend = factory(Path(artifact), manifest, threads)
     return backend
 

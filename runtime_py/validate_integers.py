@@ -1,7 +1,8 @@
 """validate's check that an artifact ships exactly the integers of the quantized checkpoint it is
 validated against (``rgmobile quantize`` → ``export QDIR`` → ``validate --checkpoint QDIR``).
 
-Each format reads its own files back (registry below; quantization/shipped.py compares).
+Each format reads its own files back (the ``readback`` of its entry in exporter/formats.py;
+quantization/shipped.py compares).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.registry import load_entry
+from exporter.formats import get_format
 
 if TYPE_CHECKING:
     from exporter.artifact.manifest import Manifest
@@ -17,12 +18,6 @@ if TYPE_CHECKING:
     from quantization.qweights import GivenQuantization
 
 NAME = "quantized weights vs the checkpoint's integers"
-# format -> "module:function" (artifact, manifest, model) -> [(file, quantization.shipped.Shipped)]
-READERS: dict[str, str] = {
-    "onnx": "quantization.onnx_readback:read_shipped",
-    "executorch": "quantization.executorch_readback:read_shipped",
-    "coreml": "quantization.coreml_readback:read_shipped",
-}
 _SHOWN = 3  # differences named in the detail line
 
 
@@ -30,7 +25,9 @@ def integers_check(artifact: Path, manifest: Manifest, given: GivenQuantization,
     """The check record: passed when every file holds exactly ``given``'s integers and scales."""
     from quantization.shipped import differences
 
-    reader = load_entry(READERS, manifest.format, f"{artifact}: no weight read-back for format {manifest.format!r}")
+    # (artifact, manifest, model) -> [(file, quantization.shipped.Shipped)]
+    unknown = f"{artifact}: no weight read-back for format {manifest.format!r}"
+    reader = get_format(manifest.format, unknown, "valid").load("readback")
     lines, passed = [], True
     for file, shipped in reader(Path(artifact), manifest, model):
         diff = differences(given.weights, shipped)

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, int, str], ...] = (
     ("exporter.quiet", 0, ""),
     ("exporter.resources", 0, ""),
     ("exporter.registry", 0, ""),
+    ("exporter.formats", 0, ""),  # the format registry: entries are strings, loaded lazily
     ("exporter.model.*", 0, ""),
     ("exporter.step.*", 0, ""),
     ("exporter.upstream.*", 0, ""),
@@ -42,8 +43,8 @@ LAYERS: tuple[tuple[str, int, str], ...] = (
     # L2 checkpoints (fp32 and quantized) and what an artifact folder holds.
     ("exporter.checkpoint.*", 2, ""),
     ("exporter.artifact.*", 2, ""),
-    # L3 formats: one column each (lowering, quantization, the Python backend), plus the
-    # format-neutral target registry and metadata.
+    # L3 formats: one column each (its entry, lowering, quantization, the Python backend), plus
+    # the format-neutral targets (TargetResult, TargetOptions) and metadata.
     ("exporter.targets", 3, ""),
     ("exporter.targets.metadata", 3, ""),
     ("exporter.targets.onnx*", 3, "onnx"),

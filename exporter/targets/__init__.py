@@ -1,4 +1,5 @@
-"""The explicit registry of export targets (after optimum-executorch's ``@register_recipe``).
+"""The export targets (after optimum-executorch's ``@register_recipe``): each format's
+``export`` function, named by its entry in the format registry (exporter/formats.py).
 
 Each target is a function ``export(model, out_dir, options, source, given) -> TargetResult``
 (``options``: a :class:`TargetOptions`, what a target reads of ``rgmobile export``'s options;
@@ -17,7 +18,7 @@ needs the weights must pass a copy).
 Modules are imported only when their target is used, so a missing optional
 toolchain (executorch, coremltools) only fails for that target.
 To add a target: write ``exporter/targets/<name>.py`` with an ``export`` function
-and add one line to ``TARGETS``.
+and name it in the format's entry (docs/architecture.md, "Adding a format").
 """
 
 from __future__ import annotations
@@ -28,19 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from exporter.artifact.manifest import Program
-from exporter.registry import check_entry, load_entry
+from exporter.formats import check_format, format_names, get_format
 
 if TYPE_CHECKING:
     from exporter.model.griffin import Griffin
     from quantization.qweights import GivenQuantization
     from quantization.recipe import Recipe
-
-# name -> "module:function". No auto-discovery: a target exists when it is listed here.
-TARGETS: dict[str, str] = {
-    "onnx": "exporter.targets.onnx:export",
-    "coreml": "exporter.targets.coreml:export",
-    "executorch": "exporter.targets.executorch:export",
-}
 
 
 class TargetOptions(Protocol):
@@ -84,14 +78,14 @@ TargetFn = Callable[["Griffin", Path, "TargetOptions", str, "GivenQuantization |
 
 
 def target_names() -> list[str]:
-    return sorted(TARGETS)
+    return sorted(format_names())
 
 
 def check_target(name: str) -> None:
-    check_entry(TARGETS, name, f"unknown export format {name!r}", "valid formats")
+    check_format(name, f"unknown export format {name!r}", "valid formats")
 
 
 def get_target(name: str) -> TargetFn:
     """The export function of target ``name``; an unknown name fails with the valid choices."""
-    target: TargetFn = load_entry(TARGETS, name, f"unknown export format {name!r}", "valid formats")
+    target: TargetFn = get_format(name, f"unknown export format {name!r}", "valid formats").load("export")
     return target

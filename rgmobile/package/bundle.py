@@ -30,6 +30,7 @@ from typing import Any
 from exporter.artifact.manifest import Manifest, file_entries, read_manifest, write_manifest
 from exporter.artifact.out_folder import check_out, check_replaceable
 from exporter.errors import RgMobileError
+from exporter.formats import bundle_targets
 from exporter.fsio import atomic_dir, write_json
 from exporter.step.dtypes import dtype
 from rgmobile.package.selftest import SELFTEST_NAME, read_selftest
@@ -37,7 +38,8 @@ from rgmobile.package.selftest_check import SelftestResult
 
 log = logging.getLogger(__name__)
 
-TARGET_FORMATS: dict[str, tuple[str, ...]] = {"android": ("onnx", "executorch"), "ios": ("coreml", "onnx")}
+# bundle target -> the formats its app runs: from the formats' entries (exporter/formats.py).
+TARGET_FORMATS: dict[str, tuple[str, ...]] = bundle_targets()
 README_NAME = "README.txt"
 
 
