@@ -74,7 +74,7 @@ class CoreMLBackend(CoreMLIO):
 
 
 def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> Any:
-    """Factory named in runtime_py.open.ARTIFACT_BACKENDS: Core ML on macOS, the emulator elsewhere.
+    """Factory named in exporter/targets/coreml_entry.py: Core ML on macOS, the emulator elsewhere.
 
     ``threads`` is ignored: Core ML schedules its own CPU/GPU/Neural Engine work.
     """

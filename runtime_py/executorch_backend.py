@@ -135,5 +135,5 @@ class ExecuTorchBackend:
 
 
 def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> ExecuTorchBackend:
-    """Factory named in runtime_py.open.ARTIFACT_BACKENDS."""
+    """Factory named by this format's entry (exporter/targets/executorch_entry.py)."""
     return ExecuTorchBackend(Path(artifact_dir), manifest, threads=threads)

@@ -137,5 +137,5 @@ class OnnxBackend:
 
 
 def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> OnnxBackend:
-    """Factory named in runtime_py.open.ARTIFACT_BACKENDS."""
+    """Factory named by this format's entry (exporter/targets/onnx_entry.py)."""
     return OnnxBackend(Path(artifact_dir), manifest, threads=threads)

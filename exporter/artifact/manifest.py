@@ -9,7 +9,7 @@ specific to one format lives in ``programs[*].entry`` and ``format_details``.
 Schema (``schema_version`` 1), all keys required unless marked optional:
 
   schema_version   int, 1. A reader refuses a newer version ("upgrade rgmobile").
-  format           "onnx" | "executorch" | "coreml" (runtime_py.open.ARTIFACT_BACKENDS).
+  format           "onnx" | "executorch" | "coreml" (exporter.formats.FORMATS).
   rgmobile_version exporter version that wrote the artifact.
   created          ISO 8601 UTC time of the export.
   source           {"checkpoint": path that was exported, "kind": "hf" | "official"}.
