@@ -478,7 +478,7 @@ def bench(
     positions: Annotated[str, typer.Option(help="context positions, comma-separated")] = "0,2048,8192,32768",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")] = None,
     steps: Annotated[int, typer.Option(help="timed decode steps per position")] = 32,
-    warmup: Annotated[int, typer.Option(help="untimed decode steps before them")] = 4,
+    warmup: Annotated[int, typer.Option(help="untimed decode steps before them (and prefill runs, at least one)")] = 4,
     prefill_chunk: Annotated[
         int | None, typer.Option(help="baselines' prefill chunk (default: the artifacts' chunk, or 32)")
     ] = None,
@@ -490,6 +490,12 @@ def bench(
     seed: Annotated[int, typer.Option(help="seed of baseline weights, states and tokens")] = 0,
     bandwidth_mib: Annotated[int, typer.Option(help="array size for the bandwidth measurement (MiB)")] = 512,
     timeout: Annotated[float | None, typer.Option(help="seconds allowed per artifact/baseline")] = None,
+    gemm_m: Annotated[
+        int, typer.Option(help="rows of the int8 GEMM peak's [M, 2560] x [2560, 7680] product; 0 skips it")
+    ] = 512,
+    ttft_tokens: Annotated[
+        int, typer.Option(help="prompt length of each artifact's time to first token; 0 skips it")
+    ] = 2048,
     out_json: Annotated[Path, typer.Option("--out", help="JSON result")] = Path("bench.json"),
     plot: Annotated[Path | None, typer.Option(help="PNG of tokens/s and RSS against position")] = None,
 ) -> None:
@@ -501,6 +507,7 @@ def bench(
         artifacts=tuple(artifacts or ()), out=out_json, positions=_int_list(positions, "--positions"),
         threads=threads, steps=steps, warmup=warmup, prefill_chunk=prefill_chunk, prefill_repeats=prefill_repeats,
         baselines=names, shape=shape, seed=seed, bandwidth_mib=bandwidth_mib, plot=plot, timeout=timeout,
+        gemm_m=gemm_m, ttft_tokens=ttft_tokens,
     )  # fmt: skip
     with err.status("benchmarking (one process per artifact and baseline)..."):
         data = run_bench(options)
@@ -518,28 +525,39 @@ def _fmt_rate(x: float) -> str:
 
 
 def _print_bench(data: dict[str, Any]) -> None:
-    bw = data["bandwidth"]
+    bw, gemm = data["bandwidth"], data.get("int8_gemm")
+    peak = f"int8 GEMM {gemm['best_ops_per_s'] / 1e9:.0f} GOPS best" if gemm else "int8 GEMM not measured"
     table = Table(
         title=f"bench: {data['settings']['threads']} thread(s); bandwidth {bw['best_gb_s']:.1f} GB/s best, "
-        f"{bw['median_gb_s']:.1f} median"
+        f"{bw['median_gb_s']:.1f} median; {peak}"
     )
-    for col in ("subject", "position", "decode tok/s (p10-p90)", "prefill tok/s", "RSS", "state", "roofline"):
+    columns = ("subject", "position", "decode tok/s (p10-p90)", "prefill tok/s", "prefill GEMM", "RSS", "state",
+               "roofline")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col == "subject" else "right")
     for s in data["subjects"]:
         if s.get("error") is not None:
-            table.add_row(s["name"], "-", "[red]failed[/]", "", "", "", "")
+            table.add_row(s["name"], "-", "[red]failed[/]", "", "", "", "", "")
             continue
         label = f"{s['name']} ({s['precision']})"
         for i, r in enumerate(s["positions"]):
-            d, pre = r["decode"], r["prefill"]
+            d, pre, frac = r["decode"], r["prefill"], r.get("prefill_gemm_fraction")
             table.add_row(
                 label if i == 0 else "", str(r["position"]),
                 f"{_fmt_rate(d['tokens_per_s'])} "
                 f"({_fmt_rate(d['p10_tokens_per_s'])}-{_fmt_rate(d['p90_tokens_per_s'])})",
-                _fmt_rate(pre["tokens_per_s"]) if pre else "-", _fmt_bytes(r["rss_bytes"]),
-                _fmt_bytes(r["state_bytes"]), f"{100 * r['roofline_fraction']:.0f}%",
+                _fmt_rate(pre["tokens_per_s"]) if pre else "-", "-" if frac is None else f"{100 * frac:.0f}%",
+                _fmt_bytes(r["rss_bytes"]), _fmt_bytes(r["state_bytes"]), f"{100 * r['roofline_fraction']:.0f}%",
             )  # fmt: skip
     out.print(table)
+    for s in data["subjects"]:
+        ttft = s.get("ttft")
+        if s.get("error") is None and ttft:
+            out.print(
+                f"TTFT {s['name']}: {ttft['seconds']:.3g} s for a {ttft['tokens']}-token prompt "
+                f"({ttft.get('prefill_steps', 0)} prefill chunks, {ttft.get('decode_steps', 0)} decode steps)",
+                highlight=False,
+            )
     goals = Table(title="goals")
     for col in ("goal", "subject", "value", "target", ""):
         goals.add_column(col)

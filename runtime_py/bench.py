@@ -2,12 +2,15 @@
 
 One run measures, on this machine and at the same thread count:
 
-1. the streaming read bandwidth (:mod:`runtime_py.bandwidth`), in this process;
+1. the streaming read bandwidth (:mod:`runtime_py.bandwidth`) and the int8 GEMM peak
+   (:mod:`runtime_py.gemm_peak`), in this process;
 2. every artifact and every baseline (:mod:`runtime_py.bench_subjects`), each in its
    own child process (:mod:`runtime_py.bench_worker`) so each gets a clean peak RSS:
    decode tokens/s (median, p10/p90) and prefill tokens/s from a synthesised state
-   at each context position (:mod:`runtime_py.bench_state`), RSS at each position;
-3. per position, the bytes one decode step reads and the roofline fraction;
+   at each context position (:mod:`runtime_py.bench_state`), RSS at each position, and
+   for artifacts the time to first token of a long prompt (once, from position 0);
+3. per position, the bytes one decode step reads and the roofline fraction, and the
+   prefill's linear-layer ops/s and its fraction of the int8 GEMM peak;
 4. the performance goals (:mod:`runtime_py.bench_goals`).
 
 The result is a dict in the versioned schema of :mod:`runtime_py.bench_schema`,
@@ -17,6 +20,7 @@ This module logs; the CLI prints the table.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__
+from exporter.artifact.manifest import Manifest
 from exporter.config import GriffinConfig, preset
 from exporter.errors import RgMobileError
 from exporter.fsio import write_json
@@ -41,6 +46,7 @@ from runtime_py.bench_goals import compute_goals, summarize
 from runtime_py.bench_schema import SCHEMA, SCHEMA_VERSION, validate_bench
 from runtime_py.bench_subjects import BASELINES
 from runtime_py.bench_worker import WorkerSpec
+from runtime_py.gemm_peak import DEFAULT_SHAPE, GemmPeak, measure_int8_gemm
 from runtime_py.machine_load import cpu_info, disturbed, load_sample
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,12 @@ class BenchOptions:
       bandwidth_repeats: bandwidth repeats (best and median are reported).
       plot: write a PNG here (tokens/s and RSS against position).
       timeout: seconds allowed per subject (None: no limit).
+      gemm_m: rows (tokens) of the int8 GEMM peak's product; 0 skips it (the GEMM goals
+        are then not measured).
+      gemm_k, gemm_n: inner and output size of that product (default: a 2B MLP projection).
+      gemm_repeats: timed products (best and median are reported).
+      ttft_tokens: prompt length of the time-to-first-token measurement of each
+        artifact (prefill chunks, then decode steps, from position 0); 0 skips it.
     """
 
     artifacts: tuple[Path, ...] = ()
@@ -86,6 +98,11 @@ class BenchOptions:
     bandwidth_repeats: int = 5
     plot: Path | None = None
     timeout: float | None = None
+    gemm_m: int = DEFAULT_SHAPE[0]
+    gemm_k: int = DEFAULT_SHAPE[1]
+    gemm_n: int = DEFAULT_SHAPE[2]
+    gemm_repeats: int = 10
+    ttft_tokens: int = 2048
 
     def __post_init__(self) -> None:
         if not self.positions or any(not isinstance(p, int) or p < 0 for p in self.positions):
@@ -102,6 +119,8 @@ class BenchOptions:
             ("--threads", self.threads if self.threads is not None else 1, 1),
             ("--bandwidth-mib", self.bandwidth_mib, 1), ("--bandwidth-repeats", self.bandwidth_repeats, 1),
             ("--prefill-chunk", self.prefill_chunk if self.prefill_chunk is not None else 1, 1),
+            ("--gemm-m", self.gemm_m, 0), ("gemm_k", self.gemm_k, 1), ("gemm_n", self.gemm_n, 1),
+            ("gemm_repeats", self.gemm_repeats, 1), ("--ttft-tokens", self.ttft_tokens, 0),
         ):  # fmt: skip
             if not isinstance(value, int) or value < low:
                 raise RgMobileError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -170,14 +189,75 @@ def _bytes_per_token(name: str, weights: int, state_bytes: int, config: dict[str
     return weights + 2 * state_bytes
 
 
-def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float) -> None:
+def head_ops(config: GriffinConfig) -> int:
+    """Operations of the tied head for one position: [d] x [d, v]."""
+    return 2 * config.vocab_size * config.width
+
+
+def linear_ops_per_token(config: GriffinConfig, head_every_position: bool) -> int:
+    """Operations (2 per multiply-accumulate) of every matmul with a weight, for one token.
+
+    Counted: per recurrent block its x/y branches (d -> l each), output projection (l -> d)
+    and the two RG-LRU block-diagonal gates (h blocks of (l/h)^2); per attention block
+    q/k/v/o; per block the gated MLP (gate and up d -> f, down f -> d); the tied head
+    (d -> v) when ``head_every_position``. Not counted: the Conv1D (depthwise, 4 taps), the
+    norms, biases, the embedding lookup and attention's scores (they depend on the context,
+    not on weights).
+    """
+    d, f, l, e = config.width, config.mlp_width, config.lru_width, config.head_dim
+    h, k = config.num_heads, config.num_kv_heads
+    mlp = 3 * d * f
+    recurrent = 2 * d * l + l * d + 2 * h * (l // h) ** 2
+    attention = d * h * e + 2 * d * k * e + h * e * d
+    n_rec, n_att = len(config.layers_of("recurrent")), len(config.layers_of("attention"))
+    macs = n_rec * (recurrent + mlp) + n_att * (attention + mlp)
+    return 2 * macs + (head_ops(config) if head_every_position else 0)
+
+
+def prefill_returns_last_logits(manifest: Manifest) -> bool:
+    """Whether the prefill program returns only the last position's logits (the head runs once
+    per chunk): its logits output has the integer 1 as its seq dim instead of "seq"."""
+    logits = next((o for o in manifest.io.outputs if o.role == "logits"), None)
+    return logits is not None and len(logits.shape) >= 2 and logits.shape[1] == 1
+
+
+def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s: float | None) -> None:
     cfg = dict(subject["config"])
     cfg["num_layers"] = len(cfg["block_types"])
+    gemm = subject.get("gemm_ops")
     for row in subject["positions"]:
         bpt = _bytes_per_token(subject["name"], subject["weights_bytes"], row["state_bytes"], cfg)
         row["bytes_per_token"] = bpt
         row["roofline_tokens_per_s"] = roofline(bandwidth_gb_s, bpt)
         row["roofline_fraction"] = row["decode"]["tokens_per_s"] / row["roofline_tokens_per_s"]
+        row["prefill_gemm_ops_per_s"] = row["prefill_gemm_fraction"] = None
+        pre = row.get("prefill")
+        if gemm is not None and pre is not None:
+            chunk = pre["chunk"]
+            head = gemm["head_ops"] * (chunk if gemm["head_every_position"] else 1)
+            ops_per_token = gemm["body_ops_per_token"] + head / chunk
+            row["prefill_gemm_ops_per_s"] = pre["tokens_per_s"] * ops_per_token
+            if gemm_ops_per_s:
+                row["prefill_gemm_fraction"] = row["prefill_gemm_ops_per_s"] / gemm_ops_per_s
+
+
+def _gemm_ops(manifest: Manifest) -> dict[str, Any]:
+    """How the bench counts an artifact's prefill linear ops (stored in the subject)."""
+    every = not prefill_returns_last_logits(manifest)
+    return {
+        "body_ops_per_token": linear_ops_per_token(manifest.config, head_every_position=False),
+        "head_ops": head_ops(manifest.config),
+        "head_every_position": every,
+        "note": "head at every prefill position" if every else "head once per prefill chunk (last logits only)",
+    }
+
+
+def _pte_bytes(path: Path, manifest: Manifest) -> int | None:
+    """Size of an ExecuTorch artifact's .pte file(s) (each file once), None for other formats."""
+    if manifest.format != "executorch":
+        return None
+    files = {path / p.file for p in manifest.programs.values()}
+    return sum(f.stat().st_size for f in files if f.is_file()) or None
 
 
 def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | None, int]:
@@ -205,21 +285,28 @@ def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | 
             name, k = f"{path.resolve().name}#{k}", k + 1
         names.add(name)
         spec = WorkerSpec(subject="artifact", path=str(path), prefill_chunk=m.prefill_chunk, **common)  # type: ignore[arg-type]
+        spec = dataclasses.replace(spec, ttft_tokens=options.ttft_tokens)
         export_stats = m.format_details.get("export_stats")
         stubs.append({"name": name, "kind": "artifact", "path": str(path), "format": m.format,
-                      "export_stats": export_stats, "_spec": spec})  # fmt: skip
+                      "export_stats": export_stats, "gemm_ops": _gemm_ops(m) if m.prefill_chunk > 1 else None,
+                      "pte_bytes": _pte_bytes(path, m), "precision": m.precision,
+                      "fp32_weights_bytes": 4 * m.config.parameter_counts()["total"], "_spec": spec})  # fmt: skip
     for b in options.baselines:
         assert shape is not None
         spec = WorkerSpec(subject=b, config=shape.to_dict(), prefill_chunk=chunk, **common)  # type: ignore[arg-type]
-        stubs.append({"name": b, "kind": "baseline", "path": None, "format": None, "export_stats": None, "_spec": spec})
+        stubs.append({"name": b, "kind": "baseline", "path": None, "format": None, "export_stats": None,
+                      "gemm_ops": None, "pte_bytes": None, "fp32_weights_bytes": None, "_spec": spec})  # fmt: skip
     return stubs, shape, chunk
 
 
 def run_bench(options: BenchOptions) -> dict[str, Any]:
-    """Run the whole benchmark; returns (and writes to ``options.out``) the schema-v1 dict."""
+    """Run the whole benchmark; returns (and writes to ``options.out``) the dict of bench_schema."""
     stubs, shape, chunk = _plan(options)
     threads = options.resolved_threads
     bandwidth = measure_bandwidth(threads, options.bandwidth_mib * 2**20, options.bandwidth_repeats)
+    gemm: GemmPeak | None = None
+    if options.gemm_m:
+        gemm = measure_int8_gemm(threads, options.gemm_m, options.gemm_k, options.gemm_n, options.gemm_repeats)
     subjects = []
     for stub in stubs:
         spec: WorkerSpec = stub.pop("_spec")
@@ -234,7 +321,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         after = load_sample()
         subject = {**stub, "error": None, **result, "load": {"before": before, "after": after}}
         if subject["error"] is None:
-            _add_roofline(subject, bandwidth.best_gb_s)
+            _add_roofline(subject, bandwidth.best_gb_s, gemm.best_ops_per_s if gemm is not None else None)
             subject["summary"] = summarize(subject)
         else:
             log.warning("%s could not be measured: %s", stub["name"], subject["error"])
@@ -253,12 +340,14 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             "warmup": options.warmup,
             "prefill_chunk": chunk,
             "prefill_repeats": options.prefill_repeats,
+            "ttft_tokens": options.ttft_tokens,
             "seed": options.seed,
             "baselines": list(options.baselines),
             "shape": options.shape,
             "baseline_config": shape.to_dict() if shape is not None and options.baselines else None,
         },  # fmt: skip
         "bandwidth": bandwidth.to_dict(),
+        "int8_gemm": gemm.to_dict() if gemm is not None else None,
         "subjects": subjects,
         "goals": compute_goals(subjects),
     }

@@ -2,7 +2,8 @@
 
 Each goal entry: ``{"goal", "subject", "value", "target", "comparison", "met", "note"}``;
 ``met`` is null (and ``value`` usually too) when the run did not measure what
-the goal needs (no int4 artifact, no transformers baseline, no export stats).
+the goal needs (no int4 artifact, no transformers baseline, no export stats, no
+int8 GEMM peak, no time to first token, no ExecuTorch fp32 artifact).
 Goals concern the exported artifacts; baselines are what they are compared with. An artifact
 run by an emulator (Core ML off macOS) is measured but held to no speed goal (``is_emulated``).
 
@@ -12,6 +13,10 @@ Per-subject summaries (``summarize``) are the numbers the goals read:
   roofline_fraction     median over positions of achieved / roofline tokens/s
   decode_flatness       max over positions of |tok/s(p) / tok/s(p_min) - 1|
   rss_flatness          max over positions of |RSS(p) / RSS(p_min) - 1|
+  prefill_gemm_fraction median over positions of prefill linear ops/s / int8 GEMM peak
+                        (null without a prefill program or a GEMM peak)
+  decode_rss_bytes      median over positions of the RSS after decoding there
+  ttft_seconds          seconds to the first token of a ``ttft.tokens`` prompt (null: not measured)
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ from typing import Any
 
 # goal -> (target, comparison, what it means)
 GOALS: dict[str, tuple[float, str, str]] = {
-    "int4_roofline_fraction": (0.70, ">=", "int4 decode tok/s as a fraction of bandwidth / bytes per token"),
+    "int4_roofline_fraction": (0.80, ">=", "int4 decode tok/s as a fraction of bandwidth / bytes per token"),
     "speedup_vs_transformers_fp32": (5.0, ">=", "decode tok/s over transformers eager fp32 decode tok/s"),
     "decode_flatness": (0.05, "<=", "max relative change of decode tok/s from the first to any position"),
     "rss_flatness": (0.05, "<=", "max relative change of RSS from the first to any position"),
     "prefill_over_decode": (10.0, ">=", "prefill tok/s over decode tok/s"),
     "export_peak_rss_bytes": (20e9, "<", "peak RSS of `rgmobile export` (ru_maxrss or sampled), bytes; 20 GB = 20e9"),
+    "ttft_seconds": (15.0, "<=", "seconds from the empty state to the first generated token's logits"),
+    "prefill_gemm_fraction": (0.5, ">=", "prefill linear-layer ops/s over this machine's int8 GEMM peak"),
+    "decode_rss_over_weights": (1.15, "<=", "median decode RSS over the weight bytes one decode step reads"),
+    "pte_size_over_fp32_weights": (1.01, "<=", ".pte size over fp32 weight bytes (4 x parameters, tied table once)"),
 }
 
 
@@ -37,17 +46,24 @@ def _flatness(values: list[float | None]) -> float | None:
     return max(abs(v / vals[0] - 1.0) for v in vals)
 
 
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
 def summarize(subject: dict[str, Any]) -> dict[str, Any]:
     rows = subject["positions"]
     decode = [r["decode"]["tokens_per_s"] for r in rows]
-    prefill = [r["prefill"]["tokens_per_s"] for r in rows if r["prefill"] is not None]
-    fractions = [r["roofline_fraction"] for r in rows if r.get("roofline_fraction") is not None]
+    ttft = subject.get("ttft")
     return {
-        "decode_tokens_per_s": statistics.median(decode) if decode else None,
-        "prefill_tokens_per_s": statistics.median(prefill) if prefill else None,
-        "roofline_fraction": statistics.median(fractions) if fractions else None,
+        "decode_tokens_per_s": _median(decode),
+        "prefill_tokens_per_s": _median([r["prefill"]["tokens_per_s"] for r in rows if r["prefill"] is not None]),
+        "roofline_fraction": _median([r.get("roofline_fraction") for r in rows]),
         "decode_flatness": _flatness(decode),
         "rss_flatness": _flatness([r["rss_bytes"] for r in rows]),
+        "prefill_gemm_fraction": _median([r.get("prefill_gemm_fraction") for r in rows]),
+        "decode_rss_bytes": _median([r["rss_bytes"] for r in rows]),
+        "ttft_seconds": ttft["seconds"] if ttft else None,
     }
 
 
@@ -81,8 +97,10 @@ def compute_goals(subjects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     int4 = [a for a in artifacts if is_int4(a)]
     for a in int4:
         out.append(_entry("int4_roofline_fraction", a["name"], a["summary"]["roofline_fraction"]))
+        out.extend(_int4_goals(a))
     if not int4:
-        out.append(_entry("int4_roofline_fraction", None, None, "not measured: no int4 artifact in this run"))
+        for goal in ("int4_roofline_fraction", "ttft_seconds", "prefill_gemm_fraction", "decode_rss_over_weights"):
+            out.append(_entry(goal, None, None, "not measured: no int4 artifact in this run"))
     for a in artifacts:
         ours = a["summary"]["decode_tokens_per_s"]
         if hf is None:
@@ -108,4 +126,49 @@ def compute_goals(subjects: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(_entry("export_peak_rss_bytes", a["name"], float(max(peaks))))
         else:
             out.append(_entry("export_peak_rss_bytes", a["name"], None, "not measured: no export_stats"))
+    out.extend(_pte_goals(subjects))
+    return out
+
+
+def _int4_goals(a: dict[str, Any]) -> list[dict[str, Any]]:
+    """Time to first token, prefill's share of the GEMM peak and decode RSS over the weights."""
+    summary, ttft = a["summary"], a.get("ttft")
+    out = []
+    if ttft:
+        note = f"first token of a {ttft['tokens']}-token prompt"
+        out.append(_entry("ttft_seconds", a["name"], summary.get("ttft_seconds"), note))
+    else:
+        out.append(_entry("ttft_seconds", a["name"], None, "not measured: --ttft-tokens 0"))
+    fraction = summary.get("prefill_gemm_fraction")
+    why = "not measured: no prefill program or no int8 GEMM peak (--gemm-m 0)"
+    out.append(_entry("prefill_gemm_fraction", a["name"], fraction, "" if fraction is not None else why))
+    rss, weights = summary.get("decode_rss_bytes"), a.get("weights_bytes")
+    if rss and weights:
+        out.append(_entry("decode_rss_over_weights", a["name"], rss / weights))
+    else:
+        out.append(_entry("decode_rss_over_weights", a["name"], None, "not measured: no decode RSS or weight bytes"))
+    return out
+
+
+def is_executorch_fp32(subject: dict[str, Any]) -> bool:
+    return (
+        subject.get("kind") == "artifact"
+        and subject.get("format") == "executorch"
+        and (str(subject.get("precision", "")).lower() == "fp32")
+    )
+
+
+def _pte_goals(subjects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The .pte size of ExecuTorch fp32 artifacts against their fp32 weights (from the files:
+    reported even when the artifact could not run)."""
+    et = [s for s in subjects if is_executorch_fp32(s)]
+    out = []
+    for a in et:
+        pte, fp32 = a.get("pte_bytes"), a.get("fp32_weights_bytes")
+        if pte and fp32:
+            out.append(_entry("pte_size_over_fp32_weights", a["name"], pte / fp32))
+        else:
+            out.append(_entry("pte_size_over_fp32_weights", a["name"], None, "not measured: no .pte size"))
+    if not et:
+        out.append(_entry("pte_size_over_fp32_weights", None, None, "not measured: no ExecuTorch fp32 artifact"))
     return out

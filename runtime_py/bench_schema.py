@@ -1,17 +1,25 @@
-"""The JSON ``rgmobile bench`` writes: schema "rgmobile.bench", version 1, and its checker.
+"""The JSON ``rgmobile bench`` writes: schema "rgmobile.bench", version 2, and its checker.
+
+Version 2 added: top-level "int8_gemm", settings.ttft_tokens, per subject "ttft",
+"gemm_ops", "pte_bytes", "fp32_weights_bytes", per position "prefill_gemm_ops_per_s" and
+"prefill_gemm_fraction", and the summary/goal entries that read them.
 
 Top level (all keys required; "|null" marks nullable values):
 
   schema          "rgmobile.bench"
-  schema_version  1 (a reader refuses a newer version)
+  schema_version  2 (a reader refuses a newer version)
   rgmobile_version, created (ISO 8601 UTC)
   machine         {"platform", "python", "cpu_count", "cpu": {"model", "isa": [flag], "source"},
                    "versions": {package: version}}  ("cpu": runtime_py.machine_load.cpu_info)
   settings        {"positions": [int], "threads", "steps", "warmup", "prefill_chunk",
-                   "prefill_repeats", "seed", "baselines": [str], "shape": str|null,
+                   "prefill_repeats", "ttft_tokens" (0: not measured), "seed", "baselines": [str],
+                   "shape": str|null,
                    "baseline_config": GriffinConfig dict|null}
   bandwidth       runtime_py.bandwidth.Bandwidth.to_dict(): {"method", "threads", "array_bytes",
                    "repeats", "best_gb_s", "median_gb_s", "samples_gb_s": [float]}
+  int8_gemm       runtime_py.gemm_peak.GemmPeak.to_dict() | null (--gemm-m 0): {"method", "kernel"
+                   (onnxruntime's kernel and version), "threads", "shape": {"m", "k", "n"}, "ops"
+                   (2*m*k*n), "repeats", "best_ops_per_s", "median_ops_per_s", "samples_seconds"}
   subjects        [subject], artifacts first, in command-line order, then baselines
   goals           [goal] (runtime_py.bench_goals)
 
@@ -31,6 +39,17 @@ subject:
   program_loading "together" (baselines) or "one at a time (decode, then prefill)" (artifacts:
                   decode speed and RSS are measured with the decode program alone loaded)
   export_stats    manifest format_details.export_stats | null
+  gemm_ops        how prefill's linear ops are counted (artifacts with a prefill program) | null:
+                  {"body_ops_per_token" (2 x multiply-accumulates of every weight matmul but the
+                  head, runtime_py.bench.linear_ops_per_token), "head_ops" (2 x vocab x width),
+                  "head_every_position" (false when the prefill program returns only the last
+                  position's logits), "note"}
+  pte_bytes       size of an ExecuTorch artifact's .pte file(s) | null
+  fp32_weights_bytes  4 x the config's parameters (tied table once) for artifacts | null
+  ttft            time to first token of a long prompt (artifacts; null for baselines or
+                  --ttft-tokens 0): {"tokens", "seconds", "prefill_chunk", "prefill_steps",
+                  "prefill_seconds", "decode_steps", "decode_seconds", "method"}; split as
+                  the generation loop splits a prompt (prefill chunks, then decode steps)
   positions       one row per settings.positions entry:
     position, state_bytes, rss_bytes (current RSS after measuring), peak_rss_bytes,
     decode          {"tokens_per_s" (median), "p10_tokens_per_s", "p90_tokens_per_s",
@@ -39,6 +58,9 @@ subject:
     bytes_per_token weights_bytes + state read and written (Gemma: + its KV cache at p)
     roofline_tokens_per_s   bandwidth.best_gb_s / bytes_per_token
     roofline_fraction       decode.tokens_per_s / roofline_tokens_per_s
+    prefill_gemm_ops_per_s  prefill.tokens_per_s x linear ops per token (the head per
+                            position, or once per chunk: see gemm_ops) | null
+    prefill_gemm_fraction   prefill_gemm_ops_per_s / int8_gemm.best_ops_per_s | null
   summary         runtime_py.bench_goals.summarize()
 
 goal: {"goal", "subject": str|null, "value": float|null, "target": float,
@@ -52,9 +74,10 @@ from typing import Any
 from exporter.errors import RgMobileError
 
 SCHEMA = "rgmobile.bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _NUM = (int, float)
+_NONE = type(None)
 _TOP = {
     "schema": str, "schema_version": int, "rgmobile_version": str, "created": str, "machine": dict,
     "settings": dict, "bandwidth": dict, "subjects": list, "goals": list,
@@ -63,6 +86,13 @@ _SETTINGS = {
     "positions": list, "threads": int, "steps": int, "warmup": int, "prefill_chunk": int,
     "prefill_repeats": int, "seed": int, "baselines": list,
 }  # fmt: skip
+# added in version 2 (a version 1 file is still read without them)
+_TOP_2 = {"int8_gemm": (dict, _NONE)}
+_SETTINGS_2 = {"ttft_tokens": int}
+_SUBJECT_2 = {"ttft": (dict, _NONE), "gemm_ops": (dict, _NONE)}
+_ROW_2 = {"prefill_gemm_ops_per_s": (*_NUM, _NONE), "prefill_gemm_fraction": (*_NUM, _NONE)}
+_GEMM = {"kernel": str, "threads": int, "shape": dict, "ops": int, "best_ops_per_s": _NUM, "median_ops_per_s": _NUM}
+_TTFT = {"tokens": int, "seconds": _NUM}
 _BANDWIDTH = {"threads": int, "array_bytes": int, "best_gb_s": _NUM, "median_gb_s": _NUM, "samples_gb_s": list}
 _SUBJECT = {
     "name": str, "kind": str, "backend": str, "precision": str, "config": dict, "weights_bytes": int,
@@ -89,14 +119,18 @@ def _check(obj: Any, fields: dict[str, Any], where: str) -> None:
 
 
 def validate_bench(data: Any) -> None:
-    """Raise :class:`RgMobileError` naming the first field that does not match schema version 1."""
+    """Raise :class:`RgMobileError` naming the first field that does not match the file's schema version."""
     _check(data, _TOP, "top level")
     if data["schema"] != SCHEMA:
         raise RgMobileError(f"bench json: schema is {data['schema']!r}, expected {SCHEMA!r}")
     if data["schema_version"] > SCHEMA_VERSION:
         raise RgMobileError(f"bench json: schema_version {data['schema_version']} is newer than {SCHEMA_VERSION}")
-    _check(data["settings"], _SETTINGS, "settings")
+    v2 = data["schema_version"] >= 2
+    _check(data, _TOP_2 if v2 else {}, "top level")
+    _check(data["settings"], {**_SETTINGS, **(_SETTINGS_2 if v2 else {})}, "settings")
     _check(data["bandwidth"], _BANDWIDTH, "bandwidth")
+    if v2 and data["int8_gemm"] is not None:
+        _check(data["int8_gemm"], _GEMM, "int8_gemm")
     positions = data["settings"]["positions"]
     for i, s in enumerate(data["subjects"]):
         where = f"subjects[{i}]"
@@ -104,11 +138,13 @@ def validate_bench(data: Any) -> None:
             raise RgMobileError(f"bench json: {where}.kind must be 'artifact' or 'baseline'")
         if s.get("error") is not None:
             continue
-        _check(s, _SUBJECT, where)
+        _check(s, {**_SUBJECT, **(_SUBJECT_2 if v2 else {})}, where)
+        if v2 and s["ttft"] is not None:
+            _check(s["ttft"], _TTFT, f"{where}.ttft")
         if [r.get("position") for r in s["positions"]] != positions:
             raise RgMobileError(f"bench json: {where} positions differ from settings.positions")
         for j, row in enumerate(s["positions"]):
-            _check(row, _ROW, f"{where}.positions[{j}]")
+            _check(row, {**_ROW, **(_ROW_2 if v2 else {})}, f"{where}.positions[{j}]")
             _check(row["decode"], _DECODE, f"{where}.positions[{j}].decode")
             if row.get("prefill") is not None:
                 _check(row["prefill"], {"chunk": int, "tokens_per_s": _NUM}, f"{where}.positions[{j}].prefill")

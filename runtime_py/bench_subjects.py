@@ -95,6 +95,20 @@ class BackendSubject:
             times.append(time.perf_counter() - t0)
         return times
 
+    def run_steps(self, tokens: np.ndarray, lengths: list[int]) -> float:
+        """Seconds to run ``tokens`` as consecutive steps of ``lengths`` tokens from the state at the
+        set position, each step's state handed to the next (as the generation loop does)."""
+        if sum(lengths) != len(tokens):
+            raise ValueError(f"steps of {sum(lengths)} tokens for {len(tokens)} tokens")
+        state, start = self._base, 0
+        t0 = time.perf_counter()
+        for n in lengths:
+            ids = np.asarray(tokens[start : start + n], dtype=np.int64)[None, :]  # [1, n]
+            pos = np.arange(self._position + start, self._position + start + n, dtype=np.int64)[None, :]  # [1, n]
+            _, state = self.runner.step(ids, pos, state)
+            start += n
+        return time.perf_counter() - t0
+
     def prefill(self, tokens: np.ndarray) -> float | None:
         lens = self.runner.seq_lens()
         if lens is not None and len(tokens) not in lens:

@@ -27,6 +27,7 @@ from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.fsio import write_json
 from exporter.resources import current_rss_bytes, max_rss_bytes
+from runtime_py.backend import plan_chunks
 from runtime_py.bench_subjects import BASELINES, BackendSubject, Subject
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,11 @@ class WorkerSpec:
       config: GriffinConfig.to_dict() of the baseline shape (baselines only).
       threads: CPU threads of the runtime.
       positions: context positions to measure at (a synthesised state at each).
-      steps, warmup: timed decode steps per position, after ``warmup`` untimed ones.
+      steps, warmup: timed decode steps per position, after ``warmup`` untimed ones (and as
+        many untimed prefill runs, at least one, before the timed ones).
       prefill_chunk, prefill_repeats: tokens per prefill step (1 = no prefill) and timed repeats.
       seed: seed of the weights (baselines), states and tokens.
+      ttft_tokens: prompt length of the time to first token (artifacts; 0: not measured).
     """
 
     subject: str
@@ -57,6 +60,7 @@ class WorkerSpec:
     seed: int = 0
     path: str | None = None
     config: dict[str, Any] | None = None
+    ttft_tokens: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -148,7 +152,10 @@ def _phases(spec: WorkerSpec) -> list[tuple[Callable[[], Subject], bool, bool]]:
 
 def _prefill(subject: Subject, spec: WorkerSpec, rng: np.random.Generator) -> dict[str, Any] | None:
     chunk = rng.integers(min(4, subject.config.vocab_size - 1), subject.config.vocab_size, spec.prefill_chunk)
-    times = [subject.prefill(chunk) for _ in range(spec.prefill_repeats + 1)][1:]  # first run: warm-up
+    # warm-up runs as for decode (at least one): onnxruntime's first two prefill runs of a 2B
+    # program took 2x the steady time (allocations, first touch of the prepacked weights)
+    warmup = max(1, spec.warmup)
+    times = [subject.prefill(chunk) for _ in range(spec.prefill_repeats + warmup)][warmup:]
     done = [t for t in times if t is not None]
     if len(done) != len(times):
         return None
@@ -160,6 +167,30 @@ def _prefill(subject: Subject, spec: WorkerSpec, rng: np.random.Generator) -> di
     }
 
 
+def _ttft_plan(spec: WorkerSpec) -> tuple[int, int, int]:
+    """(prefill chunk, prefill steps, decode steps) of a ``ttft_tokens`` prompt, split as the
+    generation loop splits it (:func:`runtime_py.backend.plan_chunks`: the prefill program's
+    chunks, then decode steps for the remainder)."""
+    if spec.subject != "artifact" or spec.ttft_tokens < 1:
+        return spec.prefill_chunk, 0, 0
+    steps = plan_chunks(spec.ttft_tokens, (spec.prefill_chunk, 1))
+    chunks = sum(1 for n in steps if n > 1)  # every step longer than 1 is a whole prefill chunk
+    return spec.prefill_chunk, chunks, len(steps) - chunks
+
+
+def _ttft(spec: WorkerSpec, seconds: dict[str, float]) -> dict[str, Any] | None:
+    chunk, chunks, steps = _ttft_plan(spec)
+    if chunks + steps == 0:
+        return None
+    return {
+        "tokens": spec.ttft_tokens, "seconds": seconds["prefill"] + seconds["decode"],
+        "prefill_chunk": chunk, "prefill_steps": chunks, "prefill_seconds": seconds["prefill"],
+        "decode_steps": steps, "decode_seconds": seconds["decode"],
+        "method": "from position 0: the prefill chunks from the empty state, then the remainder's decode steps "
+        "from a synthesised state at their position (one program loaded at a time); model loading excluded",
+    }  # fmt: skip
+
+
 def measure(spec: WorkerSpec) -> dict[str, Any]:
     """Load the subject, then decode (and prefill) from a synthesised state at each position."""
     import torch
@@ -167,6 +198,9 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
     torch.set_num_threads(spec.threads)
     rows: list[dict[str, Any]] = [{"position": p, "prefill": None} for p in spec.positions]
     info: dict[str, Any] = {}
+    chunk, ttft_chunks, ttft_steps = _ttft_plan(spec)
+    ttft_ids: np.ndarray | None = None
+    ttft_seconds = {"prefill": 0.0, "decode": 0.0}
     phases = _phases(spec)
     for load, do_decode, do_prefill in phases:
         t0 = time.perf_counter()
@@ -191,9 +225,23 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                 log.info("%s at %d: %.3g tok/s decode", spec.subject, p, row["decode"]["tokens_per_s"])
             if do_prefill:
                 row["prefill"] = _prefill(subject, spec, rng)
+        if ttft_chunks + ttft_steps and isinstance(subject, BackendSubject):
+            if ttft_ids is None:
+                v = subject.config.vocab_size
+                ttft_ids = np.random.default_rng(spec.seed + 1).integers(min(4, v - 1), v, spec.ttft_tokens)
+            prefilled = chunk * ttft_chunks
+            if do_decode and ttft_steps:  # the remainder after the last whole chunk
+                subject.set_position(prefilled, spec.seed)
+                ttft_seconds["decode"] = subject.run_steps(ttft_ids[prefilled:], [1] * ttft_steps)
+            if do_prefill and ttft_chunks:
+                subject.set_position(0, spec.seed)  # position 0: the empty state
+                ttft_seconds["prefill"] = subject.run_steps(ttft_ids[:prefilled], [chunk] * ttft_chunks)
         del subject
         gc.collect()
-    return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows}
+    ttft = _ttft(spec, ttft_seconds)
+    if ttft is not None:
+        log.info("%s: first token after %d prompt tokens in %.3g s", spec.subject, ttft["tokens"], ttft["seconds"])
+    return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows, "ttft": ttft}
 
 
 def main(argv: list[str]) -> int:

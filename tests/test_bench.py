@@ -28,6 +28,7 @@ runner = CliRunner()
 SEED = 3
 CHUNK = 4
 POSITIONS = [0, 5, 40]  # fresh, inside the window (16), past a ring wrap
+TTFT = 10  # two prefill chunks of CHUNK, then two decode steps
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +50,8 @@ def bench_run(random_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -
         [
             "bench", str(random_artifact), "--positions", ",".join(map(str, POSITIONS)), "--steps", "3",
             "--warmup", "1", "--prefill-repeats", "1", "--threads", "1", "--baselines", "transformers,eager,gemma",
-            "--bandwidth-mib", "16", "--out", str(out), "--plot", str(png),
+            "--bandwidth-mib", "16", "--gemm-m", "64", "--ttft-tokens", str(TTFT), "--out", str(out),
+            "--plot", str(png),
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -187,9 +189,10 @@ def test_transformers_baseline_gets_the_same_state(position: int) -> None:
 def test_bench_json_matches_schema(bench_run: tuple[dict, Path, Path, str], random_artifact: Path) -> None:
     data = bench_run[0]
     validate_bench(data)
-    assert data["schema"] == SCHEMA and data["schema_version"] == 1
+    assert data["schema"] == SCHEMA and data["schema_version"] == 2
     s = data["settings"]
     assert s["positions"] == POSITIONS and s["threads"] == 1 and s["prefill_chunk"] == CHUNK
+    assert s["ttft_tokens"] == TTFT
     assert data["bandwidth"]["threads"] == 1 and data["bandwidth"]["best_gb_s"] > 0
     subjects = {x["name"]: x for x in data["subjects"]}
     assert list(subjects) == [random_artifact.name, "transformers", "eager", "gemma"]
@@ -267,6 +270,8 @@ def test_bench_user_errors_are_one_line(tmp_path: Path, random_artifact: Path) -
         (["bench", str(tmp_path / "missing")], "no manifest.json"),
         (["bench", "--shape", "tiny", "--positions", "8,0"], "increasing"),
         (["bench", "--shape", "tiny", "--positions", "a,b"], "comma-separated integers"),
+        (["bench", "--shape", "tiny", "--gemm-m", "-1"], "--gemm-m must be an integer >= 0"),
+        (["bench", "--shape", "tiny", "--ttft-tokens", "-5"], "--ttft-tokens must be an integer >= 0"),
     ):
         res = runner.invoke(app, [*args, "--out", str(tmp_path / "x.json")])
         assert res.exit_code == 2 and needle in res.stderr, (args, res.output)
@@ -283,3 +288,125 @@ def test_bench_worker_reports_errors_instead_of_crashing() -> None:
         config=preset("tiny").to_dict(),
     )  # fmt: skip
     assert "unknown subject" in run_worker(spec)["error"]
+
+
+# --- int8 GEMM peak, prefill GEMM fraction, time to first token ------------------------------
+
+
+def test_bench_measures_the_int8_gemm_peak_and_the_prefill_share_of_it(
+    bench_run: tuple[dict, Path, Path, str], random_artifact: Path
+) -> None:
+    from runtime_py.bench import head_ops, linear_ops_per_token
+
+    data = bench_run[0]
+    gemm = data["int8_gemm"]
+    assert gemm["shape"] == {"m": 64, "k": 2560, "n": 7680} and gemm["ops"] == 2 * 64 * 2560 * 7680
+    assert gemm["threads"] == 1 and len(gemm["samples_seconds"]) == gemm["repeats"] >= 1
+    assert gemm["best_ops_per_s"] >= gemm["median_ops_per_s"] > 0
+    assert "MatMulInteger" in gemm["kernel"]
+    subjects = {x["name"]: x for x in data["subjects"]}
+    art = subjects[random_artifact.name]
+    cfg = preset("tiny")
+    ops = art["gemm_ops"]  # this prefill program returns every position's logits
+    assert ops["head_every_position"] is True and ops["head_ops"] == head_ops(cfg) == 2 * cfg.vocab_size * cfg.width
+    assert ops["body_ops_per_token"] == linear_ops_per_token(cfg, head_every_position=False)
+    per_token = ops["body_ops_per_token"] + ops["head_ops"]
+    for r in art["positions"]:
+        expect = r["prefill"]["tokens_per_s"] * per_token
+        assert r["prefill_gemm_ops_per_s"] == pytest.approx(expect, rel=1e-9)
+        assert r["prefill_gemm_fraction"] == pytest.approx(expect / gemm["best_ops_per_s"], rel=1e-3)  # 4 digits
+    for name in ("transformers", "eager", "gemma"):  # baselines: no op count, no fraction
+        assert subjects[name]["gemm_ops"] is None
+        assert all(r["prefill_gemm_fraction"] is None for r in subjects[name]["positions"])
+
+
+def test_linear_ops_per_token_of_2b_match_its_published_parameter_count() -> None:
+    """2B: 2.68B parameters, 0.66B of them the tied table; nearly all the rest are weight matmuls."""
+    from runtime_py.bench import linear_ops_per_token
+
+    cfg = preset("2b")
+    counts = cfg.parameter_counts()
+    embedding = cfg.vocab_size * cfg.width
+    body = linear_ops_per_token(cfg, head_every_position=False) / 2  # multiply-accumulates
+    assert 0.98 * (counts["total"] - embedding) <= body <= counts["total"] - embedding
+    assert 1.99e9 <= body <= 2.03e9
+    assert linear_ops_per_token(cfg, head_every_position=True) / 2 - body == embedding
+
+
+def test_bench_times_the_first_token_of_a_long_prompt(
+    bench_run: tuple[dict, Path, Path, str], random_artifact: Path
+) -> None:
+    data, _, _, stdout = bench_run
+    subjects = {x["name"]: x for x in data["subjects"]}
+    ttft = subjects[random_artifact.name]["ttft"]
+    assert ttft["tokens"] == TTFT and ttft["prefill_chunk"] == CHUNK
+    assert ttft["prefill_steps"] == TTFT // CHUNK and ttft["decode_steps"] == TTFT % CHUNK  # as generate splits it
+    assert ttft["prefill_seconds"] > 0 and ttft["decode_seconds"] > 0
+    assert ttft["seconds"] == pytest.approx(ttft["prefill_seconds"] + ttft["decode_seconds"])
+    assert all(subjects[b]["ttft"] is None for b in ("transformers", "eager", "gemma"))
+    assert f"TTFT {random_artifact.name}" in stdout and "int8 GEMM" in stdout
+    goals = {(g["goal"], g["subject"]): g for g in data["goals"]}
+    for goal in ("ttft_seconds", "prefill_gemm_fraction", "decode_rss_over_weights"):  # an fp32 artifact only
+        assert goals[(goal, None)]["met"] is None and "no int4 artifact" in goals[(goal, None)]["note"]
+    assert goals[("pte_size_over_fp32_weights", None)]["met"] is None
+
+
+def _subject(**over: object) -> dict:
+    s = {"name": "a", "kind": "artifact", "format": "onnx", "precision": "int4", "weights_bytes": 1000,
+         "ttft": {"tokens": 2048, "seconds": 12.0}, "pte_bytes": None, "fp32_weights_bytes": 8000,
+         "summary": {"decode_tokens_per_s": 10.0, "prefill_tokens_per_s": 50.0, "roofline_fraction": 0.81,
+                     "decode_flatness": 0.01, "rss_flatness": 0.02, "prefill_gemm_fraction": 0.4,
+                     "decode_rss_bytes": 1200, "ttft_seconds": 12.0},
+         "export_stats": None}  # fmt: skip
+    s.update(over)
+    return s
+
+
+def test_bench_goals_of_an_int4_artifact_and_an_executorch_fp32_pte() -> None:
+    from runtime_py.bench_goals import compute_goals
+
+    et = _subject(name="et", format="executorch", precision="fp32", pte_bytes=9960, ttft=None)
+    goals = {(g["goal"], g["subject"]): g for g in compute_goals([_subject(), et])}
+    assert goals[("int4_roofline_fraction", "a")]["met"] is True  # 0.81 >= 0.80
+    assert goals[("ttft_seconds", "a")]["value"] == 12.0 and goals[("ttft_seconds", "a")]["met"] is True
+    assert goals[("prefill_gemm_fraction", "a")]["met"] is False  # 0.4 < 0.5
+    rss = goals[("decode_rss_over_weights", "a")]
+    assert rss["value"] == pytest.approx(1.2) and rss["met"] is False  # 1.2 > 1.15
+    pte = goals[("pte_size_over_fp32_weights", "et")]
+    assert pte["value"] == pytest.approx(1.245) and pte["met"] is False
+    assert ("ttft_seconds", "et") not in goals  # fp32: held to no int4 goal
+    slow = _subject(ttft={"tokens": 2048, "seconds": 45.0}, summary={**_subject()["summary"], "ttft_seconds": 45.0})
+    assert {g["goal"]: g for g in compute_goals([slow])}["ttft_seconds"]["met"] is False
+
+
+def test_bench_schema_reads_version_1_and_requires_the_version_2_fields(
+    bench_run: tuple[dict, Path, Path, str],
+) -> None:
+    from exporter.errors import RgMobileError
+
+    data = json.loads(json.dumps(bench_run[0]))
+    v1 = json.loads(json.dumps(data))
+    v1["schema_version"] = 1
+    del v1["int8_gemm"], v1["settings"]["ttft_tokens"]
+    for s in v1["subjects"]:
+        del s["ttft"], s["gemm_ops"]
+        for r in s["positions"]:
+            del r["prefill_gemm_ops_per_s"], r["prefill_gemm_fraction"]
+    validate_bench(v1)  # an earlier file still reads
+    del data["int8_gemm"]
+    with pytest.raises(RgMobileError, match="int8_gemm"):
+        validate_bench(data)
+    data = json.loads(json.dumps(bench_run[0]))
+    data["subjects"][0]["ttft"] = {"tokens": 10}
+    with pytest.raises(RgMobileError, match="seconds"):
+        validate_bench(data)
+
+
+def test_int8_gemm_peak_bad_arguments_are_one_clear_error() -> None:
+    from exporter.errors import RgMobileError
+    from runtime_py.gemm_peak import measure_int8_gemm
+
+    with pytest.raises(RgMobileError, match="threads >= 1"):
+        measure_int8_gemm(threads=0)
+    peak = measure_int8_gemm(threads=1, m=8, k=64, n=32, repeats=2, warmup=1)
+    assert peak.ops == 2 * 8 * 64 * 32 and len(peak.samples_seconds) == 2 and peak.best_ops_per_s > 0

@@ -45,6 +45,7 @@ LONG_TEXT = (
 NON_ASCII_TEXT = "Café déjà vu, naïve façade: 東京の夜 🌙✨ — “quoted” 😀 ñandú, Zürich, 漢字 and 한국어."
 SHORT_TEXT = "Once upon a time"
 
+
 def tokenizer_vectors(tokenizer: Tokenizer, strings: list[str] | None = None) -> list[dict[str, Any]]:
     """``{"text", "ids" (sentencepiece, no BOS), "decoded"}`` for every string."""
     vectors = []
