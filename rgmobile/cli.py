@@ -524,6 +524,13 @@ def _fmt_rate(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
 
+def _fmt_roofline(row: dict[str, Any]) -> str:
+    """The roofline fraction from the weight bytes, and from the bytes the process holds when measured."""
+    resident = row.get("resident_roofline_fraction")
+    held = f" ({100 * resident:.0f}% held)" if resident is not None else ""
+    return f"{100 * row['roofline_fraction']:.0f}%{held}"
+
+
 def _print_bench(data: dict[str, Any]) -> None:
     bw, gemm = data["bandwidth"], data.get("int8_gemm")
     peak = f"int8 GEMM {gemm['best_ops_per_s'] / 1e9:.0f} GOPS best" if gemm else "int8 GEMM not measured"
@@ -547,7 +554,7 @@ def _print_bench(data: dict[str, Any]) -> None:
                 f"{_fmt_rate(d['tokens_per_s'])} "
                 f"({_fmt_rate(d['p10_tokens_per_s'])}-{_fmt_rate(d['p90_tokens_per_s'])})",
                 _fmt_rate(pre["tokens_per_s"]) if pre else "-", "-" if frac is None else f"{100 * frac:.0f}%",
-                _fmt_bytes(r["rss_bytes"]), _fmt_bytes(r["state_bytes"]), f"{100 * r['roofline_fraction']:.0f}%",
+                _fmt_bytes(r["rss_bytes"]), _fmt_bytes(r["state_bytes"]), _fmt_roofline(r),
             )  # fmt: skip
     out.print(table)
     for s in data["subjects"]:

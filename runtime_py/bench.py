@@ -230,6 +230,16 @@ def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s
         row["bytes_per_token"] = bpt
         row["roofline_tokens_per_s"] = roofline(bandwidth_gb_s, bpt)
         row["roofline_fraction"] = row["decode"]["tokens_per_s"] / row["roofline_tokens_per_s"]
+        # the same ceiling counted from what the process holds for the program (its weights in the
+        # runtime's own layout, e.g. onnxruntime's prepacked int4 blocks with fp32 scales and sums)
+        before = subject.get("rss_before_load_bytes")
+        resident = row["rss_bytes"] - before if before is not None else None
+        row["resident_bytes"] = resident
+        row["resident_roofline_fraction"] = (
+            row["decode"]["tokens_per_s"] / roofline(bandwidth_gb_s, resident + 2 * row["state_bytes"])
+            if resident is not None and resident > 0
+            else None
+        )
         row["prefill_gemm_ops_per_s"] = row["prefill_gemm_fraction"] = None
         pre = row.get("prefill")
         if gemm is not None and pre is not None:

@@ -11,6 +11,8 @@ Per-subject summaries (``summarize``) are the numbers the goals read:
   decode_tokens_per_s   median over positions of the per-position median
   prefill_tokens_per_s  same for prefill (null without a prefill program)
   roofline_fraction     median over positions of achieved / roofline tokens/s
+  resident_roofline_fraction  the same with the bytes the process holds for the program
+                        (null when not measured)
   decode_flatness       max over positions of |tok/s(p) / tok/s(p_min) - 1|
   rss_flatness          max over positions of |RSS(p) / RSS(p_min) - 1|
   prefill_gemm_fraction median over positions of prefill linear ops/s / int8 GEMM peak
@@ -59,6 +61,7 @@ def summarize(subject: dict[str, Any]) -> dict[str, Any]:
         "decode_tokens_per_s": _median(decode),
         "prefill_tokens_per_s": _median([r["prefill"]["tokens_per_s"] for r in rows if r["prefill"] is not None]),
         "roofline_fraction": _median([r.get("roofline_fraction") for r in rows]),
+        "resident_roofline_fraction": _median([r.get("resident_roofline_fraction") for r in rows]),
         "decode_flatness": _flatness(decode),
         "rss_flatness": _flatness([r["rss_bytes"] for r in rows]),
         "prefill_gemm_fraction": _median([r.get("prefill_gemm_fraction") for r in rows]),

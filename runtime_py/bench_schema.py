@@ -1,8 +1,9 @@
 """The JSON ``rgmobile bench`` writes: schema "rgmobile.bench", version 2, and its checker.
 
 Version 2 added: top-level "int8_gemm", settings.ttft_tokens, per subject "ttft",
-"gemm_ops", "pte_bytes", "fp32_weights_bytes", per position "prefill_gemm_ops_per_s" and
-"prefill_gemm_fraction", and the summary/goal entries that read them.
+"gemm_ops", "pte_bytes", "fp32_weights_bytes", "rss_before_load_bytes", per position
+"prefill_gemm_ops_per_s", "prefill_gemm_fraction", "resident_bytes" and
+"resident_roofline_fraction", and the summary/goal entries that read them.
 
 Top level (all keys required; "|null" marks nullable values):
 
@@ -35,7 +36,8 @@ subject:
                   other work while bench idled; >= 0.5 is logged as a warning)
   backend, precision, config (GriffinConfig dict)
   weights_bytes, weights_bytes_method   what one decode step reads for its weights
-  load_seconds, rss_after_load_bytes, peak_rss_bytes (ru_maxrss of the subject's own process)
+  load_seconds, rss_before_load_bytes (v2), rss_after_load_bytes, peak_rss_bytes (ru_maxrss of
+                  the subject's own process)
   program_loading "together" (baselines) or "one at a time (decode, then prefill)" (artifacts:
                   decode speed and RSS are measured with the decode program alone loaded)
   export_stats    manifest format_details.export_stats | null
@@ -61,6 +63,11 @@ subject:
     prefill_gemm_ops_per_s  prefill.tokens_per_s x linear ops per token (the head per
                             position, or once per chunk: see gemm_ops) | null
     prefill_gemm_fraction   prefill_gemm_ops_per_s / int8_gemm.best_ops_per_s | null
+    resident_bytes          rss_bytes - rss_before_load_bytes: what the process holds for the
+                            program (weights in the runtime's layout, buffers, state) | null
+    resident_roofline_fraction  decode.tokens_per_s / (bandwidth / (resident_bytes + 2 x state))
+                            | null: the ceiling counted from the weights as the runtime holds them
+                            (an upper estimate of the bytes a step reads, so the higher fraction)
   summary         runtime_py.bench_goals.summarize()
 
 goal: {"goal", "subject": str|null, "value": float|null, "target": float,
@@ -89,8 +96,11 @@ _SETTINGS = {
 # added in version 2 (a version 1 file is still read without them)
 _TOP_2 = {"int8_gemm": (dict, _NONE)}
 _SETTINGS_2 = {"ttft_tokens": int}
-_SUBJECT_2 = {"ttft": (dict, _NONE), "gemm_ops": (dict, _NONE)}
-_ROW_2 = {"prefill_gemm_ops_per_s": (*_NUM, _NONE), "prefill_gemm_fraction": (*_NUM, _NONE)}
+_SUBJECT_2 = {"ttft": (dict, _NONE), "gemm_ops": (dict, _NONE), "rss_before_load_bytes": int}
+_ROW_2 = {
+    "prefill_gemm_ops_per_s": (*_NUM, _NONE), "prefill_gemm_fraction": (*_NUM, _NONE),
+    "resident_bytes": (int, _NONE), "resident_roofline_fraction": (*_NUM, _NONE),
+}  # fmt: skip
 _GEMM = {"kernel": str, "threads": int, "shape": dict, "ops": int, "best_ops_per_s": _NUM, "median_ops_per_s": _NUM}
 _TTFT = {"tokens": int, "seconds": _NUM}
 _BANDWIDTH = {"threads": int, "array_bytes": int, "best_gb_s": _NUM, "median_gb_s": _NUM, "samples_gb_s": list}

@@ -203,6 +203,8 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
     ttft_seconds = {"prefill": 0.0, "decode": 0.0}
     phases = _phases(spec)
     for load, do_decode, do_prefill in phases:
+        gc.collect()
+        before = _rss()  # what the process holds before the program: the runtime's own libraries
         t0 = time.perf_counter()
         subject = load()
         if do_decode:
@@ -210,7 +212,8 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
             info = {
                 "backend": subject.backend, "precision": subject.precision, "config": subject.config.to_dict(),
                 "weights_bytes": weights, "weights_bytes_method": how,
-                "load_seconds": round(time.perf_counter() - t0, 3), "rss_after_load_bytes": _rss(),
+                "load_seconds": round(time.perf_counter() - t0, 3), "rss_before_load_bytes": before,
+                "rss_after_load_bytes": _rss(),
                 "program_loading": "together" if len(phases) == 1 else "one at a time (decode, then prefill)",
             }  # fmt: skip
         rng = np.random.default_rng(spec.seed)

@@ -204,13 +204,20 @@ def test_bench_json_matches_schema(bench_run: tuple[dict, Path, Path, str], rand
         for when in ("before", "after"):  # the load around each subject, for judging its figures
             assert set(x["load"][when]) == {"loadavg_1m", "busy_cores"}
         assert [r["position"] for r in x["positions"]] == POSITIONS
-        assert x["peak_rss_bytes"] > 0 and x["weights_bytes"] > 0
+        assert x["peak_rss_bytes"] > 0 and x["weights_bytes"] > 0 and x["rss_before_load_bytes"] > 0
         for r in x["positions"]:
             d = r["decode"]
             assert d["steps"] == 3 and len(d["step_seconds"]) == 3
             assert d["p10_tokens_per_s"] <= d["tokens_per_s"] * 1.0001 <= d["p90_tokens_per_s"] * 1.0002
             assert r["prefill"] is not None and r["prefill"]["chunk"] == CHUNK
             assert 0 < r["roofline_fraction"] and r["roofline_tokens_per_s"] > 0
+            assert r["resident_bytes"] == r["rss_bytes"] - x["rss_before_load_bytes"]
+            if r["resident_bytes"] > 0:  # held bytes + state in and out at the same bandwidth
+                held = r["resident_bytes"] + 2 * r["state_bytes"]
+                bw = data["bandwidth"]["best_gb_s"] * 1e9
+                assert r["resident_roofline_fraction"] == pytest.approx(d["tokens_per_s"] * held / bw, rel=1e-3)
+            else:
+                assert r["resident_roofline_fraction"] is None
     art = subjects[random_artifact.name]
     assert art["format"] == "onnx" and art["backend"] == "onnxruntime" and art["precision"] == "fp32"
     assert art["program_loading"].startswith("one at a time") and subjects["eager"]["program_loading"] == "together"
@@ -389,9 +396,10 @@ def test_bench_schema_reads_version_1_and_requires_the_version_2_fields(
     v1["schema_version"] = 1
     del v1["int8_gemm"], v1["settings"]["ttft_tokens"]
     for s in v1["subjects"]:
-        del s["ttft"], s["gemm_ops"]
+        del s["ttft"], s["gemm_ops"], s["rss_before_load_bytes"]
         for r in s["positions"]:
             del r["prefill_gemm_ops_per_s"], r["prefill_gemm_fraction"]
+            del r["resident_bytes"], r["resident_roofline_fraction"]
     validate_bench(v1)  # an earlier file still reads
     del data["int8_gemm"]
     with pytest.raises(RgMobileError, match="int8_gemm"):
