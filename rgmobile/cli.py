@@ -527,8 +527,8 @@ def _fmt_rate(x: float) -> str:
 def _fmt_roofline(row: dict[str, Any]) -> str:
     """The roofline fraction from the weight bytes, and from the bytes the process holds when measured."""
     resident = row.get("resident_roofline_fraction")
-    held = f" ({100 * resident:.0f}% held)" if resident is not None else ""
-    return f"{100 * row['roofline_fraction']:.0f}%{held}"
+    held = f"{100 * resident:.0f}%" if resident is not None else "-"
+    return f"{100 * row['roofline_fraction']:.0f}% / {held}"
 
 
 def _print_bench(data: dict[str, Any]) -> None:
@@ -539,9 +539,9 @@ def _print_bench(data: dict[str, Any]) -> None:
         f"{bw['median_gb_s']:.1f} median; {peak}"
     )
     columns = ("subject", "position", "decode tok/s (p10-p90)", "prefill tok/s", "prefill GEMM", "RSS", "state",
-               "roofline")  # fmt: skip
+               "roofline weights / held")  # fmt: skip
     for col in columns:
-        table.add_column(col, justify="left" if col == "subject" else "right")
+        table.add_column(col, justify="left" if col == "subject" else "right", overflow="fold")
     for s in data["subjects"]:
         if s.get("error") is not None:
             table.add_row(s["name"], "-", "[red]failed[/]", "", "", "", "", "")

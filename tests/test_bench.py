@@ -363,7 +363,7 @@ def _subject(**over: object) -> dict:
          "ttft": {"tokens": 2048, "seconds": 12.0}, "pte_bytes": None, "fp32_weights_bytes": 8000,
          "summary": {"decode_tokens_per_s": 10.0, "prefill_tokens_per_s": 50.0, "roofline_fraction": 0.81,
                      "decode_flatness": 0.01, "rss_flatness": 0.02, "prefill_gemm_fraction": 0.4,
-                     "decode_rss_bytes": 1200, "ttft_seconds": 12.0},
+                     "decode_rss_bytes": 1800, "decode_resident_bytes": 1200, "ttft_seconds": 12.0},
          "export_stats": None}  # fmt: skip
     s.update(over)
     return s
