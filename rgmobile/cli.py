@@ -16,7 +16,11 @@ from rich.table import Table
 
 from exporter.errors import RgMobileError
 from exporter.formats import format_names
+from rgmobile.bench_table import print_bench
 from rgmobile.cli_errors import OneLineUsageErrors, err, user_errors
+from rgmobile.cli_format import fmt_bytes as _fmt_bytes
+from rgmobile.cli_format import fmt_metric as _fmt_metric
+from rgmobile.quality_table import print_quality
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, cls=OneLineUsageErrors, pretty_exceptions_enable=False
@@ -96,14 +100,6 @@ def generate(
         f"{result.decode_tokens_per_second:.1f} tok/s{', stopped on EOS' if result.stopped_on_eos else ''}{saved}[/]",
         highlight=False,
     )
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 @app.command()
@@ -275,43 +271,6 @@ def quantize(
     out.print(f"wrote {result.out} (report: {result.out / 'quality_report.json'})", highlight=False)
 
 
-def _fmt_metric(value: float) -> str:
-    """3 significant digits; values just below 1 (cosine, agreement) as 1 - x so they stay readable."""
-    if 0.999 < value < 1:
-        return f"1 - {1 - value:.2g}"
-    return f"{value:.3g}"
-
-
-def _print_quality(quality: dict[str, Any], failed: set[str]) -> None:
-    """The quality report of ``rgmobile validate`` (runtime_py/quality.py) as a table."""
-    from runtime_py.thresholds import QUALITY_METRICS
-
-    m, size = quality["metrics"], quality["size"]
-    table = Table(title=f"quality: {quality['tokens']} tokens of {quality['text']}")
-    for col in ("metric", "value", "threshold", ""):
-        table.add_column(col)
-    rows = [
-        ("size", f"{_fmt_bytes(size['artifact_bytes'])} = {size['ratio']:.3f} x fp32 "
-         f"({_fmt_bytes(size['fp32_bytes'])})", "size_ratio"),
-        ("perplexity", f"{m['ppl_artifact']:.3f} vs fp32 {m['ppl_reference']:.3f} ({m['ppl_increase_pct']:+.2f}%)",
-         "ppl_increase_pct"),
-        ("KL(fp32 || artifact)", f"mean {m['kl_mean']:.2e}, max {m['kl_max']:.2e} nats", "kl_mean"),
-        ("top-1 agreement", _fmt_metric(m["top1_agreement_text"]), "top1_agreement_text"),
-        ("logits SQNR", f"{m['sqnr_db']:.1f} dB", "sqnr_db"),
-        ("logits error", f"max abs {m['max_abs_logits_text']:.3g}, rel L2 {m['rel_l2']:.3g}, "
-         f"cosine min {_fmt_metric(m['cosine_min'])}", None),
-        ("greedy match", f"mean {m['greedy_match_mean']:.1f}, min {m['greedy_match_min']:.0f} of "
-         f"{quality['greedy']['tokens']} tokens", None),
-    ]  # fmt: skip
-    for label, value, metric in rows:
-        limit = quality["thresholds"].get(metric) if metric else None
-        bound = QUALITY_METRICS.get(metric or "")
-        shown = "-" if limit is None else f"{'<=' if bound == 'max' else '>='} {limit:g}"
-        mark = "" if limit is None else "[red]FAIL[/]" if metric in failed else "[green]ok[/]"
-        table.add_row(label, value, shown, mark)
-    out.print(table)
-
-
 @app.command()
 @user_errors
 def validate(
@@ -368,7 +327,7 @@ def validate(
         highlight=False,
     )
     if result.quality:
-        _print_quality(result.quality, failed)
+        print_quality(result.quality, failed, out)
     if result.checks:
         marks = {"passed": "[green]passed[/]", "failed": "[red]FAILED[/]", "not run": "[yellow]not run[/]"}
         checks = Table(title="checks")
@@ -511,68 +470,13 @@ def bench(
     )  # fmt: skip
     with err.status("benchmarking (one process per artifact and baseline)..."):
         data = run_bench(options)
-    _print_bench(data)
+    print_bench(data, out)
     failed = [s for s in data["subjects"] if s.get("error") is not None]
     for s in failed:
         err.print(f"[bold red]{s['name']}:[/] {s['error']}", highlight=False, soft_wrap=True)
     out.print(f"wrote {out_json}" + (f" and {plot}" if plot else ""), highlight=False)
     if failed:
         raise typer.Exit(1)
-
-
-def _fmt_rate(x: float) -> str:
-    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
-
-
-def _fmt_roofline(row: dict[str, Any]) -> str:
-    """The roofline fraction from the weight bytes, and from the bytes the process holds when measured."""
-    resident = row.get("resident_roofline_fraction")
-    held = f"{100 * resident:.0f}%" if resident is not None else "-"
-    return f"{100 * row['roofline_fraction']:.0f}% / {held}"
-
-
-def _print_bench(data: dict[str, Any]) -> None:
-    bw, gemm = data["bandwidth"], data.get("int8_gemm")
-    peak = f"int8 GEMM {gemm['best_ops_per_s'] / 1e9:.0f} GOPS best" if gemm else "int8 GEMM not measured"
-    table = Table(
-        title=f"bench: {data['settings']['threads']} thread(s); bandwidth {bw['best_gb_s']:.1f} GB/s best, "
-        f"{bw['median_gb_s']:.1f} median; {peak}"
-    )
-    columns = ("subject", "position", "decode tok/s (p10-p90)", "prefill tok/s", "prefill GEMM", "RSS", "state",
-               "roofline weights / held")  # fmt: skip
-    for col in columns:
-        table.add_column(col, justify="left" if col == "subject" else "right", overflow="fold")
-    for s in data["subjects"]:
-        if s.get("error") is not None:
-            table.add_row(s["name"], "-", "[red]failed[/]", "", "", "", "", "")
-            continue
-        label = f"{s['name']} ({s['precision']})"
-        for i, r in enumerate(s["positions"]):
-            d, pre, frac = r["decode"], r["prefill"], r.get("prefill_gemm_fraction")
-            table.add_row(
-                label if i == 0 else "", str(r["position"]),
-                f"{_fmt_rate(d['tokens_per_s'])} "
-                f"({_fmt_rate(d['p10_tokens_per_s'])}-{_fmt_rate(d['p90_tokens_per_s'])})",
-                _fmt_rate(pre["tokens_per_s"]) if pre else "-", "-" if frac is None else f"{100 * frac:.0f}%",
-                _fmt_bytes(r["rss_bytes"]), _fmt_bytes(r["state_bytes"]), _fmt_roofline(r),
-            )  # fmt: skip
-    out.print(table)
-    for s in data["subjects"]:
-        ttft = s.get("ttft")
-        if s.get("error") is None and ttft:
-            out.print(
-                f"TTFT {s['name']}: {ttft['seconds']:.3g} s for a {ttft['tokens']}-token prompt "
-                f"({ttft.get('prefill_steps', 0)} prefill chunks, {ttft.get('decode_steps', 0)} decode steps)",
-                highlight=False,
-            )
-    goals = Table(title="goals")
-    for col in ("goal", "subject", "value", "target", ""):
-        goals.add_column(col)
-    marks = {True: "[green]met[/]", False: "[red]not met[/]", None: "[yellow]not measured[/]"}
-    for g in data["goals"]:
-        value = "-" if g["value"] is None else f"{g['value']:.3g}"
-        goals.add_row(g["goal"], g["subject"] or "-", value, f"{g['comparison']} {g['target']:.3g}", marks[g["met"]])
-    out.print(goals)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,66 @@
+"""What ``rgmobile bench`` prints: its result (runtime_py/bench_schema.py) as tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rgmobile.cli_format import fmt_bytes
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _fmt_roofline(row: dict[str, Any]) -> str:
+    """The roofline fraction from the weight bytes, and from the bytes the process holds when measured."""
+    resident = row.get("resident_roofline_fraction")
+    held = f"{100 * resident:.0f}%" if resident is not None else "-"
+    return f"{100 * row['roofline_fraction']:.0f}% / {held}"
+
+
+def print_bench(data: dict[str, Any], out: Console) -> None:
+    """The measurements table, each artifact's time to first token, and the goals table."""
+    bw, gemm = data["bandwidth"], data.get("int8_gemm")
+    peak = f"int8 GEMM {gemm['best_ops_per_s'] / 1e9:.0f} GOPS best" if gemm else "int8 GEMM not measured"
+    table = Table(
+        title=f"bench: {data['settings']['threads']} thread(s); bandwidth {bw['best_gb_s']:.1f} GB/s best, "
+        f"{bw['median_gb_s']:.1f} median; {peak}"
+    )
+    columns = ("subject", "position", "decode tok/s (p10-p90)", "prefill tok/s", "prefill GEMM", "RSS", "state",
+               "roofline weights / held")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col == "subject" else "right", overflow="fold")
+    for s in data["subjects"]:
+        if s.get("error") is not None:
+            table.add_row(s["name"], "-", "[red]failed[/]", "", "", "", "", "")
+            continue
+        label = f"{s['name']} ({s['precision']})"
+        for i, r in enumerate(s["positions"]):
+            d, pre, frac = r["decode"], r["prefill"], r.get("prefill_gemm_fraction")
+            table.add_row(
+                label if i == 0 else "", str(r["position"]),
+                f"{_fmt_rate(d['tokens_per_s'])} "
+                f"({_fmt_rate(d['p10_tokens_per_s'])}-{_fmt_rate(d['p90_tokens_per_s'])})",
+                _fmt_rate(pre["tokens_per_s"]) if pre else "-", "-" if frac is None else f"{100 * frac:.0f}%",
+                fmt_bytes(r["rss_bytes"]), fmt_bytes(r["state_bytes"]), _fmt_roofline(r),
+            )  # fmt: skip
+    out.print(table)
+    for s in data["subjects"]:
+        ttft = s.get("ttft")
+        if s.get("error") is None and ttft:
+            out.print(
+                f"TTFT {s['name']}: {ttft['seconds']:.3g} s for a {ttft['tokens']}-token prompt "
+                f"({ttft.get('prefill_steps', 0)} prefill chunks, {ttft.get('decode_steps', 0)} decode steps)",
+                highlight=False,
+            )
+    goals = Table(title="goals")
+    for col in ("goal", "subject", "value", "target", ""):
+        goals.add_column(col)
+    marks = {True: "[green]met[/]", False: "[red]not met[/]", None: "[yellow]not measured[/]"}
+    for g in data["goals"]:
+        value = "-" if g["value"] is None else f"{g['value']:.3g}"
+        goals.add_row(g["goal"], g["subject"] or "-", value, f"{g['comparison']} {g['target']:.3g}", marks[g["met"]])
+    out.print(goals)
