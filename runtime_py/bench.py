@@ -20,7 +20,6 @@ This module logs; the CLI prints the table.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -294,8 +293,8 @@ def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | 
         while name in names:
             name, k = f"{path.resolve().name}#{k}", k + 1
         names.add(name)
-        spec = WorkerSpec(subject="artifact", path=str(path), prefill_chunk=m.prefill_chunk, **common)  # type: ignore[arg-type]
-        spec = dataclasses.replace(spec, ttft_tokens=options.ttft_tokens)
+        spec = WorkerSpec(subject="artifact", path=str(path), prefill_chunk=m.prefill_chunk,
+                          ttft_tokens=options.ttft_tokens, **common)  # type: ignore[arg-type]  # fmt: skip
         export_stats = m.format_details.get("export_stats")
         stubs.append({"name": name, "kind": "artifact", "path": str(path), "format": m.format,
                       "export_stats": export_stats, "gemm_ops": _gemm_ops(m) if m.prefill_chunk > 1 else None,

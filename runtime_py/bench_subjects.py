@@ -85,11 +85,16 @@ class BackendSubject:
         self._base = backend_state(self.runner, synth_state_arrays(self.config, position, seed))
         self._position = position
 
+    def _inputs(self, tokens: np.ndarray, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(input ids, positions), each [1, n], of ``tokens`` placed ``offset`` tokens after the set position."""
+        start = self._position + offset
+        ids = np.asarray(tokens, dtype=np.int64)[None, :]
+        return ids, np.arange(start, start + len(tokens), dtype=np.int64)[None, :]
+
     def decode(self, tokens: np.ndarray) -> list[float]:
         state, times = self._base, []
-        for i, tok in enumerate(tokens):
-            ids = np.array([[tok]], dtype=np.int64)
-            pos = np.array([[self._position + i]], dtype=np.int64)
+        for i in range(len(tokens)):
+            ids, pos = self._inputs(tokens[i : i + 1], i)
             t0 = time.perf_counter()
             _, state = self.runner.step(ids, pos, state)
             times.append(time.perf_counter() - t0)
@@ -103,9 +108,7 @@ class BackendSubject:
         state, start = self._base, 0
         t0 = time.perf_counter()
         for n in lengths:
-            ids = np.asarray(tokens[start : start + n], dtype=np.int64)[None, :]  # [1, n]
-            pos = np.arange(self._position + start, self._position + start + n, dtype=np.int64)[None, :]  # [1, n]
-            _, state = self.runner.step(ids, pos, state)
+            _, state = self.runner.step(*self._inputs(tokens[start : start + n], start), state)
             start += n
         return time.perf_counter() - t0
 
@@ -113,8 +116,7 @@ class BackendSubject:
         lens = self.runner.seq_lens()
         if lens is not None and len(tokens) not in lens:
             return None
-        ids = np.asarray(tokens, dtype=np.int64)[None, :]
-        pos = np.arange(self._position, self._position + len(tokens), dtype=np.int64)[None, :]
+        ids, pos = self._inputs(tokens)
         t0 = time.perf_counter()
         self.runner.step(ids, pos, self._base)
         return time.perf_counter() - t0

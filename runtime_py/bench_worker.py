@@ -167,24 +167,24 @@ def _prefill(subject: Subject, spec: WorkerSpec, rng: np.random.Generator) -> di
     }
 
 
-def _ttft_plan(spec: WorkerSpec) -> tuple[int, int, int]:
-    """(prefill chunk, prefill steps, decode steps) of a ``ttft_tokens`` prompt, split as the
-    generation loop splits it (:func:`runtime_py.backend.plan_chunks`: the prefill program's
-    chunks, then decode steps for the remainder)."""
+def _ttft_plan(spec: WorkerSpec) -> tuple[int, int]:
+    """(prefill steps of ``spec.prefill_chunk`` tokens, decode steps) of a ``ttft_tokens``
+    prompt, split as the generation loop splits it (:func:`runtime_py.backend.plan_chunks`:
+    the prefill program's chunks, then decode steps for the remainder)."""
     if spec.subject != "artifact" or spec.ttft_tokens < 1:
-        return spec.prefill_chunk, 0, 0
+        return 0, 0
     steps = plan_chunks(spec.ttft_tokens, (spec.prefill_chunk, 1))
     chunks = sum(1 for n in steps if n > 1)  # every step longer than 1 is a whole prefill chunk
-    return spec.prefill_chunk, chunks, len(steps) - chunks
+    return chunks, len(steps) - chunks
 
 
 def _ttft(spec: WorkerSpec, seconds: dict[str, float]) -> dict[str, Any] | None:
-    chunk, chunks, steps = _ttft_plan(spec)
+    chunks, steps = _ttft_plan(spec)
     if chunks + steps == 0:
         return None
     return {
         "tokens": spec.ttft_tokens, "seconds": seconds["prefill"] + seconds["decode"],
-        "prefill_chunk": chunk, "prefill_steps": chunks, "prefill_seconds": seconds["prefill"],
+        "prefill_chunk": spec.prefill_chunk, "prefill_steps": chunks, "prefill_seconds": seconds["prefill"],
         "decode_steps": steps, "decode_seconds": seconds["decode"],
         "method": "from position 0: the prefill chunks from the empty state, then the remainder's decode steps "
         "from a synthesised state at their position (one program loaded at a time); model loading excluded",
@@ -198,7 +198,7 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
     torch.set_num_threads(spec.threads)
     rows: list[dict[str, Any]] = [{"position": p, "prefill": None} for p in spec.positions]
     info: dict[str, Any] = {}
-    chunk, ttft_chunks, ttft_steps = _ttft_plan(spec)
+    chunk, (ttft_chunks, ttft_steps) = spec.prefill_chunk, _ttft_plan(spec)
     ttft_ids: np.ndarray | None = None
     ttft_seconds = {"prefill": 0.0, "decode": 0.0}
     phases = _phases(spec)
