@@ -51,6 +51,8 @@ class FormatEntry:
         cannot hold; None when the format applies no ``--quant`` recipe (it would export fp32).
       bundle_targets: the phone bundles (``rgmobile package --target``) that may carry the format,
         target -> its place in that app's list of formats (0 first; the order messages name them).
+      spin_control: the backend factory takes ``spin=False`` (its runtime's idle threads then block
+        at once instead of spin-waiting for the next piece of work).
     """
 
     name: str
@@ -60,6 +62,7 @@ class FormatEntry:
     requirements: str
     check_recipe: str | None = None
     bundle_targets: dict[str, int] = field(default_factory=dict)
+    spin_control: bool = False
 
     def strings(self) -> dict[str, str]:
         """The ``"module:attribute"`` strings of the entry, by field name."""

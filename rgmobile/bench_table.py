@@ -21,6 +21,21 @@ def _fmt_roofline(row: dict[str, Any]) -> str:
     return f"{100 * row['roofline_fraction']:.0f}% / {held}"
 
 
+def contention_line(entry: dict[str, Any]) -> str:
+    """Decode tok/s quiet -> with a busy core, per spin setting, and the busy no-spin / spin ratio."""
+    parts = []
+    for spin in (True, False):
+        rows = {r["busy"]: r for r in entry["rows"] if r["spin"] == spin}
+        if not rows:
+            continue
+        rate = {b: ("failed" if r["tokens_per_s"] is None else _fmt_rate(r["tokens_per_s"])) for b, r in rows.items()}
+        ratio = entry["busy_over_quiet"] if spin else entry.get("busy_over_quiet_no_spin")
+        kept = f" ({100 * ratio:.0f}% kept)" if ratio is not None else ""
+        parts.append(f"{'spinning' if spin else 'no spin'} {rate.get(False, '-')} -> {rate.get(True, '-')} tok/s{kept}")
+    cross = entry.get("no_spin_over_spin_busy")
+    return "; ".join(parts) + (f"; busy, no spin / spinning {cross:.2f}x" if cross is not None else "")
+
+
 def print_bench(data: dict[str, Any], out: Console) -> None:
     """The measurements table, each artifact's time to first token, and the goals table."""
     bw, gemm = data["bandwidth"], data.get("int8_gemm")
@@ -56,6 +71,9 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
                 f"({ttft.get('prefill_steps', 0)} prefill chunks, {ttft.get('decode_steps', 0)} decode steps)",
                 highlight=False,
             )
+    for s in data["subjects"]:
+        if s.get("error") is None and s.get("contention"):
+            out.print(f"busy core {s['name']}: {contention_line(s['contention'])}", highlight=False)
     goals = Table(title="goals")
     for col in ("goal", "subject", "value", "target", ""):
         goals.add_column(col)

@@ -62,6 +62,9 @@ def generate(
     top_p: Annotated[float, typer.Option(help="1.0 = off")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+    spin: Annotated[
+        bool, typer.Option(help="let onnxruntime's idle threads spin-wait (--no-spin: faster when a core is busy)")
+    ] = True,
     save_state: Annotated[
         Path | None, typer.Option(help="write the state after the run to this .rgstate file (docs/bundle.md)")
     ] = None,
@@ -78,7 +81,7 @@ def generate(
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if prompt is None:
         prompt = "" if resume is not None else "The"
-    opened = open_path(checkpoint, threads=threads)
+    opened = open_path(checkpoint, threads=threads, spin=spin)
     tok = Tokenizer(opened.tokenizer_path)
     out.print(prompt, end="", highlight=False, markup=False)
     result = run(
@@ -455,6 +458,9 @@ def bench(
     ttft_tokens: Annotated[
         int, typer.Option(help="prompt length of each artifact's time to first token; 0 skips it")
     ] = 2048,
+    busy_core: Annotated[
+        bool, typer.Option(help="also decode each artifact with another process keeping a core busy")
+    ] = False,
     out_json: Annotated[Path, typer.Option("--out", help="JSON result")] = Path("bench.json"),
     plot: Annotated[Path | None, typer.Option(help="PNG of tokens/s and RSS against position")] = None,
 ) -> None:
@@ -466,7 +472,7 @@ def bench(
         artifacts=tuple(artifacts or ()), out=out_json, positions=_int_list(positions, "--positions"),
         threads=threads, steps=steps, warmup=warmup, prefill_chunk=prefill_chunk, prefill_repeats=prefill_repeats,
         baselines=names, shape=shape, seed=seed, bandwidth_mib=bandwidth_mib, plot=plot, timeout=timeout,
-        gemm_m=gemm_m, ttft_tokens=ttft_tokens,
+        gemm_m=gemm_m, ttft_tokens=ttft_tokens, busy_core=busy_core,
     )  # fmt: skip
     with err.status("benchmarking (one process per artifact and baseline)..."):
         data = run_bench(options)

@@ -39,8 +39,10 @@ from exporter import __version__
 from exporter.artifact.manifest import Manifest
 from exporter.config import GriffinConfig, preset
 from exporter.errors import RgMobileError
+from exporter.formats import get_format
 from exporter.fsio import write_json
 from runtime_py.bandwidth import measure_bandwidth, roofline
+from runtime_py.bench_contention import measure_contention
 from runtime_py.bench_goals import compute_goals, summarize
 from runtime_py.bench_schema import SCHEMA, SCHEMA_VERSION, validate_bench
 from runtime_py.bench_subjects import BASELINES
@@ -80,6 +82,8 @@ class BenchOptions:
       gemm_repeats: timed products (best and median are reported).
       ttft_tokens: prompt length of the time-to-first-token measurement of each
         artifact (prefill chunks, then decode steps, from position 0); 0 skips it.
+      busy_core: also decode each artifact with another process keeping a core busy, with and
+        without spin-waiting threads where the runtime allows it (runtime_py/bench_contention.py).
     """
 
     artifacts: tuple[Path, ...] = ()
@@ -102,6 +106,7 @@ class BenchOptions:
     gemm_n: int = DEFAULT_SHAPE[2]
     gemm_repeats: int = 10
     ttft_tokens: int = 2048
+    busy_core: bool = False
 
     def __post_init__(self) -> None:
         if not self.positions or any(not isinstance(p, int) or p < 0 for p in self.positions):
@@ -299,7 +304,8 @@ def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | 
         stubs.append({"name": name, "kind": "artifact", "path": str(path), "format": m.format,
                       "export_stats": export_stats, "gemm_ops": _gemm_ops(m) if m.prefill_chunk > 1 else None,
                       "pte_bytes": _pte_bytes(path, m), "precision": m.precision,
-                      "fp32_weights_bytes": 4 * m.config.parameter_counts()["total"], "_spec": spec})  # fmt: skip
+                      "fp32_weights_bytes": 4 * m.config.parameter_counts()["total"], "_spec": spec,
+                      "_spin_control": get_format(m.format).spin_control})  # fmt: skip
     for b in options.baselines:
         assert shape is not None
         spec = WorkerSpec(subject=b, config=shape.to_dict(), prefill_chunk=chunk, **common)  # type: ignore[arg-type]
@@ -319,6 +325,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     subjects = []
     for stub in stubs:
         spec: WorkerSpec = stub.pop("_spec")
+        spin_control: bool = stub.pop("_spin_control", False)
         log.info("measuring %s (%s)", stub["name"], stub["kind"])
         before = load_sample()
         if disturbed(before):
@@ -328,10 +335,12 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             )  # fmt: skip
         result = run_worker(spec, options.timeout)
         after = load_sample()
-        subject = {**stub, "error": None, **result, "load": {"before": before, "after": after}}
+        subject = {**stub, "error": None, **result, "load": {"before": before, "after": after}, "contention": None}
         if subject["error"] is None:
             _add_roofline(subject, bandwidth.best_gb_s, gemm.best_ops_per_s if gemm is not None else None)
             subject["summary"] = summarize(subject)
+            if options.busy_core and stub["kind"] == "artifact":
+                subject["contention"] = measure_contention(spec, spin_control, lambda s: run_worker(s, options.timeout))
         else:
             log.warning("%s could not be measured: %s", stub["name"], subject["error"])
         subjects.append(subject)
@@ -350,6 +359,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             "prefill_chunk": chunk,
             "prefill_repeats": options.prefill_repeats,
             "ttft_tokens": options.ttft_tokens,
+            "busy_core": options.busy_core,
             "seed": options.seed,
             "baselines": list(options.baselines),
             "shape": options.shape,

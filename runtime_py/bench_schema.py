@@ -13,8 +13,8 @@ Top level (all keys required; "|null" marks nullable values):
   machine         {"platform", "python", "cpu_count", "cpu": {"model", "isa": [flag], "source"},
                    "versions": {package: version}}  ("cpu": runtime_py.machine_load.cpu_info)
   settings        {"positions": [int], "threads", "steps", "warmup", "prefill_chunk",
-                   "prefill_repeats", "ttft_tokens" (0: not measured), "seed", "baselines": [str],
-                   "shape": str|null,
+                   "prefill_repeats", "ttft_tokens" (0: not measured), "busy_core" (bool; optional,
+                   absent from earlier version 2 files), "seed", "baselines": [str], "shape": str|null,
                    "baseline_config": GriffinConfig dict|null}
   bandwidth       runtime_py.bandwidth.Bandwidth.to_dict(): {"method", "threads", "array_bytes",
                    "repeats", "best_gb_s", "median_gb_s", "samples_gb_s": [float]}
@@ -52,6 +52,13 @@ subject:
                   --ttft-tokens 0): {"tokens", "seconds", "prefill_chunk", "prefill_steps",
                   "prefill_seconds", "decode_steps", "decode_seconds", "method"}; split as
                   the generation loop splits a prompt (prefill chunks, then decode steps)
+  contention      (optional; absent from earlier version 2 files) null, or with --busy-core
+                  (artifacts; runtime_py.bench_contention): {"position" (the first), "hog" (what kept
+                  a core busy), "rows": [{"spin", "busy" (bools), "busy_cores_before" (load sample
+                  with the hog running)|null, "tokens_per_s"|null, "p10_tokens_per_s",
+                  "p90_tokens_per_s", "error"|null}], "busy_over_quiet" (decode tok/s with the busy
+                  core / without, spinning threads), "busy_over_quiet_no_spin", "no_spin_over_spin_busy"
+                  (busy decode without / with spinning); each ratio null where not measured}
   positions       one row per settings.positions entry:
     position, state_bytes, rss_bytes (current RSS after measuring), peak_rss_bytes,
     decode          {"tokens_per_s" (median), "p10_tokens_per_s", "p90_tokens_per_s",
@@ -114,6 +121,7 @@ _ROW = {
     "bytes_per_token": int, "roofline_tokens_per_s": _NUM, "roofline_fraction": _NUM,
 }  # fmt: skip
 _DECODE = {"tokens_per_s": _NUM, "p10_tokens_per_s": _NUM, "p90_tokens_per_s": _NUM, "steps": int}
+_CONTENTION_ROW = {"tokens_per_s": (*_NUM, _NONE)}
 _GOAL = {"goal": str, "target": _NUM, "comparison": str, "note": str}
 
 
@@ -126,6 +134,14 @@ def _check(obj: Any, fields: dict[str, Any], where: str) -> None:
         value = obj[key]
         if isinstance(value, bool) or not isinstance(value, types):
             raise RgMobileError(f"bench json: {where}.{key} has type {type(value).__name__}")
+
+
+def _check_contention(entry: Any, where: str) -> None:
+    _check(entry, {"position": int, "rows": list}, where)
+    for k, row in enumerate(entry["rows"]):
+        _check(row, _CONTENTION_ROW, f"{where}.rows[{k}]")
+        if not isinstance(row.get("spin"), bool) or not isinstance(row.get("busy"), bool):
+            raise RgMobileError(f"bench json: {where}.rows[{k}].spin and .busy must be true or false")
 
 
 def validate_bench(data: Any) -> None:
@@ -151,6 +167,8 @@ def validate_bench(data: Any) -> None:
         _check(s, {**_SUBJECT, **(_SUBJECT_2 if v2 else {})}, where)
         if v2 and s["ttft"] is not None:
             _check(s["ttft"], _TTFT, f"{where}.ttft")
+        if s.get("contention") is not None:
+            _check_contention(s["contention"], f"{where}.contention")
         if [r.get("position") for r in s["positions"]] != positions:
             raise RgMobileError(f"bench json: {where} positions differ from settings.positions")
         for j, row in enumerate(s["positions"]):

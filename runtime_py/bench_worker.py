@@ -48,6 +48,7 @@ class WorkerSpec:
       prefill_chunk, prefill_repeats: tokens per prefill step (1 = no prefill) and timed repeats.
       seed: seed of the weights (baselines), states and tokens.
       ttft_tokens: prompt length of the time to first token (artifacts; 0: not measured).
+      spin: let the runtime's idle threads spin-wait (False only for formats with spin_control).
     """
 
     subject: str
@@ -61,6 +62,7 @@ class WorkerSpec:
     path: str | None = None
     config: dict[str, Any] | None = None
     ttft_tokens: int = 0
+    spin: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -83,7 +85,7 @@ def _open_artifact(spec: WorkerSpec, seq_len: int) -> Subject:
     manifest = read_manifest(path, verify=False)  # hashing GBs of weights is validate's job, not bench's
     name, program = manifest.program_for(seq_len)
     only = dataclasses.replace(manifest, programs={name: program}, prefill_chunk=seq_len)
-    backend = open_artifact_backend(path, only, threads=spec.threads)
+    backend = open_artifact_backend(path, only, threads=spec.threads, spin=spec.spin)
     kv = next(s for s in manifest.io.state_inputs if s.field in ("key", "conv_state"))
     return BackendSubject(
         backend, manifest.precision, decode_weight_bytes(path, manifest), 2 if kv.dtype == "float16" else 4

@@ -27,6 +27,9 @@ from exporter.step.iospec import IOSpec
 
 log = logging.getLogger(__name__)
 
+# onnxruntime's session option for its intra-op pool: "1" (its default) spin-waits between pieces of work
+SPIN_CONFIG_KEY = "session.intra_op.allow_spinning"
+
 OrtState = dict[str, ort.OrtValue]
 _ORT = ort.capi.onnxruntime_pybind11_state
 # What onnxruntime raises for a missing, truncated or invalid model file.
@@ -43,7 +46,7 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
+    def __init__(self, artifact_dir: Path, manifest: Manifest, threads: int | None = None, spin: bool = True) -> None:
         if manifest.format != "onnx":
             raise RgMobileError(f"{artifact_dir}: manifest format is {manifest.format!r}, not 'onnx'")
         self.manifest = manifest
@@ -54,6 +57,9 @@ class OnnxBackend:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spin:  # idle pool threads block at once: with another process on a core, spinning steals its time
+            opts.add_session_config_entry(SPIN_CONFIG_KEY, "0")
+        self.spin = spin
         self.sessions: dict[int, ort.InferenceSession] = {}
         for name, prog in manifest.programs.items():
             path = Path(artifact_dir) / prog.file
@@ -136,6 +142,6 @@ class OnnxBackend:
         }
 
 
-def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> OnnxBackend:
+def open_artifact(artifact_dir: Path, manifest: Manifest, threads: int | None = None, spin: bool = True) -> OnnxBackend:
     """Factory named by this format's entry (exporter/targets/onnx_entry.py)."""
-    return OnnxBackend(Path(artifact_dir), manifest, threads=threads)
+    return OnnxBackend(Path(artifact_dir), manifest, threads=threads, spin=spin)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.formats import get_format
+from exporter.errors import RgMobileError
+from exporter.formats import entries, get_format
 from runtime_py.backend import Backend
 
 if TYPE_CHECKING:
@@ -30,25 +31,44 @@ def is_artifact(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").is_file()
 
 
-def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | None = None) -> Backend:
-    """The backend of ``manifest.format``: its entry's factory, ``(artifact_dir, manifest, threads) -> Backend``."""
+def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | None = None, spin: bool = True) -> Backend:
+    """The backend of ``manifest.format``: its entry's factory, ``(artifact_dir, manifest, threads) -> Backend``.
+
+    ``spin=False`` asks the runtime's idle threads not to spin-wait; only formats whose entry
+    says ``spin_control`` can, the others fail with a clear error.
+    """
     entry = get_format(manifest.format, f"{artifact}: unknown artifact format {manifest.format!r}", "valid")
     factory = entry.load("backend")
-    backend: Backend = factory(Path(artifact), manifest, threads)
+    if spin:
+        backend: Backend = factory(Path(artifact), manifest, threads)
+    elif entry.spin_control:
+        backend = factory(Path(artifact), manifest, threads, spin=False)
+    else:
+        raise RgMobileError(no_spin_error(manifest.format))
     return backend
 
 
-def open_path(path: Path | None, threads: int | None = None) -> Opened:
-    """A backend for a checkpoint path, an artifact folder, or (None) the bundled model."""
+def no_spin_error(what: str) -> str:
+    """What --no-spin says for ``what`` (a format or a checkpoint), naming the formats that take it."""
+    runs = ", ".join(e.name for e in entries() if e.spin_control)
+    return f"--no-spin: {what} runs on a thread pool rgmobile cannot stop spinning; only {runs} artifacts can"
+
+
+def open_path(path: Path | None, threads: int | None = None, spin: bool = True) -> Opened:
+    """A backend for a checkpoint path, an artifact folder, or (None) the bundled model
+    (``spin``: see :func:`open_artifact_backend`)."""
     from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
 
     if path is not None and is_artifact(path):
         from exporter.artifact.manifest import read_manifest
 
         manifest = read_manifest(Path(path))
-        backend = open_artifact_backend(Path(path), manifest, threads)
+        backend = open_artifact_backend(Path(path), manifest, threads, spin)
         return Opened(backend, Path(path) / manifest.tokenizer_file, manifest.format, Path(path))
     from runtime_py.torch_backend import TorchBackend
+
+    if not spin:
+        raise RgMobileError(no_spin_error("a checkpoint (PyTorch)"))
 
     ckpt = load_checkpoint(Path(path) if path is not None else default_checkpoint())
     return Opened(TorchBackend(ckpt.model, threads=threads), ckpt.tokenizer_path, "checkpoint", ckpt.source)

@@ -51,7 +51,7 @@ def bench_run(random_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -
             "bench", str(random_artifact), "--positions", ",".join(map(str, POSITIONS)), "--steps", "3",
             "--warmup", "1", "--prefill-repeats", "1", "--threads", "1", "--baselines", "transformers,eager,gemma",
             "--bandwidth-mib", "16", "--gemm-m", "64", "--ttft-tokens", str(TTFT), "--out", str(out),
-            "--plot", str(png),
+            "--plot", str(png), "--busy-core",
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -356,6 +356,70 @@ def test_bench_times_the_first_token_of_a_long_prompt(
     for goal in ("ttft_seconds", "prefill_gemm_fraction", "decode_rss_over_weights"):  # an fp32 artifact only
         assert goals[(goal, None)]["met"] is None and "no int4 artifact" in goals[(goal, None)]["note"]
     assert goals[("pte_size_over_fp32_weights", None)]["met"] is None
+
+
+def test_bench_busy_core_decodes_with_a_hog_spinning_and_not(
+    bench_run: tuple[dict, Path, Path, str], random_artifact: Path
+) -> None:
+    data, _, _, stdout = bench_run
+    assert data["settings"]["busy_core"] is True
+    subjects = {x["name"]: x for x in data["subjects"]}
+    entry = subjects[random_artifact.name]["contention"]
+    assert entry["position"] == POSITIONS[0] and "busy loop" in entry["hog"]
+    rows = entry["rows"]  # onnxruntime can stop spinning: all four variants, in order
+    assert [(r["spin"], r["busy"]) for r in rows] == [(True, False), (True, True), (False, False), (False, True)]
+    for r in rows:
+        assert r["error"] is None
+        assert r["p10_tokens_per_s"] <= r["tokens_per_s"] * 1.0001 <= r["p90_tokens_per_s"] * 1.0002
+        if r["busy"] and r["busy_cores_before"] is not None:  # the hog held its core while sampled
+            assert r["busy_cores_before"] >= 0.5
+    rate = {(r["spin"], r["busy"]): r["tokens_per_s"] for r in rows}
+    assert entry["busy_over_quiet"] == pytest.approx(rate[(True, True)] / rate[(True, False)])
+    assert entry["busy_over_quiet_no_spin"] == pytest.approx(rate[(False, True)] / rate[(False, False)])
+    assert entry["no_spin_over_spin_busy"] == pytest.approx(rate[(False, True)] / rate[(True, True)])
+    assert all(subjects[b]["contention"] is None for b in ("transformers", "eager", "gemma"))
+    assert f"busy core {random_artifact.name}: spinning" in stdout and "no spin" in stdout
+
+
+def test_contention_without_spin_control_measures_two_variants_and_keeps_failures() -> None:
+    from runtime_py.bench_contention import measure_contention
+    from runtime_py.bench_worker import WorkerSpec
+
+    spec = WorkerSpec(subject="artifact", path="x", threads=2, positions=(7, 9), steps=3, warmup=1,
+                      prefill_chunk=8, prefill_repeats=1, ttft_tokens=100)  # fmt: skip
+    seen: list[WorkerSpec] = []
+
+    def run(s: WorkerSpec) -> dict:
+        seen.append(s)
+        if len(seen) == 2:
+            return {"error": "boom"}
+        return {"positions": [{"decode": {"tokens_per_s": 4.0, "p10_tokens_per_s": 3.0, "p90_tokens_per_s": 5.0}}]}
+
+    entry = measure_contention(spec, False, run)
+    assert [(r["spin"], r["busy"]) for r in entry["rows"]] == [(True, False), (True, True)]
+    assert all(s.positions == (7,) and s.prefill_chunk == 1 and s.ttft_tokens == 0 and s.spin for s in seen)
+    assert entry["rows"][1]["error"] == "boom" and entry["rows"][1]["tokens_per_s"] is None
+    assert entry["busy_over_quiet"] is None and entry["no_spin_over_spin_busy"] is None
+
+
+def test_no_spin_runs_onnx_the_same_and_refuses_other_runtimes(random_artifact: Path, tiny_checkpoint: Path) -> None:
+    from exporter.errors import RgMobileError
+    from runtime_py.onnx_backend import SPIN_CONFIG_KEY
+    from runtime_py.open import open_path
+
+    spinning, still = open_path(random_artifact, threads=2), open_path(random_artifact, threads=2, spin=False)
+    for sess in still.backend.sessions.values():  # type: ignore[attr-defined]
+        assert sess.get_session_options().get_session_config_entry(SPIN_CONFIG_KEY) == "0"
+    ids, pos = np.array([[5, 6, 7, 8]]), np.arange(4)[None, :]
+    a, _ = spinning.backend.step(ids, pos, spinning.backend.init_state())
+    b, _ = still.backend.step(ids, pos, still.backend.init_state())
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(RgMobileError, match=r"--no-spin: a checkpoint \(PyTorch\).*only onnx artifacts"):
+        open_path(tiny_checkpoint, spin=False)
+    res = runner.invoke(app, ["generate", str(random_artifact), "--max-new-tokens", "3", "--no-spin", "--threads", "2"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["generate", str(tiny_checkpoint), "--max-new-tokens", "3", "--no-spin"])
+    assert res.exit_code != 0 and "only onnx artifacts" in res.output
 
 
 def _subject(**over: object) -> dict:

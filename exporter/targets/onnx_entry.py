@@ -26,4 +26,5 @@ ENTRY = FormatEntry(
     requirements="exporter.artifact.requirements:onnx_requirements",
     check_recipe="exporter.targets.onnx_entry:check_recipe",
     bundle_targets={"android": 0, "ios": 1},
+    spin_control=True,
 )
