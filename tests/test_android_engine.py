@@ -90,6 +90,19 @@ def test_jar_greedy_ids_equal_python(engine_jar: Path, android_bundles: dict[str
         assert "tok/s" in proc.stderr
 
 
+def test_jar_without_spinning_threads_gives_the_same_ids(engine_jar: Path, android_bundles: dict[str, Path]) -> None:
+    from runtime_py.generate import generate
+
+    bundle = android_bundles["int4"]
+    case = json.loads((bundle / "selftest.json").read_text())["cases"][0]
+    backend, tok = python_backend(bundle)
+    expected = generate(backend, tok, case["prompt"], 48).new_ids
+    proc = run_jar(engine_jar, str(bundle), "--prompt", case["prompt"], "--max-new-tokens", "48", "--ids",
+                   "--threads", "2", "--no-spin")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_jar_selftest_passes(engine_jar: Path, android_bundles: dict[str, Path], precision: str) -> None:
     bundle = android_bundles[precision]

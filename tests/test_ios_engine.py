@@ -114,6 +114,14 @@ def test_cli_greedy_ids_equal_python(swift: Swift, precision: str, library: str)
         assert got == want, f"{precision} {case['name']} ({library} onnxruntime): Swift ids differ from Python's"
 
 
+def test_cli_without_spinning_threads_gives_the_same_ids(swift: Swift) -> None:
+    bundle = swift.bundles["int4"]
+    case = json.loads((bundle / "selftest.json").read_text())["cases"][0]
+    want = _python_greedy(bundle, case["prompt"], 48)
+    got = _cli_ids(swift, bundle, "--prompt", case["prompt"], "--max-new-tokens", "48", "--threads", "2", "--no-spin")
+    assert got == want
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_cli_selftest_passes(swift: Swift, precision: str) -> None:
     proc = swift(CLI, str(swift.bundles[precision]), "--selftest")

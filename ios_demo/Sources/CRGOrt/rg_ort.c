@@ -82,7 +82,7 @@ int rg_ort_load(const char *lib_path, char *err, size_t errlen) {
 
 const char *rg_ort_version(void) { return load_state > 0 ? version : ""; }
 
-void *rg_ort_session_open(const char *model_path, int threads, char *err, size_t errlen) {
+void *rg_ort_session_open(const char *model_path, int threads, int spin, char *err, size_t errlen) {
   OrtSessionOptions *opts = NULL;
   OrtSession *session = NULL;
   if (check(api->CreateSessionOptions(&opts), err, errlen, "onnxruntime session options")) return NULL;
@@ -92,6 +92,10 @@ void *rg_ort_session_open(const char *model_path, int threads, char *err, size_t
       api->ReleaseSessionOptions(opts);
       return NULL;
     }
+  }
+  if (!spin && check(api->AddSessionConfigEntry(opts, "session.intra_op.allow_spinning", "0"), err, errlen, "spin")) {
+    api->ReleaseSessionOptions(opts);
+    return NULL;
   }
   int rc = check(api->CreateSession(env, model_path, opts, &session), err, errlen, "onnxruntime cannot load the model");
   api->ReleaseSessionOptions(opts);

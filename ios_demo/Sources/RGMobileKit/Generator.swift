@@ -66,13 +66,16 @@ public final class Engine {
 
     /// Open an ONNX bundle (the format this engine runs everywhere; Core ML on Apple via CoreMLBackend).
     /// `ortLibrary`: the onnxruntime library to load (default $RGMOBILE_ORT_LIB, else the system's).
-    public static func open(_ directory: URL, threads: Int = 0, verify: Bool = true, ortLibrary: String? = nil) throws -> Engine {
+    /// `spin: false`: onnxruntime's idle threads block instead of spin-waiting (ONNX bundles only).
+    public static func open(_ directory: URL, threads: Int = 0, spin: Bool = true, verify: Bool = true, ortLibrary: String? = nil) throws -> Engine {
         let bundle = try RGBundle(directory: directory, verify: verify)
         switch bundle.manifest.format {
         case "onnx":
-            return try Engine(bundle: bundle, backend: OnnxBackend(bundle: bundle, threads: threads, libraryPath: ortLibrary))
+            return try Engine(bundle: bundle, backend: OnnxBackend(bundle: bundle, threads: threads, spin: spin, libraryPath: ortLibrary))
         #if canImport(CoreML)
-        case "coreml": return try Engine(bundle: bundle, backend: CoreMLBackend(bundle: bundle))
+        case "coreml":
+            if !spin { throw RGError("--no-spin: Core ML runs on a thread pool this app cannot stop spinning; only onnx bundles can") }
+            return try Engine(bundle: bundle, backend: CoreMLBackend(bundle: bundle))
         #endif
         default:
             throw RGError("\(directory.path): bundle format '\(bundle.manifest.format)' is not supported by this app")

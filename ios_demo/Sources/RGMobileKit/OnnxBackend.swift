@@ -22,7 +22,7 @@ public final class OnnxBackend: Backend {
     private let io: IOSpec
     private let pairs: [String: String]  // output name -> the input it feeds
 
-    public init(bundle: RGBundle, threads: Int = 0, libraryPath: String? = nil) throws {
+    public init(bundle: RGBundle, threads: Int = 0, spin: Bool = true, libraryPath: String? = nil) throws {
         manifest = bundle.manifest
         io = manifest.io
         guard manifest.format == "onnx" else {
@@ -37,7 +37,7 @@ public final class OnnxBackend: Backend {
         for (pname, prog) in manifest.programs.sorted(by: { $0.key < $1.key }) {
             var err = [CChar](repeating: 0, count: 1024)
             let path = bundle.url(prog.file).path
-            guard let s = rg_ort_session_open(path, Int32(threads), &err, err.count) else {
+            guard let s = rg_ort_session_open(path, Int32(threads), spin ? 1 : 0, &err, err.count) else {
                 throw RGError("\(path): onnxruntime cannot load program '\(pname)': \(String(cString: err))")
             }
             sessions[prog.seq_len] = s

@@ -1,7 +1,7 @@
 // rgmobile-cli: the desktop twin of the iOS app (same engine, same bundle).
 //
 //   rgmobile-cli BUNDLE_DIR --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P
-//       --seed S] [--threads N] [--ids] [--selftest] [--save-state F --resume F] [--no-verify]
+//       --seed S] [--threads N] [--no-spin] [--ids] [--selftest] [--save-state F --resume F] [--no-verify]
 //
 // Prints the generated text as it streams (or, with --ids, the generated ids as one JSON line);
 // tok/s goes to stderr. A bad bundle, state file or option exits 2 with one clear line.
@@ -15,6 +15,7 @@ struct Options {
     var temperature = 0.0, topK = 0, topP = 1.0
     var seed: UInt64?
     var threads = 0
+    var spin = true
     var ids = false, selftest = false, verify = true
     var saveState: String?, resume: String?
 }
@@ -42,13 +43,14 @@ func parse(_ args: [String]) throws -> Options {
         case "--top-p": o.topP = try number(a, Double.self)
         case "--seed": o.seed = try number(a, UInt64.self)
         case "--threads": o.threads = try number(a, Int.self)
+        case "--no-spin": o.spin = false
         case "--ids": o.ids = true
         case "--selftest": o.selftest = true
         case "--no-verify": o.verify = false
         case "--save-state": o.saveState = try value(a)
         case "--resume": o.resume = try value(a)
         case "-h", "--help":
-            print("usage: rgmobile-cli BUNDLE_DIR --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P --seed S] [--threads N] [--ids] [--selftest] [--save-state F --resume F] [--no-verify]")
+            print("usage: rgmobile-cli BUNDLE_DIR --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P --seed S] [--threads N] [--no-spin] [--ids] [--selftest] [--save-state F --resume F] [--no-verify]")
             exit(0)
         default:
             if a.hasPrefix("-") { throw RGError("unknown option \(a) (see --help)") }
@@ -66,7 +68,7 @@ func err(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .u
 do {
     let o = try parse(Array(CommandLine.arguments.dropFirst()))
     let sampling = try SamplingConfig(temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed)
-    let engine = try Engine.open(URL(fileURLWithPath: o.bundle), threads: o.threads, verify: o.verify)
+    let engine = try Engine.open(URL(fileURLWithPath: o.bundle), threads: o.threads, spin: o.spin, verify: o.verify)
     if o.selftest {
         let report = try engine.selfTest(progress: { err("self-test: \($0)") })
         print(report.summary)

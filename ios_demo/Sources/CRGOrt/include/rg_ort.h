@@ -20,7 +20,9 @@ int rg_ort_load(const char *lib_path, char *err, size_t errlen);
 // The loaded library's version string ("1.21.0"); "" before rg_ort_load succeeded.
 const char *rg_ort_version(void);
 
-void *rg_ort_session_open(const char *model_path, int threads, char *err, size_t errlen);
+// threads <= 0: onnxruntime's default; spin == 0: idle pool threads block at once instead of
+// spin-waiting (session.intra_op.allow_spinning = 0; faster when another process holds a core).
+void *rg_ort_session_open(const char *model_path, int threads, int spin, char *err, size_t errlen);
 void rg_ort_session_close(void *session);
 // Graph input / output names, in graph order. Returns the count; fills names[i] (malloc'd,
 // freed by rg_ort_free_names) when names is not NULL and has room for max entries.

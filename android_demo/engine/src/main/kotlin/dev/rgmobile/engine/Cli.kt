@@ -7,13 +7,13 @@ import kotlin.system.exitProcess
 /**
  * The desktop twin of the app:
  *   java -jar engine.jar BUNDLE_DIR --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P --seed S]
- *        [--threads N] [--ids] [--selftest] [--save-state F] [--resume F] [--warmup N]
+ *        [--threads N] [--no-spin] [--ids] [--selftest] [--save-state F] [--resume F] [--warmup N]
  * Prints the generated text (or with --ids the generated ids as one JSON line) on stdout, timing on
  * stderr; a bad bundle or option is one line on stderr and exit code 2; a failed self-test exits 1.
  */
 object Cli {
     private const val USAGE = "usage: engine.jar BUNDLE_DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] " +
-        "[--top-p P] [--seed S] [--threads N] [--ids] [--selftest] [--save-state FILE] [--resume FILE] [--warmup N] | --tokenizer MODEL --encode-json FILE"
+        "[--top-p P] [--seed S] [--threads N] [--no-spin] [--ids] [--selftest] [--save-state FILE] [--resume FILE] [--warmup N] | --tokenizer MODEL --encode-json FILE"
 
     @JvmStatic
     fun main(args: Array<String>) {
@@ -32,7 +32,7 @@ object Cli {
         var bundleDir: String? = null
         var prompt: String? = null
         var maxNew = 64; var temperature = 0.0; var topK = 0; var topP = 1.0; var seed: Long? = null
-        var threads: Int? = null; var ids = false; var selftest = false; var warmup = 0
+        var threads: Int? = null; var spin = true; var ids = false; var selftest = false; var warmup = 0
         var saveState: File? = null; var resume: File? = null
         var tokenizerFile: File? = null; var encodeJson: File? = null
         var i = 0
@@ -48,6 +48,7 @@ object Cli {
                 "--seed" -> seed = num(a, String::toLongOrNull)
                 "--threads" -> threads = num(a, String::toIntOrNull)
                 "--warmup" -> warmup = num(a, String::toIntOrNull)
+                "--no-spin" -> spin = false
                 "--ids" -> ids = true
                 "--selftest" -> selftest = true
                 "--save-state" -> saveState = File(value(a))
@@ -75,7 +76,7 @@ object Cli {
         val dir = File(bundleDir ?: fail("no bundle folder given; $USAGE"))
         val sampling = SamplingConfig(temperature, topK, topP, seed)
         val bundle = Bundle.open(dir)
-        OnnxBackend(bundle, threads).use { backend ->
+        OnnxBackend(bundle, threads, spin).use { backend ->
             if (selftest) {
                 val st = bundle.selftest ?: fail("$dir: the bundle has no selftest file (an artifact, not a bundle?); run `rgmobile package`")
                 val runner = SelfTestRunner(backend, bundle.tokenizer, bundle.manifest.eosId)
