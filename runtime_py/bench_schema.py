@@ -60,7 +60,9 @@ subject:
                   core / without, spinning threads), "busy_over_quiet_no_spin", "no_spin_over_spin_busy"
                   (busy decode without / with spinning); each ratio null where not measured}
   positions       one row per settings.positions entry:
-    position, state_bytes, rss_bytes (current RSS after measuring), peak_rss_bytes,
+    position, state_bytes, rss_bytes (current RSS after measuring; three untimed state swaps at the
+                    first position precede the first row, so that the allocator is at its plateau),
+                    peak_rss_bytes,
     decode          {"tokens_per_s" (median), "p10_tokens_per_s", "p90_tokens_per_s",
                      "steps", "step_seconds": [float]}
     prefill         {"chunk", "tokens_per_s", "repeats", "step_seconds": [float]} | null

@@ -169,6 +169,19 @@ def _prefill(subject: Subject, spec: WorkerSpec, rng: np.random.Generator) -> di
     }
 
 
+def _settle(subject: Subject, spec: WorkerSpec, swaps: int = 3) -> None:
+    """A few untimed state swaps at the first position before the measured rows, so that every
+    position's RSS is read with the allocator at its plateau. Each new state frees the previous
+    one; after the first frees of multi-MB arrays glibc raises its mmap threshold and keeps later
+    frees on its heap, which held ~70 MB more after two or three swaps at the 2B shape, then
+    stayed flat to 32k (docs/performance.md): without them the first row's RSS read low. The
+    first position only, so that a cache growing with p (the Gemma baseline) is not touched."""
+    token = np.full(max(1, spec.warmup), min(4, subject.config.vocab_size - 1))
+    for _ in range(swaps):
+        subject.set_position(spec.positions[0], spec.seed)
+        subject.decode(token)
+
+
 def _ttft_plan(spec: WorkerSpec) -> tuple[int, int]:
     """(prefill steps of ``spec.prefill_chunk`` tokens, decode steps) of a ``ttft_tokens``
     prompt, split as the generation loop splits it (:func:`runtime_py.backend.plan_chunks`:
@@ -218,6 +231,8 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                 "rss_after_load_bytes": _rss(),
                 "program_loading": "together" if len(phases) == 1 else "one at a time (decode, then prefill)",
             }  # fmt: skip
+        if do_decode:
+            _settle(subject, spec)
         rng = np.random.default_rng(spec.seed)
         for row in rows:
             p = row["position"]

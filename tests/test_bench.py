@@ -482,3 +482,34 @@ def test_int8_gemm_peak_bad_arguments_are_one_clear_error() -> None:
         measure_int8_gemm(threads=0)
     peak = measure_int8_gemm(threads=1, m=8, k=64, n=32, repeats=2, warmup=1)
     assert peak.ops == 2 * 8 * 64 * 32 and len(peak.samples_seconds) == 2 and peak.best_ops_per_s > 0
+
+
+def test_bench_worker_swaps_states_untimed_before_the_measured_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RSS is read with the allocator at its plateau: three state swaps at the first position come first."""
+    from runtime_py import bench_worker
+    from runtime_py.bench_subjects import eager_subject
+    from runtime_py.bench_worker import WorkerSpec, measure
+
+    calls: list[tuple[str, int]] = []
+
+    class Recording:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def set_position(self, position: int, seed: int) -> None:
+            calls.append(("set", position))
+            self.inner.set_position(position, seed)  # type: ignore[attr-defined]
+
+        def decode(self, tokens: np.ndarray) -> list[float]:
+            calls.append(("decode", len(tokens)))
+            return self.inner.decode(tokens)  # type: ignore[attr-defined]
+
+    spec = WorkerSpec(subject="eager", config=preset("tiny").to_dict(), threads=1, positions=(3, 20), steps=2,
+                      warmup=1, prefill_chunk=1, prefill_repeats=1)  # fmt: skip
+    monkeypatch.setattr(bench_worker, "build_subject", lambda s: Recording(eager_subject(preset("tiny"), 0, 1)))
+    result = measure(spec)
+    assert calls == [("set", 3), ("decode", 1)] * 3 + [("set", 3), ("decode", 3), ("set", 20), ("decode", 3)]
+    assert [r["decode"]["steps"] for r in result["positions"]] == [2, 2]
