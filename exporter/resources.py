@@ -37,6 +37,20 @@ def current_rss_bytes() -> int | None:
         return None
 
 
+def current_anon_bytes() -> int | None:
+    """The anonymous part of the resident set now (RssAnon: heap, runtime-packed weights; not the
+    file-backed pages of mapped model files, which the kernel can drop and re-read); None where
+    /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
 def max_rss_bytes(children: bool = False) -> int:
     """The kernel's peak RSS of this process (or of its waited-for children), in bytes."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)

@@ -239,6 +239,8 @@ def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s
         before = subject.get("rss_before_load_bytes")
         resident = row["rss_bytes"] - before if before is not None else None
         row["resident_bytes"] = resident
+        anon, anon_before = row.get("anon_bytes"), subject.get("anon_before_load_bytes")
+        row["resident_anon_bytes"] = anon - anon_before if anon is not None and anon_before is not None else None
         row["resident_roofline_fraction"] = (
             row["decode"]["tokens_per_s"] / roofline(bandwidth_gb_s, resident + 2 * row["state_bytes"])
             if resident is not None and resident > 0

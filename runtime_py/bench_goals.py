@@ -20,6 +20,8 @@ Per-subject summaries (``summarize``) are the numbers the goals read:
   decode_rss_bytes      median over positions of the RSS after decoding there
   decode_resident_bytes the same less the RSS before the program was loaded (the
                         interpreter and the runtime's libraries): what the program holds
+  decode_resident_anon_bytes  its anonymous part (null where not measured): without the
+                        file-backed pages of the mapped model, which the kernel may drop
   ttft_seconds          seconds to the first token of a ``ttft.tokens`` prompt (null: not measured)
 """
 
@@ -69,6 +71,7 @@ def summarize(subject: dict[str, Any]) -> dict[str, Any]:
         "prefill_gemm_fraction": _median([r.get("prefill_gemm_fraction") for r in rows]),
         "decode_rss_bytes": _median([r["rss_bytes"] for r in rows]),
         "decode_resident_bytes": _median([r.get("resident_bytes") for r in rows]),
+        "decode_resident_anon_bytes": _median([r.get("resident_anon_bytes") for r in rows]),
         "ttft_seconds": ttft["seconds"] if ttft else None,
     }
 
@@ -151,6 +154,9 @@ def _int4_goals(a: dict[str, Any]) -> list[dict[str, Any]]:
     held, weights = summary.get("decode_resident_bytes"), a.get("weights_bytes")
     if held and weights:
         note = "RSS while decoding less the RSS before loading the program, over its weight bytes"
+        anon = summary.get("decode_resident_anon_bytes")
+        if anon:
+            note += f"; its anonymous part alone (no file-backed pages) {anon / weights:.3g}"
         out.append(_entry("decode_rss_over_weights", a["name"], held / weights, note))
     else:
         why = "not measured: no resident bytes or weight bytes"

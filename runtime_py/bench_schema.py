@@ -36,8 +36,8 @@ subject:
                   other work while bench idled; >= 0.5 is logged as a warning)
   backend, precision, config (GriffinConfig dict)
   weights_bytes, weights_bytes_method   what one decode step reads for its weights
-  load_seconds, rss_before_load_bytes (v2), rss_after_load_bytes, peak_rss_bytes (ru_maxrss of
-                  the subject's own process)
+  load_seconds, rss_before_load_bytes (v2), anon_before_load_bytes (optional), rss_after_load_bytes,
+                  peak_rss_bytes (ru_maxrss of the subject's own process)
   program_loading "together" (baselines) or "one at a time (decode, then prefill)" (artifacts:
                   decode speed and RSS are measured with the decode program alone loaded)
   export_stats    manifest format_details.export_stats | null
@@ -74,6 +74,10 @@ subject:
     prefill_gemm_fraction   prefill_gemm_ops_per_s / int8_gemm.best_ops_per_s | null
     resident_bytes          rss_bytes - rss_before_load_bytes: what the process holds for the
                             program (weights in the runtime's layout, buffers, state) | null
+    anon_bytes, resident_anon_bytes  (optional; absent from earlier version 2 files) the anonymous
+                            part of rss_bytes (RssAnon), and it less the subject's
+                            anon_before_load_bytes: the held bytes without the file-backed pages of
+                            mapped model files (clean, which the kernel may drop and re-read) | null
     resident_roofline_fraction  decode.tokens_per_s / (bandwidth / (resident_bytes + 2 x state))
                             | null: the ceiling counted from the weights as the runtime holds them
                             (an upper estimate of the bytes a step reads, so the higher fraction)

@@ -26,7 +26,7 @@ import numpy as np
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.fsio import write_json
-from exporter.resources import current_rss_bytes, max_rss_bytes
+from exporter.resources import current_anon_bytes, current_rss_bytes, max_rss_bytes
 from runtime_py.backend import plan_chunks
 from runtime_py.bench_subjects import BASELINES, BackendSubject, Subject
 
@@ -220,6 +220,7 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
     for load, do_decode, do_prefill in phases:
         gc.collect()
         before = _rss()  # what the process holds before the program: the runtime's own libraries
+        anon_before = current_anon_bytes()
         t0 = time.perf_counter()
         subject = load()
         if do_decode:
@@ -228,6 +229,7 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                 "backend": subject.backend, "precision": subject.precision, "config": subject.config.to_dict(),
                 "weights_bytes": weights, "weights_bytes_method": how,
                 "load_seconds": round(time.perf_counter() - t0, 3), "rss_before_load_bytes": before,
+                "anon_before_load_bytes": anon_before,
                 "rss_after_load_bytes": _rss(),
                 "program_loading": "together" if len(phases) == 1 else "one at a time (decode, then prefill)",
             }  # fmt: skip
@@ -241,7 +243,8 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                 tokens = rng.integers(min(4, subject.config.vocab_size - 1), subject.config.vocab_size,
                                       spec.warmup + spec.steps)  # fmt: skip
                 row["decode"] = decode_summary(subject.decode(tokens)[spec.warmup :])
-                row.update(state_bytes=subject.state_bytes(p), rss_bytes=_rss(), peak_rss_bytes=max_rss_bytes())
+                row.update(state_bytes=subject.state_bytes(p), rss_bytes=_rss(), peak_rss_bytes=max_rss_bytes(),
+                           anon_bytes=current_anon_bytes())  # fmt: skip
                 log.info("%s at %d: %.3g tok/s decode", spec.subject, p, row["decode"]["tokens_per_s"])
             if do_prefill:
                 row["prefill"] = _prefill(subject, spec, rng)

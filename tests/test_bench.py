@@ -212,6 +212,8 @@ def test_bench_json_matches_schema(bench_run: tuple[dict, Path, Path, str], rand
             assert r["prefill"] is not None and r["prefill"]["chunk"] == CHUNK
             assert 0 < r["roofline_fraction"] and r["roofline_tokens_per_s"] > 0
             assert r["resident_bytes"] == r["rss_bytes"] - x["rss_before_load_bytes"]
+            assert r["resident_anon_bytes"] == r["anon_bytes"] - x["anon_before_load_bytes"]
+            assert 0 < r["anon_bytes"] <= r["rss_bytes"]
             if r["resident_bytes"] > 0:  # held bytes + state in and out at the same bandwidth
                 held = r["resident_bytes"] + 2 * r["state_bytes"]
                 bw = data["bandwidth"]["best_gb_s"] * 1e9
