@@ -38,6 +38,7 @@ class MainActivity : Activity() {
     private lateinit var temperature: EditText
     private lateinit var threads: EditText
     private lateinit var continueBox: CheckBox
+    private lateinit var spinBox: CheckBox
     private lateinit var output: TextView
     private lateinit var status: TextView
     private var bundleDirs: List<File> = emptyList()
@@ -70,11 +71,14 @@ class MainActivity : Activity() {
         temperature = number("temperature (0 = greedy)", "0", decimal = true)
         threads = number("threads", "4")
         continueBox = CheckBox(this).apply { text = "continue the conversation (resume the last state)" }
+        // onnxruntime's idle threads spin-wait by default; off, a decode keeps more of its speed
+        // when other apps hold a core (docs/performance.md). Applies at the next Load.
+        spinBox = CheckBox(this).apply { text = "spin-wait threads (onnx)"; isChecked = true }
         output = TextView(this).apply { setTextIsSelectable(true); textSize = 15f }
         status = TextView(this).apply { textSize = 12f }
 
         col.addView(row(bundleSpinner, button("Rescan") { scan() }, button("Copy in") { copyIntoApp() }))
-        col.addView(row(threads, button("Load") { load() }, button("Self-test") { selfTest() }))
+        col.addView(row(threads, spinBox, button("Load") { load() }, button("Self-test") { selfTest() }))
         col.addView(prompt)
         col.addView(row(maxTokens, temperature))
         col.addView(continueBox)
@@ -134,13 +138,15 @@ class MainActivity : Activity() {
     private fun load() {
         val dir = selected() ?: return show("pick a bundle first")
         val n = threads.text.toString().toIntOrNull()
+        val spin = spinBox.isChecked
         background {
             show("verifying ${dir.name} (sha256 of every file)...")
             backend?.close(); backend = null; generator = null
             val b = Bundle.open(dir)
             val be = when (b.manifest.format) {
-                "onnx" -> OnnxBackend(b, n)
-                "executorch" -> ExecuTorchBackend(b)
+                "onnx" -> OnnxBackend(b, n, spin)
+                "executorch" -> if (spin) ExecuTorchBackend(b) else throw RgMobileException(
+                    "ExecuTorch's threads cannot be told not to spin-wait; tick 'spin-wait threads' for ${dir.name}")
                 else -> throw RgMobileException("${dir.name}: format '${b.manifest.format}' does not run on Android (onnx or executorch)")
             }
             loaded = b; backend = be; generator = Generator(b, be)
