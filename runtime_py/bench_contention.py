@@ -54,9 +54,13 @@ def contention_spec(spec: WorkerSpec, spin: bool) -> WorkerSpec:
     return dataclasses.replace(spec, positions=spec.positions[:1], prefill_chunk=1, ttft_tokens=0, spin=spin)
 
 
-def _ratio(rows: list[dict[str, Any]], spin: bool) -> float | None:
-    rate = {r["busy"]: r["tokens_per_s"] for r in rows if r["spin"] == spin and r.get("tokens_per_s")}
-    return rate[True] / rate[False] if len(rate) == 2 else None
+def _rate(rows: list[dict[str, Any]], spin: bool, busy: bool) -> float | None:
+    """Decode tok/s of the (spin, busy) variant; None when it was not measured or failed."""
+    return next((r["tokens_per_s"] for r in rows if (r["spin"], r["busy"]) == (spin, busy)), None)
+
+
+def _over(top: float | None, bottom: float | None) -> float | None:
+    return top / bottom if top and bottom else None
 
 
 def measure_contention(
@@ -81,13 +85,7 @@ def measure_contention(
         "position": spec.positions[0],
         "hog": HOG_NOTE,
         "rows": rows,
-        "busy_over_quiet": _ratio(rows, True),
-        "busy_over_quiet_no_spin": _ratio(rows, False),
-        "no_spin_over_spin_busy": _cross(rows),
+        "busy_over_quiet": _over(_rate(rows, True, True), _rate(rows, True, False)),
+        "busy_over_quiet_no_spin": _over(_rate(rows, False, True), _rate(rows, False, False)),
+        "no_spin_over_spin_busy": _over(_rate(rows, False, True), _rate(rows, True, True)),
     }
-
-
-def _cross(rows: list[dict[str, Any]]) -> float | None:
-    """Busy decode without spinning / with spinning (None unless both were measured)."""
-    busy = {r["spin"]: r["tokens_per_s"] for r in rows if r["busy"] and r.get("tokens_per_s")}
-    return busy[False] / busy[True] if len(busy) == 2 else None

@@ -59,7 +59,6 @@ class OnnxBackend:
             opts.inter_op_num_threads = 1
         if not spin:  # idle pool threads block at once: with another process on a core, spinning steals its time
             opts.add_session_config_entry(SPIN_CONFIG_KEY, "0")
-        self.spin = spin
         self.sessions: dict[int, ort.InferenceSession] = {}
         for name, prog in manifest.programs.items():
             path = Path(artifact_dir) / prog.file

@@ -38,13 +38,12 @@ def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | Non
     says ``spin_control`` can, the others fail with a clear error.
     """
     entry = get_format(manifest.format, f"{artifact}: unknown artifact format {manifest.format!r}", "valid")
-    factory = entry.load("backend")
-    if spin:
-        backend: Backend = factory(Path(artifact), manifest, threads)
-    elif entry.spin_control:
-        backend = factory(Path(artifact), manifest, threads, spin=False)
-    else:
+    if not spin and not entry.spin_control:  # refused before the runtime is imported
         raise RgMobileError(no_spin_error(manifest.format))
+    factory = entry.load("backend")
+    backend: Backend = (
+        factory(Path(artifact), manifest, threads) if spin else factory(Path(artifact), manifest, threads, spin=False)
+    )
     return backend
 
 
@@ -65,10 +64,9 @@ def open_path(path: Path | None, threads: int | None = None, spin: bool = True) 
         manifest = read_manifest(Path(path))
         backend = open_artifact_backend(Path(path), manifest, threads, spin)
         return Opened(backend, Path(path) / manifest.tokenizer_file, manifest.format, Path(path))
-    from runtime_py.torch_backend import TorchBackend
-
     if not spin:
         raise RgMobileError(no_spin_error("a checkpoint (PyTorch)"))
+    from runtime_py.torch_backend import TorchBackend
 
     ckpt = load_checkpoint(Path(path) if path is not None else default_checkpoint())
     return Opened(TorchBackend(ckpt.model, threads=threads), ckpt.tokenizer_path, "checkpoint", ckpt.source)
