@@ -136,9 +136,14 @@ def decode_weight_bytes(artifact_dir: Path, manifest: Manifest) -> tuple[int, st
     size = sum(p.stat().st_size for p in paths)
     shared = sum(1 for p in manifest.programs.values() if p.file == manifest.program_for(1)[1].file)
     how = "size of the decode program file(s)"
-    if manifest.format == "executorch":
-        # The tied table is stored twice in a .pte (exporter/targets/executorch.py): the head reads
-        # all of it, the lookup reads one row per token, so the lookup copy is not read.
+    data = manifest.format_details.get("data_file") if manifest.format == "executorch" else None
+    if isinstance(data, str):
+        # fp32: the weights are in the data file, the tied table once (exporter/targets/executorch.py)
+        size += (Path(artifact_dir) / data).stat().st_size
+        how += f" and its data file {data} (the tied table stored once, read whole by the head)"
+    elif manifest.format == "executorch":
+        # The tied table is stored twice in a quantized .pte (exporter/targets/executorch.py): the head
+        # reads all of it, the lookup reads one row per token, so the lookup copy is not read.
         cfg = manifest.config
         itemsize = 1 if (manifest.quantization or {}).get("embedding") else 4  # int8 lookup table or fp32
         size -= (cfg.vocab_size - 1) * cfg.width * itemsize

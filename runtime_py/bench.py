@@ -269,10 +269,13 @@ def _gemm_ops(manifest: Manifest) -> dict[str, Any]:
 
 
 def _pte_bytes(path: Path, manifest: Manifest) -> int | None:
-    """Size of an ExecuTorch artifact's .pte file(s) (each file once), None for other formats."""
+    """Size of an ExecuTorch artifact's program: its .pte file(s) (each once) and .ptd data file;
+    None for other formats."""
     if manifest.format != "executorch":
         return None
     files = {path / p.file for p in manifest.programs.values()}
+    if isinstance(manifest.format_details.get("data_file"), str):
+        files.add(path / manifest.format_details["data_file"])
     return sum(f.stat().st_size for f in files if f.is_file()) or None
 
 

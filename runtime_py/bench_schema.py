@@ -46,7 +46,7 @@ subject:
                   head, runtime_py.bench.linear_ops_per_token), "head_ops" (2 x vocab x width),
                   "head_every_position" (false when the prefill program returns only the last
                   position's logits), "note"}
-  pte_bytes       size of an ExecuTorch artifact's .pte file(s) | null
+  pte_bytes       size of an ExecuTorch artifact's .pte file(s) and .ptd data file | null
   fp32_weights_bytes  4 x the config's parameters (tied table once) for artifacts | null
   ttft            time to first token of a long prompt (artifacts; null for baselines or
                   --ttft-tokens 0): {"tokens", "seconds", "prefill_chunk", "prefill_steps",

@@ -1,8 +1,9 @@
 """ExecuTorch backend: runs a ``.pte`` artifact from its manifest alone (``executorch.runtime``).
 
 The manifest's programs name a method inside the .pte (``entry``: "prefill",
-t = chunk; "decode", t = 1) and its ``io`` maps the methods' positional
-inputs/outputs to IOSpec names. The state is a tuple of torch tensors in the
+t = chunk; "decode", t = 1); an fp32 program reads its weights from the data
+file ``format_details.data_file`` beside it (``model.ptd``). The manifest's
+``io`` maps the methods' positional inputs/outputs to IOSpec names. The state is a tuple of torch tensors in the
 IOSpec's state-input order; each ``present.*`` output is routed to the input
 it feeds (``pair``). The runtime copies outputs out on every call, so a state
 stays valid after later steps (states are values).
@@ -32,6 +33,20 @@ log = logging.getLogger(__name__)
 EtState = tuple[torch.Tensor, ...]
 
 
+def _data_file(artifact_dir: Path, manifest: Manifest) -> str | None:
+    """The program's ``.ptd`` data file (``format_details.data_file``; fp32 exports), or None."""
+    name = manifest.format_details.get("data_file")
+    if name is None:
+        return None
+    listed = {f.path for f in manifest.files}
+    if not isinstance(name, str) or name not in listed:
+        raise RgMobileError(f"{artifact_dir}: format_details.data_file {name!r} is not a file of the artifact")
+    path = artifact_dir / name
+    if not path.is_file():
+        raise RgMobileError(f"{path}: the program's data file is missing; copy the whole artifact folder")
+    return str(path)
+
+
 class ExecuTorchBackend:
     """A :class:`runtime_py.backend.Backend` over the methods of one ExecuTorch program."""
 
@@ -55,11 +70,12 @@ class ExecuTorchBackend:
         runtime = Runtime.get()
         self.methods: dict[int, Any] = {}  # seq_len -> executorch.runtime.Method
         programs: dict[Path, Any] = {}
+        data = _data_file(Path(artifact_dir), manifest)
         for name, prog in manifest.programs.items():
             path = Path(artifact_dir) / prog.file
             if path not in programs:
                 try:
-                    programs[path] = runtime.load_program(str(path))
+                    programs[path] = runtime.load_program(str(path), data_path=data)
                 except RuntimeError as exc:
                     raise RgMobileError(f"{path}: ExecuTorch cannot load the program: {exc}") from None
             program = programs[path]

@@ -72,8 +72,8 @@ def test_layout_methods_and_constant_methods(et_artifact: Path) -> None:
         "prefill": ("model.pte", CHUNK, "prefill"),
         "decode": ("model.pte", 1, "decode"),
     }
-    assert sorted(f.path for f in m.files) == ["model.pte", "tokenizer.model"]
-    program = Runtime.get().load_program(str(et_artifact / "model.pte"))
+    assert sorted(f.path for f in m.files) == ["model.ptd", "model.pte", "tokenizer.model"]
+    program = Runtime.get().load_program(str(et_artifact / "model.pte"), data_path=str(et_artifact / "model.ptd"))
     meta = {name: program.load_method(name).execute([])[0] for name in m.format_details["constant_methods"]}
     assert meta["get_vocab_size"] == m.config.vocab_size and meta["get_window"] == WINDOW
     assert meta["get_bos_id"] == 2 and meta["get_eos_ids"] == 1  # a list constant returns its items as outputs
@@ -87,15 +87,19 @@ def test_layout_methods_and_constant_methods(et_artifact: Path) -> None:
 
 @pytest.mark.slow
 def test_two_methods_share_one_copy_of_the_weights(et_artifact: Path, tiny_checkpoint: Path) -> None:
-    """Prefill and decode read the same weights: the .pte holds them once (plus the tied head, see target doc)."""
+    """Prefill and decode read the same weights, and the tied table is stored once: the portable lookup
+    and XNNPACK's head share it in model.ptd (see the target doc)."""
     m = read_manifest(et_artifact)
+    assert m.format_details["data_file"] == "model.ptd" and "model.ptd" in {f.path for f in m.files}
     params = load_checkpoint(tiny_checkpoint).model.state_dict()
     weight_bytes = sum(t.numel() * t.element_size() for t in params.values())
     table = params["embed_tokens.weight"]
     head_bytes = table.numel() * table.element_size()
     sizes = m.format_details["pte_bytes"]
-    stored = sizes["xnnpack_weights"] + sizes["portable_constants"]
-    assert weight_bytes <= stored <= weight_bytes + head_bytes + 16 * 1024, sizes  # twice would be ~2 x weight_bytes
+    assert sizes["xnnpack_weights"] == 0 and sizes["data_file"] == (et_artifact / "model.ptd").stat().st_size
+    stored = sizes["portable_constants"] + sizes["data_file"]
+    # the table twice would add head_bytes; the rest is RoPE's folded tables and alignment
+    assert weight_bytes <= stored < weight_bytes + head_bytes // 2, (sizes, weight_bytes, head_bytes)
 
 
 @pytest.mark.slow
@@ -268,6 +272,16 @@ def test_lean_lowering_writes_the_same_pte_as_executorch(tmp_path: Path) -> None
         spilled.write_to_file(f)
     assert (tmp_path / "spilled.pte").read_bytes() == plain
     assert duplicate_constant_node_pass.copy is copy
+    # Tagged for a data file (fp32 exports): the blobs spill the same way, none stays in memory.
+    from exporter.targets.executorch import tag_weights_external
+
+    tagged = tmp_path / "spill-tagged"
+    tagged.mkdir()
+    progs = programs()
+    tag_weights_external(progs)
+    store = lower(progs, {}, spill_dir=tagged, spill_min_bytes=1)._named_data_store.get_named_data_store_output()
+    assert len(list(tagged.iterdir())) == 5 and not store.pte_data and store.external_data
+    assert all(not isinstance(b, bytes) for b in store.buffers)  # every blob a file, not bytes
     path = tmp_path / "tied.pte"
     path.write_bytes(lean)
     sizes = pte_breakdown(path)
@@ -276,18 +290,19 @@ def test_lean_lowering_writes_the_same_pte_as_executorch(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_pte_breakdown_reads_the_header_like_the_full_parse(et_artifact: Path) -> None:
-    from executorch.exir._serialize._program import deserialize_pte_binary
+    from executorch.exir._serialize._program import _get_extended_header, deserialize_pte_binary
 
     from exporter.targets.executorch import pte_breakdown
 
-    path = et_artifact / "model.pte"
+    path, data = et_artifact / "model.pte", et_artifact / "model.ptd"
+    assert _get_extended_header(path.read_bytes()[:64]) is not None  # the segment-reading path
     pte = deserialize_pte_binary(path.read_bytes())
-    assert pte.named_data is not None
-    assert pte_breakdown(path) == {
+    assert pte_breakdown(path, data) == {
         "file": path.stat().st_size,
-        "xnnpack_weights": sum(len(b) for b in pte.named_data.buffers),
+        "xnnpack_weights": sum(len(b) for b in pte.named_data.buffers) if pte.named_data is not None else 0,
         "portable_constants": sum(len(b.storage) for b in pte.program.constant_buffer),
         "delegate_graphs": sum(len(d.data) for d in pte.program.backend_delegate_data),
+        "data_file": data.stat().st_size,
     }
 
 

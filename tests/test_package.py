@@ -209,16 +209,34 @@ def test_replacing_a_bundle_keeps_files_the_user_added(tiny_bundle: Path, tiny_o
 # --- other formats (slow: lowering / conversion) -------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def tiny_et_int8(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An int8 ExecuTorch export: one .pte, the layout the Android app loads."""
+    out = tmp_path_factory.mktemp("et-int8") / "tiny-et-int8"
+    result = _invoke("export", tiny_checkpoint, "--format", "executorch", "--quant", "int8", "--out", out,
+                     "--prefill-chunk", "8")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.mark.slow
-def test_executorch_android_bundle_and_ios_refusal(tiny_et_artifact: Path, tmp_path: Path) -> None:
-    line = _one_line_error(_invoke("package", tiny_et_artifact, "--target", "ios", "--out", tmp_path / "no"))
+def test_executorch_android_bundle_and_ios_refusal(tiny_et_int8: Path, tmp_path: Path) -> None:
+    line = _one_line_error(_invoke("package", tiny_et_int8, "--target", "ios", "--out", tmp_path / "no"))
     assert "cannot package a executorch artifact for ios" in line
     out = tmp_path / "et-android"
-    package(PackageOptions(artifact=tiny_et_artifact, target="android", out=out))
+    package(PackageOptions(artifact=tiny_et_int8, target="android", out=out))
     m = check_bundle(out).manifest
     assert {f.path for f in m.files} >= {"model.pte", "tokenizer.model", SELFTEST_NAME, "README.txt"}
     assert m.runtime_requirements == {"executorch": "1.5.1"}
     assert selftest_bundle(out).passed
+
+
+@pytest.mark.slow
+def test_fp32_executorch_with_a_data_file_is_refused_for_android(tiny_et_artifact: Path, tmp_path: Path) -> None:
+    """ExecuTorch's Android Module loads one .pte: the fp32 program's model.ptd would not load in the app."""
+    line = _one_line_error(_invoke("package", tiny_et_artifact, "--target", "android", "--out", tmp_path / "no"))
+    assert "its weights are in model.ptd" in line and "--quant int8 or --quant int4" in line
+    assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.slow

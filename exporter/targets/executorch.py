@@ -4,7 +4,16 @@ Both methods are lowered together (``to_edge_transform_and_lower`` on a dict
 of ExportedPrograms) with the XNNPACK partitioner, so they share one copy of
 the weights: XNNPACK keeps them in the program's named data store, keyed by
 content, and the portable kernels' constants live in one constant buffer
-(:func:`pte_breakdown` measures it). Each method's I/O is the IOSpec in order
+(:func:`pte_breakdown` measures it).
+
+fp32 exports keep every weight in a data file beside the program, ``model.pte`` +
+``model.ptd`` (ExecuTorch's external constants): there the portable ``embedding``
+lookup's table and XNNPACK's head weight are the same bytes in one named data store,
+which stores them once. Inside the .pte they cannot be shared: the runtime resolves
+an external constant only from a separate data file (ExecuTorch 1.5.1 refuses the
+program's own named data: "external_data_map is null"). Quantized exports stay one
+.pte: the lookup's 4/8-bit table and XNNPACK's packed head are different bytes, and
+ExecuTorch's Android ``Module`` loads a .pte alone (no data file). Each method's I/O is the IOSpec in order
 (``input_ids, position_ids, past_key_values.*`` -> ``logits, present.*``);
 ExecuTorch methods have positional I/O, so the manifest's ``io`` is what maps
 names to positions. Shapes are static: batch 1, t fixed per method.
@@ -21,8 +30,8 @@ Deliberate changes to the traced step, all numerically faithful:
     ``matmul(hidden, embedding.t())`` lowers to a delegated transpose of the
     whole table on every step followed by a *portable* ``mm`` (the partitioner
     will not take an ``mm`` whose weight is a runtime tensor). As a linear it is
-    one XNNPACK fully-connected op; the price is that the table is stored twice
-    (once for the portable ``embedding`` lookup, once packed for XNNPACK).
+    one XNNPACK fully-connected op, reading the table the portable ``embedding``
+    lookup reads (stored once in ``model.ptd`` at fp32; twice in a quantized .pte).
   * ``gelu(approximate="tanh")`` is decomposed before lowering: the XNNPACK
     delegate computes the *erf* GELU for it (max difference 4.7e-4, the
     "XNNPACK fp32 is ~1e-4 off" once taken for rounding). Decomposed, it runs as
@@ -72,6 +81,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PTE_NAME = "model.pte"
+DATA_TAG = "model"  # ExecuTorch names the data file after its tag: model.ptd
+DATA_NAME = f"{DATA_TAG}.ptd"
 DECODE, PREFILL = "decode", "prefill"
 # The state does not grow with context, so no architectural limit; ExecuTorch's
 # runner treats get_max_context_len as a hard stop, so it gets the int32 maximum.
@@ -189,6 +200,39 @@ def lower(
         return to_edge_transform_and_lower(programs, partitioner=partitioner, constant_methods=metadata)
 
 
+def tag_weights_external(programs: dict[str, torch.export.ExportedProgram]) -> None:
+    """Send every weight and constant the XNNPACK delegate serializes to the ``model.ptd`` data file.
+
+    XNNPACK reads the tag from each constant placeholder's ``custom`` metadata; the portable
+    kernels' constants are tagged at ``to_executorch`` (:func:`_external_config`).
+    """
+    from torch.export.graph_signature import InputKind
+
+    kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    for ep in programs.values():
+        constants = {s.arg.name for s in ep.graph_signature.input_specs if s.kind in kinds}
+        for node in ep.graph.nodes:
+            if node.op == "placeholder" and node.name in constants:
+                node.meta.setdefault("custom", {})["delegate_constant_tag"] = DATA_TAG
+
+
+# Constants that constant_prop_pass creates are named _prop_tensor_constant<N> per method: the same
+# name is another tensor in the other method, and a data file is keyed by name (ExecuTorch loads
+# the wrong tensor, "Scalar type mismatch"). They stay in the .pte; weights have one name everywhere.
+_PER_METHOD_CONSTANT = "_prop_tensor_constant"
+
+
+def _external_tag(node: torch.fx.Node) -> str | None:
+    return None if _PER_METHOD_CONSTANT in node.name else DATA_TAG
+
+
+def _external_config() -> Any:
+    """``to_executorch`` config that puts the portable kernels' weights in the ``model.ptd`` data file."""
+    from executorch.exir import ExecutorchBackendConfig
+
+    return ExecutorchBackendConfig(external_constants=_external_tag)
+
+
 def delegation_summary(edge: EdgeProgramManager, method: str) -> dict[str, Any]:
     """Which ops of ``method`` XNNPACK took and which run on portable kernels (counts per op)."""
     from executorch.devtools.backend_debug import get_delegation_info
@@ -212,8 +256,9 @@ def delegation_summary(edge: EdgeProgramManager, method: str) -> dict[str, Any]:
     }
 
 
-def pte_breakdown(path: Path) -> dict[str, int]:
-    """Bytes of a .pte by kind: XNNPACK weights (named data), portable constants, delegate graphs.
+def pte_breakdown(path: Path, data_file: Path | None = None) -> dict[str, int]:
+    """Bytes of a .pte by kind: XNNPACK weights (named data), portable constants, delegate graphs,
+    and ``data_file``: the size of the program's ``.ptd`` (0 without one).
 
     Reads only the header and the program flatbuffer (the segments are sized from the
     program's segment table, not loaded): the whole-file parse would hold ~3 copies of a
@@ -239,11 +284,12 @@ def pte_breakdown(path: Path) -> dict[str, int]:
                 "xnnpack_weights": named,
                 "portable_constants": sum(len(b.storage) for b in pte.program.constant_buffer),
                 "delegate_graphs": sum(len(d.data) for d in pte.program.backend_delegate_data),
+                "data_file": data_file.stat().st_size if data_file is not None else 0,
             }
         f.seek(0)
         prog = _flatbuffer_to_program(f.read(eh.program_size))
     sizes = [s.size for s in prog.segments]
-    named = sum(sizes[i] for i in {entry.segment_index for entry in prog.named_data})
+    named = sum(sizes[i] for i in {entry.segment_index for entry in prog.named_data or ()})
     constants = sum(len(b.storage) for b in prog.constant_buffer)
     if prog.constant_segment is not None and prog.constant_segment.offsets:
         constants += sizes[prog.constant_segment.segment_index] - prog.constant_segment.offsets[0]
@@ -254,14 +300,15 @@ def pte_breakdown(path: Path) -> dict[str, int]:
         if d.processed.location == DataLocation.SEGMENT
     )
     return {"file": path.stat().st_size, "xnnpack_weights": named, "portable_constants": constants,
-            "delegate_graphs": delegates}  # fmt: skip
+            "delegate_graphs": delegates,
+            "data_file": data_file.stat().st_size if data_file is not None else 0}  # fmt: skip
 
 
-def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int]) -> None:
-    """Load the written .pte and check every method's positional I/O against the IOSpec."""
+def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int], data_file: Path | None = None) -> None:
+    """Load the written .pte (with its data file) and check every method's positional I/O against the IOSpec."""
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(str(path))
+    program = Runtime.get().load_program(str(path), data_path=None if data_file is None else str(data_file))
     for name, seq in seq_lens.items():
         if name not in program.method_names:
             raise RuntimeError(f"{path.name}: method {name!r} missing; has {sorted(program.method_names)}")
@@ -274,6 +321,15 @@ def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int]) -> None:
         for s, info in pairs:
             if tuple(info.sizes()) != s.concrete_shape(1, seq) or info.dtype() != dtype(s.dtype).executorch:
                 raise RuntimeError(f"{path.name}:{name}: {s.name} is {tuple(info.sizes())}, IOSpec says {s.shape}")
+
+
+def _write_data_file(et_program: Any, dest: Path) -> None:
+    """Write the program's one data file (tag ``model``) to ``dest`` atomically."""
+    data = et_program._tensor_data or {}  # private but pinned (executorch==1.5.1): {tag: serialized .ptd}
+    if set(data) != {DATA_TAG}:
+        raise RuntimeError(f"ExecuTorch wrote data files {sorted(data)}; expected only {DATA_TAG!r}")
+    with atomic_file(dest) as tmp, tmp.open("wb") as f:
+        data[DATA_TAG].write_to_file(f)
 
 
 def _malloc_trim() -> None:
@@ -318,6 +374,9 @@ def export(
         _stage(rss, "quantize")
     programs = export_programs(model, seq_lens, step)
     del step
+    separate = not recipe.is_quantized  # fp32: the weights go to model.ptd, the tied table once (module doc)
+    if separate:
+        tag_weights_external(programs)
     _stage(rss, "torch.export")
     t1 = time.perf_counter()
     log.info("torch.export of %s took %.1fs; lowering to ExecuTorch/XNNPACK", seq_lens, t1 - t0)
@@ -328,16 +387,19 @@ def export(
         del programs
         _stage(rss, "to_edge_transform_and_lower")
         delegation = delegation_summary(edge, DECODE)
-        et_program = edge.to_executorch()
+        et_program = edge.to_executorch(_external_config()) if separate else edge.to_executorch()
         del edge
         _stage(rss, "to_executorch")
         with atomic_file(path) as tmp, tmp.open("wb") as f:
             et_program.write_to_file(f)  # streams the serialized pieces: no whole-file bytes object
+        data = Path(out_dir) / DATA_NAME if separate else None
+        if data is not None:
+            _write_data_file(et_program, data)
         del et_program
         _stage(rss, "write")
     t2 = time.perf_counter()
     log.info("lowered and wrote %s (%d bytes) in %.1fs", path, path.stat().st_size, t2 - t1)
-    check_methods(path, spec, seq_lens)
+    check_methods(path, spec, seq_lens, data)
     import executorch.version
 
     return TargetResult(
@@ -356,9 +418,12 @@ def export(
             "methods": {name: {"seq_len": seq} for name, seq in seq_lens.items()},
             "constant_methods": constant_methods(model.config, options.prefill_chunk),
             "decode_delegation": delegation,
-            "pte_bytes": pte_breakdown(path),
-            "tied_head": "stored twice: portable embedding table + XNNPACK-packed linear weight"
-            + ("" if quant_facts is None or recipe.embedding is None else " (both quantized, same integers)"),
+            "data_file": DATA_NAME if separate else None,
+            "pte_bytes": pte_breakdown(path, data),
+            "tied_head": f"stored once in {DATA_NAME}: the portable embedding lookup and XNNPACK's linear read it"
+            if separate
+            else "stored twice: portable embedding table + XNNPACK-packed linear weight"
+            + ("" if recipe.embedding is None else " (both quantized, same integers)"),
             "seconds": {"export": round(t1 - t0, 1), "lower": round(t2 - t1, 1)},
         },
     )

@@ -76,7 +76,7 @@ def lean_xnnpack_preprocess(spill_dir: Path | None = None, spill_min_bytes: int 
       ``state_dict`` entries, never a tensor in place), so the copy here shares the tensors and
       copies the rest (graph, signature, dicts).
     * each method's partitions serialize their weights into their own named-data bytes, so
-      prefill and decode each held a copy until the .pte is written (which dedups by key). The
+      prefill and decode each held a copy until the .pte (or .ptd) is written (which dedups by key). The
       keys are the sha256 of the bytes: identical blobs are replaced by the first one seen.
     * a constant used both by a delegated and by a portable op (the tied table) is deep-copied
       per method by ``duplicate_constant_node``; here the copy is the same tensor
@@ -127,8 +127,9 @@ def lean_xnnpack_preprocess(spill_dir: Path | None = None, spill_min_bytes: int 
     def preprocess_sharing_blobs(program: torch.export.ExportedProgram, specs: Any) -> Any:
         result = preprocess(program, specs)
         store = result.data_store_output
-        if store is not None:
-            for key, entry in store.pte_data.items():
+        if store is not None:  # blobs stored in the .pte and those tagged for a data file (fp32: model.ptd)
+            entries = [*store.pte_data.items(), *(e for tagged in store.external_data.values() for e in tagged.items())]
+            for key, entry in entries:
                 blob = store.buffers[entry.buffer_index]
                 if not isinstance(blob, bytes):  # already replaced (a second key of the same buffer)
                     continue

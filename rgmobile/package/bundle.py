@@ -2,7 +2,7 @@
 
 ``package(options)``:
   1. reads the artifact's manifest and checks every file's sha256 (a broken artifact is refused);
-  2. checks the pairing (android: onnx, executorch; ios: coreml, onnx);
+  2. checks the pairing (android: onnx, executorch in one .pte; ios: coreml, onnx);
   3. runs ``validate`` against the reference checkpoint and refuses a failing artifact
      (Core ML off macOS can only be "incomplete": packaged, and the bundle says so);
   4. writes the bundle into a temporary folder beside ``out`` and renames it into place:
@@ -98,6 +98,18 @@ def check_pairing(target: str, fmt: str) -> None:
         )
 
 
+def check_single_program_file(target: str, manifest: Manifest) -> None:
+    """ExecuTorch's Android ``Module`` loads a .pte alone: a program whose weights live in a
+    ``.ptd`` data file (fp32 exports) cannot run in the app."""
+    data = manifest.format_details.get("data_file") if manifest.format == "executorch" else None
+    if target == "android" and data is not None:
+        raise RgMobileError(
+            f"cannot package this executorch artifact for android: its weights are in {data}, which "
+            "ExecuTorch's Android Module does not load (it takes one .pte); export with --quant int8 or "
+            "--quant int4 (weights inside the .pte, the phone sizes) or with --format onnx"
+        )
+
+
 def state_bytes(manifest: Manifest) -> int:
     """Bytes of one sequence's state (batch 1), from the IOSpec: the same at every context length."""
     return sum(math.prod(s.concrete_shape(batch=1)) * dtype(s.dtype).itemsize for s in manifest.io.state_inputs)
@@ -183,6 +195,7 @@ def package(options: PackageOptions) -> PackageResult:
     artifact = Path(options.artifact)
     manifest = read_manifest(artifact, verify=True)
     check_pairing(options.target, manifest.format)
+    check_single_program_file(options.target, manifest)
     if manifest.bundle is not None:
         raise RgMobileError(f"{artifact} is already a bundle; package the artifact it was made from")
     validation, not_run = _validation(options, manifest)

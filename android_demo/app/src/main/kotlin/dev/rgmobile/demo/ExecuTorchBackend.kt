@@ -28,6 +28,11 @@ class ExecuTorchBackend(bundle: Bundle) : Backend {
         if (manifest.format != "executorch") throw RgMobileException("${bundle.dir}: bundle format is '${manifest.format}', not 'executorch'")
         val files = manifest.programs.values.map { it.file }.toSet()
         if (files.size != 1) throw RgMobileException("${bundle.dir}: an ExecuTorch bundle keeps every method in one .pte, found $files")
+        val data = manifest.files.map { it.path }.filter { it.endsWith(".ptd") }
+        if (data.isNotEmpty()) throw RgMobileException(
+            "${bundle.dir}: the program keeps its weights in ${data.joinToString()}, which ExecuTorch's Android Module " +
+                "does not load; package an int8 or int4 ExecuTorch export (weights inside the .pte)"
+        )
         module = Module.load(bundle.file(files.single()).path)
         methods = manifest.programs.map { (name, p) -> p.seqLen to (p.entry ?: name) }.toMap()
         for (s in io.stateInputs) {
