@@ -13,8 +13,9 @@ which stores them once. Inside the .pte they cannot be shared: the runtime resol
 an external constant only from a separate data file (ExecuTorch 1.5.1 refuses the
 program's own named data: "external_data_map is null"). Quantized exports stay one
 .pte: the lookup's 4/8-bit table and XNNPACK's packed head are different bytes, and
-ExecuTorch's Android ``Module`` loads a .pte alone (no data file). Each method's I/O is the IOSpec in order
-(``input_ids, position_ids, past_key_values.*`` -> ``logits, present.*``);
+ExecuTorch's Android ``Module`` loads a .pte alone (no data file).
+
+Each method's I/O is the IOSpec in order (``input_ids, position_ids, past_key_values.*`` -> ``logits, present.*``);
 ExecuTorch methods have positional I/O, so the manifest's ``io`` is what maps
 names to positions. Shapes are static: batch 1, t fixed per method.
 
@@ -203,8 +204,9 @@ def lower(
 def tag_weights_external(programs: dict[str, torch.export.ExportedProgram]) -> None:
     """Send every weight and constant the XNNPACK delegate serializes to the ``model.ptd`` data file.
 
-    XNNPACK reads the tag from each constant placeholder's ``custom`` metadata; the portable
-    kernels' constants are tagged at ``to_executorch`` (:func:`_external_config`).
+    XNNPACK reads the tag from each constant placeholder's ``custom`` metadata and keys its blobs
+    by content, so per-method constants are safe there; the portable kernels' constants are
+    tagged at ``to_executorch`` (:func:`_external_config`).
     """
     from torch.export.graph_signature import InputKind
 
