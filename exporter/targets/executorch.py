@@ -6,8 +6,9 @@ the weights: XNNPACK keeps them in the program's named data store, keyed by
 content, and the portable kernels' constants live in one constant buffer
 (:func:`pte_breakdown` measures it).
 
-fp32 exports keep every weight in a data file beside the program, ``model.pte`` +
-``model.ptd`` (ExecuTorch's external constants): there the portable ``embedding``
+fp32 exports keep the weights in a data file beside the program, ``model.pte`` +
+``model.ptd`` (ExecuTorch's external constants; the constants folded per method
+stay in the .pte, see ``_PER_METHOD_CONSTANT``): there the portable ``embedding``
 lookup's table and XNNPACK's head weight are the same bytes in one named data store,
 which stores them once. Inside the .pte they cannot be shared: the runtime resolves
 an external constant only from a separate data file (ExecuTorch 1.5.1 refuses the
@@ -15,9 +16,9 @@ program's own named data: "external_data_map is null"). Quantized exports stay o
 .pte: the lookup's 4/8-bit table and XNNPACK's packed head are different bytes, and
 ExecuTorch's Android ``Module`` loads a .pte alone (no data file).
 
-Each method's I/O is the IOSpec in order (``input_ids, position_ids, past_key_values.*`` -> ``logits, present.*``);
-ExecuTorch methods have positional I/O, so the manifest's ``io`` is what maps
-names to positions. Shapes are static: batch 1, t fixed per method.
+Each method's I/O is the IOSpec in order (``input_ids, position_ids,
+past_key_values.*`` -> ``logits, present.*``); ExecuTorch methods have positional
+I/O, so the manifest's ``io`` is what maps names to positions. Shapes are static: batch 1, t fixed per method.
 
 The model's metadata is also stored as constant methods, with the keys
 ExecuTorch's LLM runner reads (extension/llm/runner/constants.h:
