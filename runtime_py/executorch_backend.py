@@ -3,10 +3,11 @@
 The manifest's programs name a method inside the .pte (``entry``: "prefill",
 t = chunk; "decode", t = 1); an fp32 program reads its weights from the data
 file ``format_details.data_file`` beside it (``model.ptd``). The manifest's
-``io`` maps the methods' positional inputs/outputs to IOSpec names. The state is a tuple of torch tensors in the
-IOSpec's state-input order; each ``present.*`` output is routed to the input
-it feeds (``pair``). The runtime copies outputs out on every call, so a state
-stays valid after later steps (states are values).
+``io`` maps the methods' positional inputs/outputs to IOSpec names. The state
+is a tuple of torch tensors in the IOSpec's state-input order; each
+``present.*`` output is routed to the input it feeds (``pair``). The runtime
+copies outputs out on every call, so a state stays valid after later steps
+(states are values).
 
 Shapes are static (batch 1, t per method): a prompt is split by
 :func:`runtime_py.backend.plan_chunks` into full prefill chunks and t = 1

@@ -276,6 +276,7 @@ def pte_breakdown(path: Path, data_file: Path | None = None) -> dict[str, int]:
     from executorch.exir.schema import DataLocation
 
     path = Path(path)
+    data_bytes = data_file.stat().st_size if data_file is not None else 0
     with path.open("rb") as f:
         eh = _get_extended_header(f.read(64))
         if eh is None:  # no segments: everything is inline in the flatbuffer
@@ -287,7 +288,7 @@ def pte_breakdown(path: Path, data_file: Path | None = None) -> dict[str, int]:
                 "xnnpack_weights": named,
                 "portable_constants": sum(len(b.storage) for b in pte.program.constant_buffer),
                 "delegate_graphs": sum(len(d.data) for d in pte.program.backend_delegate_data),
-                "data_file": data_file.stat().st_size if data_file is not None else 0,
+                "data_file": data_bytes,
             }
         f.seek(0)
         prog = _flatbuffer_to_program(f.read(eh.program_size))
@@ -304,7 +305,7 @@ def pte_breakdown(path: Path, data_file: Path | None = None) -> dict[str, int]:
     )
     return {"file": path.stat().st_size, "xnnpack_weights": named, "portable_constants": constants,
             "delegate_graphs": delegates,
-            "data_file": data_file.stat().st_size if data_file is not None else 0}  # fmt: skip
+            "data_file": data_bytes}  # fmt: skip
 
 
 def check_methods(path: Path, spec: IOSpec, seq_lens: dict[str, int], data_file: Path | None = None) -> None:
