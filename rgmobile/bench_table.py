@@ -72,6 +72,15 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
                 highlight=False,
             )
     for s in data["subjects"]:
+        t = s.get("together") if s.get("error") is None else None
+        if t:
+            anon = "" if t["anon_held_bytes"] is None else f", {fmt_bytes(t['anon_held_bytes'])} anonymous"
+            out.print(
+                f"programs together {s['name']}: held {fmt_bytes(t['held_bytes'])} = {t['held_over_weights']:.2f} x "
+                f"the weights{anon}; decode {_fmt_rate(t['tokens_per_s'])} tok/s",
+                highlight=False,
+            )
+    for s in data["subjects"]:
         if s.get("error") is None and s.get("contention"):
             out.print(f"busy core {s['name']}: {contention_line(s['contention'])}", highlight=False)
     goals = Table(title="goals")

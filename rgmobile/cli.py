@@ -461,6 +461,9 @@ def bench(
     busy_core: Annotated[
         bool, typer.Option(help="also decode each artifact with another process keeping a core busy")
     ] = False,
+    together: Annotated[
+        bool, typer.Option(help="also load each artifact's programs at once, as generate does, and record its memory")
+    ] = False,
     out_json: Annotated[Path, typer.Option("--out", help="JSON result")] = Path("bench.json"),
     plot: Annotated[Path | None, typer.Option(help="PNG of tokens/s and RSS against position")] = None,
 ) -> None:
@@ -472,7 +475,7 @@ def bench(
         artifacts=tuple(artifacts or ()), out=out_json, positions=_int_list(positions, "--positions"),
         threads=threads, steps=steps, warmup=warmup, prefill_chunk=prefill_chunk, prefill_repeats=prefill_repeats,
         baselines=names, shape=shape, seed=seed, bandwidth_mib=bandwidth_mib, plot=plot, timeout=timeout,
-        gemm_m=gemm_m, ttft_tokens=ttft_tokens, busy_core=busy_core,
+        gemm_m=gemm_m, ttft_tokens=ttft_tokens, busy_core=busy_core, together=together,
     )  # fmt: skip
     with err.status("benchmarking (one process per artifact and baseline)..."):
         data = run_bench(options)

@@ -84,6 +84,8 @@ class BenchOptions:
         artifact (prefill chunks, then decode steps, from position 0); 0 skips it.
       busy_core: also decode each artifact with another process keeping a core busy, with and
         without spin-waiting threads where the runtime allows it (runtime_py/bench_contention.py).
+      together: also load each artifact's programs all at once, as ``generate`` does, and record
+        what the process holds while decoding (an fp32 2B ONNX artifact would need ~21 GB).
     """
 
     artifacts: tuple[Path, ...] = ()
@@ -107,6 +109,7 @@ class BenchOptions:
     gemm_repeats: int = 10
     ttft_tokens: int = 2048
     busy_core: bool = False
+    together: bool = False
 
     def __post_init__(self) -> None:
         if not self.positions or any(not isinstance(p, int) or p < 0 for p in self.positions):
@@ -304,7 +307,8 @@ def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | 
             name, k = f"{path.resolve().name}#{k}", k + 1
         names.add(name)
         spec = WorkerSpec(subject="artifact", path=str(path), prefill_chunk=m.prefill_chunk,
-                          ttft_tokens=options.ttft_tokens, **common)  # type: ignore[arg-type]  # fmt: skip
+                          ttft_tokens=options.ttft_tokens, together=options.together,
+                          **common)  # type: ignore[arg-type]  # fmt: skip
         export_stats = m.format_details.get("export_stats")
         stubs.append({"name": name, "kind": "artifact", "path": str(path), "format": m.format,
                       "export_stats": export_stats, "gemm_ops": _gemm_ops(m) if m.prefill_chunk > 1 else None,
@@ -365,6 +369,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             "prefill_repeats": options.prefill_repeats,
             "ttft_tokens": options.ttft_tokens,
             "busy_core": options.busy_core,
+            "together": options.together,
             "seed": options.seed,
             "baselines": list(options.baselines),
             "shape": options.shape,

@@ -51,7 +51,9 @@ def variants(spin_control: bool) -> list[tuple[bool, bool]]:
 
 def contention_spec(spec: WorkerSpec, spin: bool) -> WorkerSpec:
     """Decode only, at the first position; no prefill, no time to first token."""
-    return dataclasses.replace(spec, positions=spec.positions[:1], prefill_chunk=1, ttft_tokens=0, spin=spin)
+    return dataclasses.replace(
+        spec, positions=spec.positions[:1], prefill_chunk=1, ttft_tokens=0, spin=spin, together=False
+    )
 
 
 def _rate(rows: list[dict[str, Any]], spin: bool, busy: bool) -> float | None:

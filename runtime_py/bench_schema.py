@@ -13,9 +13,9 @@ Top level (all keys required; "|null" marks nullable values):
   machine         {"platform", "python", "cpu_count", "cpu": {"model", "isa": [flag], "source"},
                    "versions": {package: version}}  ("cpu": runtime_py.machine_load.cpu_info)
   settings        {"positions": [int], "threads", "steps", "warmup", "prefill_chunk",
-                   "prefill_repeats", "ttft_tokens" (0: not measured), "busy_core" (bool; optional,
-                   absent from earlier version 2 files), "seed", "baselines": [str], "shape": str|null,
-                   "baseline_config": GriffinConfig dict|null}
+                   "prefill_repeats", "ttft_tokens" (0: not measured), "busy_core" and "together"
+                   (bools; optional, absent from earlier version 2 files), "seed", "baselines": [str],
+                   "shape": str|null, "baseline_config": GriffinConfig dict|null}
   bandwidth       runtime_py.bandwidth.Bandwidth.to_dict(): {"method", "threads", "array_bytes",
                    "repeats", "best_gb_s", "median_gb_s", "samples_gb_s": [float]}
   int8_gemm       runtime_py.gemm_peak.GemmPeak.to_dict() | null (--gemm-m 0): {"method", "kernel"
@@ -59,6 +59,11 @@ subject:
                   "p90_tokens_per_s", "error"|null}], "busy_over_quiet" (decode tok/s with the busy
                   core / without, spinning threads), "busy_over_quiet_no_spin", "no_spin_over_spin_busy"
                   (busy decode without / with spinning); each ratio null where not measured}
+  together        (optional; absent from earlier version 2 files) null, or with --together
+                  (artifacts): every program loaded at once, as ``generate`` loads them, decoding at
+                  the first position after one prefill chunk: {"position", "rss_before_load_bytes",
+                  "rss_bytes", "held_bytes" (rss_bytes - rss_before_load_bytes), "held_over_weights"
+                  (÷ weights_bytes), "anon_held_bytes" (RssAnon gained) | null, "tokens_per_s"}
   positions       one row per settings.positions entry:
     position, state_bytes, rss_bytes (current RSS after measuring; three untimed state swaps at the
                     first position precede the first row, so that the allocator is at its plateau),
@@ -116,6 +121,10 @@ _ROW_2 = {
 }  # fmt: skip
 _GEMM = {"kernel": str, "threads": int, "shape": dict, "ops": int, "best_ops_per_s": _NUM, "median_ops_per_s": _NUM}
 _TTFT = {"tokens": int, "seconds": _NUM}
+_TOGETHER = {
+    "position": int, "rss_before_load_bytes": int, "rss_bytes": int, "held_bytes": int, "held_over_weights": _NUM,
+    "anon_held_bytes": (int, _NONE), "tokens_per_s": _NUM,
+}  # fmt: skip
 _BANDWIDTH = {"threads": int, "array_bytes": int, "best_gb_s": _NUM, "median_gb_s": _NUM, "samples_gb_s": list}
 _SUBJECT = {
     "name": str, "kind": str, "backend": str, "precision": str, "config": dict, "weights_bytes": int,
@@ -175,6 +184,8 @@ def validate_bench(data: Any) -> None:
             _check(s["ttft"], _TTFT, f"{where}.ttft")
         if s.get("contention") is not None:
             _check_contention(s["contention"], f"{where}.contention")
+        if s.get("together") is not None:
+            _check(s["together"], _TOGETHER, f"{where}.together")
         if [r.get("position") for r in s["positions"]] != positions:
             raise RgMobileError(f"bench json: {where} positions differ from settings.positions")
         for j, row in enumerate(s["positions"]):

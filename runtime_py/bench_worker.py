@@ -49,6 +49,8 @@ class WorkerSpec:
       seed: seed of the weights (baselines), states and tokens.
       ttft_tokens: prompt length of the time to first token (artifacts; 0: not measured).
       spin: let the runtime's idle threads spin-wait (False only for formats with spin_control).
+      together: after the per-program phases, also load every program of the artifact at once, as
+        ``generate`` does, and measure what the process holds while decoding (artifacts).
     """
 
     subject: str
@@ -63,6 +65,7 @@ class WorkerSpec:
     config: dict[str, Any] | None = None
     ttft_tokens: int = 0
     spin: bool = True
+    together: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -74,8 +77,8 @@ class WorkerSpec:
         return cls(**data)
 
 
-def _open_artifact(spec: WorkerSpec, seq_len: int) -> Subject:
-    """The artifact with only its ``seq_len`` program loaded."""
+def _open_artifact(spec: WorkerSpec, seq_len: int | None) -> Subject:
+    """The artifact with only its ``seq_len`` program loaded (None: every program, as ``generate``)."""
     from exporter.artifact.manifest import read_manifest
     from runtime_py.bandwidth import decode_weight_bytes
     from runtime_py.open import open_artifact_backend
@@ -83,8 +86,10 @@ def _open_artifact(spec: WorkerSpec, seq_len: int) -> Subject:
     assert spec.path is not None
     path = Path(spec.path)
     manifest = read_manifest(path, verify=False)  # hashing GBs of weights is validate's job, not bench's
-    name, program = manifest.program_for(seq_len)
-    only = dataclasses.replace(manifest, programs={name: program}, prefill_chunk=seq_len)
+    only = manifest
+    if seq_len is not None:
+        name, program = manifest.program_for(seq_len)
+        only = dataclasses.replace(manifest, programs={name: program}, prefill_chunk=seq_len)
     backend = open_artifact_backend(path, only, threads=spec.threads, spin=spec.spin)
     kv = next(s for s in manifest.io.state_inputs if s.field in ("key", "conv_state"))
     return BackendSubject(
@@ -261,10 +266,37 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                 ttft_seconds["prefill"] = subject.run_steps(ttft_ids[:prefilled], [chunk] * ttft_chunks)
         del subject
         gc.collect()
+    together = _together(spec) if spec.together and spec.subject == "artifact" else None
     ttft = _ttft(spec, ttft_seconds)
     if ttft is not None:
         log.info("%s: first token after %d prompt tokens in %.3g s", spec.subject, ttft["tokens"], ttft["seconds"])
-    return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows, "ttft": ttft}
+    return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows, "ttft": ttft, "together": together}
+
+
+def _together(spec: WorkerSpec) -> dict[str, Any]:
+    """Every program of the artifact loaded at once, as ``generate`` loads them: what the process
+    holds while decoding at the first position (after one prefill chunk, so both programs ran)."""
+    gc.collect()
+    before, anon_before = _rss(), current_anon_bytes()
+    subject = _open_artifact(spec, None)
+    assert isinstance(subject, BackendSubject)
+    subject.set_position(spec.positions[0], spec.seed)
+    if spec.prefill_chunk > 1:
+        subject.prefill(np.full(spec.prefill_chunk, min(4, subject.config.vocab_size - 1)))
+    _settle(subject, spec)
+    rng = np.random.default_rng(spec.seed)
+    tokens = rng.integers(min(4, subject.config.vocab_size - 1), subject.config.vocab_size, spec.warmup + spec.steps)
+    decode = decode_summary(subject.decode(tokens)[spec.warmup :])
+    rss, anon = _rss(), current_anon_bytes()
+    weights, _ = subject.weights_bytes()
+    del subject
+    gc.collect()
+    return {
+        "position": spec.positions[0], "rss_before_load_bytes": before, "rss_bytes": rss,
+        "held_bytes": rss - before, "held_over_weights": (rss - before) / weights,
+        "anon_held_bytes": anon - anon_before if anon is not None and anon_before is not None else None,
+        "tokens_per_s": decode["tokens_per_s"],
+    }  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

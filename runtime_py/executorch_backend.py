@@ -9,6 +9,10 @@ is a tuple of torch tensors in the IOSpec's state-input order; each
 copies outputs out on every call, so a state stays valid after later steps
 (states are values).
 
+Memory: the methods share one packed copy of the weights (XNNPACK's weight
+cache), and the mapped files are not locked in memory
+(:mod:`exporter.upstream.executorch_runtime_1_5_1`).
+
 Shapes are static (batch 1, t per method): a prompt is split by
 :func:`runtime_py.backend.plan_chunks` into full prefill chunks and t = 1
 steps, never padded.
@@ -28,6 +32,7 @@ from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec
+from exporter.upstream.executorch_runtime_1_5_1 import enable_weight_cache, unlock_mapped
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,7 @@ class ExecuTorchBackend:
 
             portable_lib._unsafe_reset_threadpool(threads)
         runtime = Runtime.get()
+        enable_weight_cache()  # prefill and decode share one packed copy of the weights
         self.methods: dict[int, Any] = {}  # seq_len -> executorch.runtime.Method
         programs: dict[Path, Any] = {}
         data = _data_file(Path(artifact_dir), manifest)
@@ -89,6 +95,8 @@ class ExecuTorchBackend:
             self._check_method(path, entry, program.metadata(entry), prog.seq_len)
             self.methods[prog.seq_len] = program.load_method(entry)
         self._programs = programs  # keep the loaded programs alive as long as their methods
+        # pages of the files stay resident only while steps read them, as in an app (no mlock)
+        unlock_mapped([*programs, *([Path(data)] if data else [])])
         log.info("executorch: methods %s", {n: p.seq_len for n, p in manifest.programs.items()})
 
     def _check_method(self, path: Path, entry: str, meta: Any, seq: int) -> None:

@@ -51,7 +51,7 @@ def bench_run(random_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -
             "bench", str(random_artifact), "--positions", ",".join(map(str, POSITIONS)), "--steps", "3",
             "--warmup", "1", "--prefill-repeats", "1", "--threads", "1", "--baselines", "transformers,eager,gemma",
             "--bandwidth-mib", "16", "--gemm-m", "64", "--ttft-tokens", str(TTFT), "--out", str(out),
-            "--plot", str(png), "--busy-core",
+            "--plot", str(png), "--busy-core", "--together",
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -383,6 +383,61 @@ def test_bench_busy_core_decodes_with_a_hog_spinning_and_not(
     assert entry["no_spin_over_spin_busy"] == pytest.approx(rate[(False, True)] / rate[(True, True)])
     assert all(subjects[b]["contention"] is None for b in ("transformers", "eager", "gemma"))
     assert f"busy core {random_artifact.name}: spinning" in stdout and "no spin" in stdout
+
+
+def test_bench_together_loads_every_program_as_generate_does(
+    bench_run: tuple[dict, Path, Path, str], random_artifact: Path
+) -> None:
+    data, _, _, stdout = bench_run
+    assert data["settings"]["together"] is True
+    subjects = {x["name"]: x for x in data["subjects"]}
+    s = subjects[random_artifact.name]
+    t = s["together"]
+    assert t["position"] == POSITIONS[0] and t["tokens_per_s"] > 0
+    assert t["held_bytes"] == t["rss_bytes"] - t["rss_before_load_bytes"]
+    assert t["held_over_weights"] == pytest.approx(t["held_bytes"] / s["weights_bytes"])
+    assert t["anon_held_bytes"] is None or t["anon_held_bytes"] <= t["held_bytes"] + (64 << 20)
+    assert all(subjects[b]["together"] is None for b in ("transformers", "eager", "gemma"))
+    assert f"programs together {random_artifact.name}: held" in stdout
+
+
+def test_together_measures_both_programs_loaded_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The together phase opens the artifact with every program (seq_len None), runs a prefill
+    chunk and the decode steps on it."""
+    from runtime_py import bench_worker
+    from runtime_py.bench_worker import WorkerSpec
+
+    calls: list[object] = []
+
+    class Fake(bench_worker.BackendSubject):
+        def __init__(self) -> None:
+            self.config = preset("tiny")
+
+        def set_position(self, position: int, seed: int) -> None:
+            calls.append(("position", position))
+
+        def prefill(self, tokens: np.ndarray) -> float:
+            calls.append(("prefill", len(tokens)))
+            return 1.0
+
+        def decode(self, tokens: np.ndarray) -> list[float]:
+            calls.append(("decode", len(tokens)))
+            return [0.5] * len(tokens)
+
+        def weights_bytes(self) -> tuple[int, str]:
+            return 1000, "test"
+
+    def fake_open(spec: WorkerSpec, seq_len: int | None) -> Fake:
+        calls.append(("open", seq_len))
+        return Fake()
+
+    monkeypatch.setattr(bench_worker, "_open_artifact", fake_open)
+    spec = WorkerSpec(subject="artifact", path="x", threads=1, positions=(7, 9), steps=3, warmup=1,
+                      prefill_chunk=8, prefill_repeats=1, together=True)  # fmt: skip
+    t = bench_worker._together(spec)
+    assert calls[:3] == [("open", None), ("position", 7), ("prefill", 8)]
+    assert calls[-1] == ("decode", 4) and t["tokens_per_s"] == pytest.approx(2.0)
+    assert t["held_over_weights"] == pytest.approx(t["held_bytes"] / 1000)
 
 
 def test_contention_without_spin_control_measures_two_variants_and_keeps_failures() -> None:

@@ -102,6 +102,25 @@ def test_two_methods_share_one_copy_of_the_weights(et_artifact: Path, tiny_check
     assert weight_bytes <= stored < weight_bytes + head_bytes // 2, (sizes, weight_bytes, head_bytes)
 
 
+def test_backend_shares_packed_weights_and_locks_no_pages(et_backend: ExecuTorchBackend, et_artifact: Path) -> None:
+    """The backend turns XNNPACK's weight cache on (prefill and decode pack the weights once) and
+    leaves no page of its files locked: the loader's mlock, which succeeds for a small file or as
+    root, is undone (exporter/upstream/executorch_runtime_1_5_1.py)."""
+    from exporter.upstream.executorch_runtime_1_5_1 import weight_cache_enabled
+
+    assert et_backend.seq_lens() == (CHUNK, 1) and weight_cache_enabled()
+    files = {str((et_artifact / name).resolve()) for name in ("model.pte", "model.ptd")}
+    mapped, locked, inside = 0, 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) >= 6 and head[5] in files
+            mapped += inside
+        elif inside and head[:1] == ["Locked:"]:
+            locked += int(head[1])
+    assert mapped > 0 and locked == 0, (mapped, locked)
+
+
 @pytest.mark.slow
 def test_validate_passes_over_three_windows(et_artifact: Path, tmp_path: Path) -> None:
     """``rgmobile validate``: prefill chunks + t=1 remainder + 3 x window decode steps, logits and states."""

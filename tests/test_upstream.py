@@ -9,13 +9,16 @@ against the original in tests/test_executorch.py and tests/test_coreml.py.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
+import mmap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from exporter.upstream import base_version, coremltools_9_0, executorch_1_5_1
+from exporter.upstream import base_version, coremltools_9_0, executorch_1_5_1, executorch_runtime_1_5_1
 
 
 def test_installed_versions_are_the_pinned_ones() -> None:
@@ -57,6 +60,55 @@ def test_executorch_patches_skip_another_version(
     with caplog.at_level(logging.WARNING), executorch_1_5_1.lean_xnnpack_preprocess():
         assert dict(vars(XnnpackBackend)) == before
     assert "not the pinned 0.0.0" in caplog.text
+
+
+def test_executorch_weight_cache_option_is_set_and_reads_back() -> None:
+    """The C++ option calls resolve in the bindings' libexecutorch and the option reads back (the
+    layout of ``BackendOption`` is 1.5.1's: a wrong one reads garbage or fails here)."""
+    rt = executorch_runtime_1_5_1
+    assert rt.VERSION == executorch_1_5_1.VERSION
+    assert rt.enable_weight_cache() is True
+    assert rt.weight_cache_enabled() is True
+
+
+def test_executorch_weight_cache_skips_another_version(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(executorch_runtime_1_5_1, "VERSION", "0.0.0")
+    with caplog.at_level(logging.WARNING):
+        assert executorch_runtime_1_5_1.enable_weight_cache() is False
+    assert "not the pinned 0.0.0" in caplog.text
+
+
+def _mapping_kb(path: Path, field: str) -> int:
+    """``field`` (``Rss``, ``Locked``) summed over this process's mappings of ``path``, in KiB."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) >= 6 and head[5] == str(path.resolve())
+        elif inside and head and head[0] == f"{field}:":
+            total += int(head[1])
+    return total
+
+
+def test_unlock_mapped_unlocks_and_drops_the_pages_of_a_mapped_file(tmp_path: Path) -> None:
+    """What the ExecuTorch loader leaves behind as root: a read-only mapping, locked and resident.
+    After ``unlock_mapped`` nothing is locked or resident, and the bytes still read back."""
+    path = tmp_path / "blob.bin"
+    data = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8).tobytes()  # under the lock limit
+    path.write_bytes(data)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        view = np.frombuffer(mapped, dtype=np.uint8)
+        address = view.ctypes.data
+        assert libc.mlock(address, len(data)) == 0, ctypes.get_errno()
+        assert _mapping_kb(path, "Locked") == len(data) // 1024 == _mapping_kb(path, "Rss")
+        assert executorch_runtime_1_5_1.unlock_mapped([path]) == len(data)
+        assert _mapping_kb(path, "Locked") == 0 == _mapping_kb(path, "Rss")
+        assert view.tobytes() == data  # read again from the file
+        del view
 
 
 def test_coremltools_patched_attributes_exist() -> None:
