@@ -26,6 +26,8 @@ class Module private constructor() {
     fun destroy() {}
 
     companion object {
+        const val LOAD_MODE_MMAP = 1
         @JvmStatic fun load(modelPath: String): Module = Module()
+        @JvmStatic fun load(modelPath: String, loadMode: Int): Module = Module()
     }
 }

@@ -33,7 +33,9 @@ class ExecuTorchBackend(bundle: Bundle) : Backend {
             "${bundle.dir}: the program keeps its weights in ${data.joinToString()}, which ExecuTorch's Android Module " +
                 "does not load; package an int8 or int4 ExecuTorch export (weights inside the .pte)"
         )
-        module = Module.load(bundle.file(files.single()).path)
+        // mmap without mlock: the file's pages load as steps read them and the system may drop them
+        // again (the default mode reads the whole .pte into memory, beside XNNPACK's packed weights)
+        module = Module.load(bundle.file(files.single()).path, Module.LOAD_MODE_MMAP)
         methods = manifest.programs.map { (name, p) -> p.seqLen to (p.entry ?: name) }.toMap()
         for (s in io.stateInputs) {
             if (s.dtype != "float32") throw RgMobileException("state ${s.name} is ${s.dtype}; this app's ExecuTorch backend runs float32 states")
