@@ -73,7 +73,9 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
             )
     for s in data["subjects"]:
         t = s.get("together") if s.get("error") is None else None
-        if t:
+        if t and t.get("error") is not None:
+            out.print(f"programs together {s['name']}: [red]failed[/] {t['error']}", highlight=False)
+        elif t:
             anon = "" if t["anon_held_bytes"] is None else f", {fmt_bytes(t['anon_held_bytes'])} anonymous"
             out.print(
                 f"programs together {s['name']}: held {fmt_bytes(t['held_bytes'])} = {t['held_over_weights']:.2f} x "

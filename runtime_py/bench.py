@@ -20,6 +20,7 @@ This module logs; the CLI prints the table.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -84,7 +85,7 @@ class BenchOptions:
         artifact (prefill chunks, then decode steps, from position 0); 0 skips it.
       busy_core: also decode each artifact with another process keeping a core busy, with and
         without spin-waiting threads where the runtime allows it (runtime_py/bench_contention.py).
-      together: also load each artifact's programs all at once, as ``generate`` does, and record
+      together: also load each artifact's programs all at once, as ``generate`` does, in a worker of its own, and record
         what the process holds while decoding (an fp32 2B ONNX artifact would need ~21 GB).
     """
 
@@ -307,8 +308,7 @@ def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | 
             name, k = f"{path.resolve().name}#{k}", k + 1
         names.add(name)
         spec = WorkerSpec(subject="artifact", path=str(path), prefill_chunk=m.prefill_chunk,
-                          ttft_tokens=options.ttft_tokens, together=options.together,
-                          **common)  # type: ignore[arg-type]  # fmt: skip
+                          ttft_tokens=options.ttft_tokens, **common)  # type: ignore[arg-type]  # fmt: skip
         export_stats = m.format_details.get("export_stats")
         stubs.append({"name": name, "kind": "artifact", "path": str(path), "format": m.format,
                       "export_stats": export_stats, "gemm_ops": _gemm_ops(m) if m.prefill_chunk > 1 else None,
@@ -344,12 +344,16 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             )  # fmt: skip
         result = run_worker(spec, options.timeout)
         after = load_sample()
-        subject = {**stub, "error": None, **result, "load": {"before": before, "after": after}, "contention": None}
+        subject = {**stub, "error": None, **result, "load": {"before": before, "after": after}, "contention": None,
+                   "together": None}  # fmt: skip
         if subject["error"] is None:
             _add_roofline(subject, bandwidth.best_gb_s, gemm.best_ops_per_s if gemm is not None else None)
             subject["summary"] = summarize(subject)
             if options.busy_core and stub["kind"] == "artifact":
                 subject["contention"] = measure_contention(spec, spin_control, lambda s: run_worker(s, options.timeout))
+            if options.together and stub["kind"] == "artifact":
+                together = run_worker(dataclasses.replace(spec, together=True), options.timeout)
+                subject["together"] = together.get("together", together)  # or {"error": ...}
         else:
             log.warning("%s could not be measured: %s", stub["name"], subject["error"])
         subjects.append(subject)

@@ -60,8 +60,9 @@ subject:
                   core / without, spinning threads), "busy_over_quiet_no_spin", "no_spin_over_spin_busy"
                   (busy decode without / with spinning); each ratio null where not measured}
   together        (optional; absent from earlier version 2 files) null, or with --together
-                  (artifacts): every program loaded at once, as ``generate`` loads them, decoding at
-                  the first position after one prefill chunk: {"position", "rss_before_load_bytes",
+                  (artifacts; a worker process of its own): every program loaded at once, as
+                  ``generate`` loads them, decoding at the first position after one prefill chunk:
+                  {"error": why} when it failed, else {"position", "rss_before_load_bytes",
                   "rss_bytes", "held_bytes" (rss_bytes - rss_before_load_bytes), "held_over_weights"
                   (÷ weights_bytes), "anon_held_bytes" (RssAnon gained) | null, "tokens_per_s"}
   positions       one row per settings.positions entry:
@@ -184,7 +185,7 @@ def validate_bench(data: Any) -> None:
             _check(s["ttft"], _TTFT, f"{where}.ttft")
         if s.get("contention") is not None:
             _check_contention(s["contention"], f"{where}.contention")
-        if s.get("together") is not None:
+        if s.get("together") is not None and s["together"].get("error") is None:
             _check(s["together"], _TOGETHER, f"{where}.together")
         if [r.get("position") for r in s["positions"]] != positions:
             raise RgMobileError(f"bench json: {where} positions differ from settings.positions")

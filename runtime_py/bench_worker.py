@@ -49,8 +49,9 @@ class WorkerSpec:
       seed: seed of the weights (baselines), states and tokens.
       ttft_tokens: prompt length of the time to first token (artifacts; 0: not measured).
       spin: let the runtime's idle threads spin-wait (False only for formats with spin_control).
-      together: after the per-program phases, also load every program of the artifact at once, as
-        ``generate`` does, and measure what the process holds while decoding (artifacts).
+      together: measure only this: every program of the artifact loaded at once, as ``generate``
+        loads them, and what the process holds while decoding (artifacts; a worker of its own, so
+        that nothing an earlier phase left, such as XNNPACK's weight cache, counts as held before).
     """
 
     subject: str
@@ -216,6 +217,8 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec.threads)
+    if spec.together:
+        return {"together": _together(spec)}
     rows: list[dict[str, Any]] = [{"position": p, "prefill": None} for p in spec.positions]
     info: dict[str, Any] = {}
     chunk, (ttft_chunks, ttft_steps) = spec.prefill_chunk, _ttft_plan(spec)
@@ -266,16 +269,17 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                 ttft_seconds["prefill"] = subject.run_steps(ttft_ids[:prefilled], [chunk] * ttft_chunks)
         del subject
         gc.collect()
-    together = _together(spec) if spec.together and spec.subject == "artifact" else None
     ttft = _ttft(spec, ttft_seconds)
     if ttft is not None:
         log.info("%s: first token after %d prompt tokens in %.3g s", spec.subject, ttft["tokens"], ttft["seconds"])
-    return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows, "ttft": ttft, "together": together}
+    return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows, "ttft": ttft}
 
 
 def _together(spec: WorkerSpec) -> dict[str, Any]:
     """Every program of the artifact loaded at once, as ``generate`` loads them: what the process
     holds while decoding at the first position (after one prefill chunk, so both programs ran)."""
+    if spec.subject != "artifact":
+        raise RgMobileError(f"bench worker: 'together' measures artifacts, not {spec.subject!r}")
     gc.collect()
     before, anon_before = _rss(), current_anon_bytes()
     subject = _open_artifact(spec, None)
