@@ -136,8 +136,8 @@ def decode_weight_bytes(artifact_dir: Path, manifest: Manifest) -> tuple[int, st
     size = sum(p.stat().st_size for p in paths)
     shared = sum(1 for p in manifest.programs.values() if p.file == manifest.program_for(1)[1].file)
     how = "size of the decode program file(s)"
-    data = manifest.format_details.get("data_file") if manifest.format == "executorch" else None
-    if isinstance(data, str):
+    data = manifest.data_file
+    if data is not None:
         # fp32: the weights are in the data file, the tied table once (exporter/targets/executorch.py)
         size += (Path(artifact_dir) / data).stat().st_size
         how += f" and its data file {data} (the tied table stored once, read whole by the head)"

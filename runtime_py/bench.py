@@ -278,8 +278,8 @@ def _pte_bytes(path: Path, manifest: Manifest) -> int | None:
     if manifest.format != "executorch":
         return None
     files = {path / p.file for p in manifest.programs.values()}
-    if isinstance(manifest.format_details.get("data_file"), str):
-        files.add(path / manifest.format_details["data_file"])
+    if manifest.data_file is not None:
+        files.add(path / manifest.data_file)
     return sum(f.stat().st_size for f in files if f.is_file()) or None
 
 

@@ -40,14 +40,10 @@ EtState = tuple[torch.Tensor, ...]
 
 
 def _data_file(artifact_dir: Path, manifest: Manifest) -> str | None:
-    """The program's ``.ptd`` data file (``format_details.data_file``; fp32 exports), or None."""
-    name = manifest.format_details.get("data_file")
-    if name is None:
+    """The program's ``.ptd`` data file (``Manifest.data_file``; fp32 exports), or None."""
+    if manifest.data_file is None:
         return None
-    listed = {f.path for f in manifest.files}
-    if not isinstance(name, str) or name not in listed:
-        raise RgMobileError(f"{artifact_dir}: format_details.data_file {name!r} is not a file of the artifact")
-    path = artifact_dir / name
+    path = artifact_dir / manifest.data_file
     if not path.is_file():
         raise RgMobileError(f"{path}: the program's data file is missing; copy the whole artifact folder")
     return str(path)

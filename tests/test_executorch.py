@@ -90,7 +90,7 @@ def test_two_methods_share_one_copy_of_the_weights(et_artifact: Path, tiny_check
     """Prefill and decode read the same weights, and the tied table is stored once: the portable lookup
     and XNNPACK's head share it in model.ptd (see the target doc)."""
     m = read_manifest(et_artifact)
-    assert m.format_details["data_file"] == "model.ptd" and "model.ptd" in {f.path for f in m.files}
+    assert m.data_file == m.format_details["data_file"] == "model.ptd" and "model.ptd" in {f.path for f in m.files}
     params = load_checkpoint(tiny_checkpoint).model.state_dict()
     weight_bytes = sum(t.numel() * t.element_size() for t in params.values())
     table = params["embed_tokens.weight"]
@@ -119,6 +119,15 @@ def test_backend_shares_packed_weights_and_locks_no_pages(et_backend: ExecuTorch
         elif inside and head[:1] == ["Locked:"]:
             locked += int(head[1])
     assert mapped > 0 and locked == 0, (mapped, locked)
+
+
+def test_a_missing_data_file_is_one_clear_error(et_artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for name in ("manifest.json", "model.pte", "tokenizer.model"):  # model.ptd left behind
+        shutil.copy(et_artifact / name, tmp_path / name)
+    with pytest.raises(RgMobileError, match="model.ptd: the program's data file is missing"):
+        open_artifact(tmp_path, read_manifest(tmp_path, verify=False))
 
 
 @pytest.mark.slow

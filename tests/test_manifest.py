@@ -58,6 +58,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert m.special_tokens == {"bos_id": 2, "eos_id": 1, "pad_id": 0}
     assert m.seq_lens() == (32, 1) and m.program_for(1) == ("decode", Program("decode.onnx", 1))
     assert [f.path for f in m.files] == ["decode.onnx", "prefill.onnx", "tokenizer.model"]
+    assert m.data_file is None  # only an artifact with a listed data file names one
     assert m.files[1].size == 130 and len(m.files[1].sha256) == 64
     assert m.created.endswith("Z") and m.rgmobile_version
     assert Manifest.from_dict(m.to_dict()) == m
@@ -98,6 +99,8 @@ def test_directory_programs_are_hashed_file_by_file(tmp_path: Path) -> None:
         (lambda d: d["programs"].pop("decode"), "no program with seq_len 1"),
         (lambda d: d["programs"]["prefill"].update(file="other.onnx"), "'other.onnx' is not listed"),
         (lambda d: d["programs"]["prefill"].update(file="../x.onnx"), "must be relative, inside the artifact"),
+        (lambda d: d["format_details"].update(data_file="model.ptd"), "data_file 'model.ptd' is not listed"),
+        (lambda d: d["format_details"].update(data_file=3), "data_file 3 is not listed"),
         (lambda d: d["files"][0].update(sha256="abc"), "64-hex-digit"),
         (lambda d: d.update(prefill_chunk=8), "not the largest program seq_len"),
         (lambda d: d["special_tokens"].pop("eos_id"), "special_tokens needs integer"),

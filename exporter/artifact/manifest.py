@@ -145,6 +145,14 @@ class Manifest:
     def source_checkpoint(self) -> str | None:
         return self.source.get("checkpoint")
 
+    @property
+    def data_file(self) -> str | None:
+        """The file the programs read their weights from beside the program files
+        (``format_details.data_file``: ExecuTorch fp32's ``model.ptd``), or None; listed in
+        ``files`` (:meth:`check_consistency`)."""
+        name = self.format_details.get("data_file")
+        return name if isinstance(name, str) else None
+
     def program_for(self, seq_len: int) -> tuple[str, Program]:
         for name, prog in self.programs.items():
             if prog.seq_len == seq_len:
@@ -256,6 +264,9 @@ class Manifest:
                 raise RgMobileError(f"{where}: program {name!r} file {prog.file!r} is not listed in 'files'")
         if self.tokenizer_file not in listed:
             raise RgMobileError(f"{where}: tokenizer_file {self.tokenizer_file!r} is not listed in 'files'")
+        data = self.format_details.get("data_file")
+        if data is not None and (not isinstance(data, str) or data not in listed):
+            raise RgMobileError(f"{where}: format_details.data_file {data!r} is not listed in 'files'")
         logits = self.io.outputs[0]
         if logits.shape[-1] != self.config.vocab_size:
             raise RgMobileError(

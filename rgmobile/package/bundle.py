@@ -101,7 +101,7 @@ def check_pairing(target: str, fmt: str) -> None:
 def check_single_program_file(target: str, manifest: Manifest) -> None:
     """ExecuTorch's Android ``Module`` loads a .pte alone: a program whose weights live in a
     ``.ptd`` data file (fp32 exports) cannot run in the app."""
-    data = manifest.format_details.get("data_file") if manifest.format == "executorch" else None
+    data = manifest.data_file
     if target == "android" and data is not None:
         raise RgMobileError(
             f"cannot package this executorch artifact for android: its weights are in {data}, which "
