@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter.errors import RgMobileError
 from exporter.formats import entries, get_format
@@ -37,14 +37,21 @@ def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | Non
     ``spin=False`` asks the runtime's idle threads not to spin-wait; only formats whose entry
     says ``spin_control`` can, the others fail with a clear error.
     """
-    entry = get_format(manifest.format, f"{artifact}: unknown artifact format {manifest.format!r}", "valid")
-    if not spin and not entry.spin_control:  # refused before the runtime is imported
-        raise RgMobileError(no_spin_error(manifest.format))
+    entry = _entry(artifact, manifest.format, spin)
     factory = entry.load("backend")
     backend: Backend = (
         factory(Path(artifact), manifest, threads) if spin else factory(Path(artifact), manifest, threads, spin=False)
     )
     return backend
+
+
+def _entry(artifact: Path, fmt: str, spin: bool) -> Any:
+    """The format's registry entry; ``spin=False`` for a format without spin control is refused
+    here, before its runtime is imported or its files are hashed."""
+    entry = get_format(fmt, f"{artifact}: unknown artifact format {fmt!r}", "valid")
+    if not spin and not entry.spin_control:
+        raise RgMobileError(no_spin_error(fmt))
+    return entry
 
 
 def no_spin_error(what: str) -> str:
@@ -61,6 +68,7 @@ def open_path(path: Path | None, threads: int | None = None, spin: bool = True) 
     if path is not None and is_artifact(path):
         from exporter.artifact.manifest import read_manifest
 
+        _entry(Path(path), read_manifest(Path(path), verify=False).format, spin)  # before hashing GBs
         manifest = read_manifest(Path(path))
         backend = open_artifact_backend(Path(path), manifest, threads, spin)
         return Opened(backend, Path(path) / manifest.tokenizer_file, manifest.format, Path(path))

@@ -461,7 +461,9 @@ def test_contention_without_spin_control_measures_two_variants_and_keeps_failure
     assert entry["busy_over_quiet"] is None and entry["no_spin_over_spin_busy"] is None
 
 
-def test_no_spin_runs_onnx_the_same_and_refuses_other_runtimes(random_artifact: Path, tiny_checkpoint: Path) -> None:
+def test_no_spin_runs_onnx_the_same_and_refuses_other_runtimes(
+    random_artifact: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     from exporter.errors import RgMobileError
     from runtime_py.onnx_backend import SPIN_CONFIG_KEY
     from runtime_py.open import open_path
@@ -479,6 +481,11 @@ def test_no_spin_runs_onnx_the_same_and_refuses_other_runtimes(random_artifact: 
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["generate", str(tiny_checkpoint), "--max-new-tokens", "3", "--no-spin"])
     assert res.exit_code != 0 and "only onnx artifacts" in res.output
+    # refused from the manifest alone, before the files are hashed (none are here)
+    manifest = json.loads((random_artifact / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format": "executorch"}))
+    with pytest.raises(RgMobileError, match="--no-spin: executorch runs on a thread pool"):
+        open_path(tmp_path, spin=False)
 
 
 def _subject(**over: object) -> dict:
