@@ -362,13 +362,20 @@ def test_bench_times_the_first_token_of_a_long_prompt(
     assert goals[("pte_size_over_fp32_weights", None)]["met"] is None
 
 
+def _option_entry(
+    bench_run: tuple[dict, Path, Path, str], artifact: Path, setting: str, key: str
+) -> tuple[dict[str, dict], dict, str]:
+    """(subjects by name, the artifact's ``key`` entry, stdout) of the bench run, which had ``setting`` on."""
+    data, _, _, stdout = bench_run
+    assert data["settings"][setting] is True
+    subjects = {x["name"]: x for x in data["subjects"]}
+    return subjects, subjects[artifact.name][key], stdout
+
+
 def test_bench_busy_core_decodes_with_a_hog_spinning_and_not(
     bench_run: tuple[dict, Path, Path, str], random_artifact: Path
 ) -> None:
-    data, _, _, stdout = bench_run
-    assert data["settings"]["busy_core"] is True
-    subjects = {x["name"]: x for x in data["subjects"]}
-    entry = subjects[random_artifact.name]["contention"]
+    subjects, entry, stdout = _option_entry(bench_run, random_artifact, "busy_core", "contention")
     assert entry["position"] == POSITIONS[0] and "busy loop" in entry["hog"]
     rows = entry["rows"]  # onnxruntime can stop spinning: all four variants, in order
     assert [(r["spin"], r["busy"]) for r in rows] == [(True, False), (True, True), (False, False), (False, True)]
@@ -388,11 +395,8 @@ def test_bench_busy_core_decodes_with_a_hog_spinning_and_not(
 def test_bench_together_loads_every_program_as_generate_does(
     bench_run: tuple[dict, Path, Path, str], random_artifact: Path
 ) -> None:
-    data, _, _, stdout = bench_run
-    assert data["settings"]["together"] is True
-    subjects = {x["name"]: x for x in data["subjects"]}
+    subjects, t, stdout = _option_entry(bench_run, random_artifact, "together", "together")
     s = subjects[random_artifact.name]
-    t = s["together"]
     assert t["position"] == POSITIONS[0] and t["tokens_per_s"] > 0
     assert t["held_bytes"] == t["rss_bytes"] - t["rss_before_load_bytes"]
     assert t["held_over_weights"] == pytest.approx(t["held_bytes"] / s["weights_bytes"])
