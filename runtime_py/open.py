@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from exporter.errors import RgMobileError
-from exporter.formats import entries, get_format
+from exporter.formats import FormatEntry, entries, get_format
 from runtime_py.backend import Backend
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def open_artifact_backend(artifact: Path, manifest: Manifest, threads: int | Non
     return backend
 
 
-def _entry(artifact: Path, fmt: str, spin: bool) -> Any:
+def _entry(artifact: Path, fmt: str, spin: bool) -> FormatEntry:
     """The format's registry entry; ``spin=False`` for a format without spin control is refused
     here, before its runtime is imported or its files are hashed."""
     entry = get_format(fmt, f"{artifact}: unknown artifact format {fmt!r}", "valid")

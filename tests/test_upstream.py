@@ -80,6 +80,18 @@ def test_executorch_weight_cache_skips_another_version(
     assert "not the pinned 0.0.0" in caplog.text
 
 
+def test_executorch_weight_cache_without_the_library_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def missing(name: str) -> None:
+        raise OSError("libexecutorch.so: cannot open shared object file")
+
+    monkeypatch.setattr(executorch_runtime_1_5_1, "_function", missing)
+    with caplog.at_level(logging.WARNING):
+        assert executorch_runtime_1_5_1.enable_weight_cache() is False
+    assert "cannot reach ExecuTorch's set_option" in caplog.text
+
+
 def _mapping_kb(path: Path, field: str) -> int:
     """``field`` (``Rss``, ``Locked``) summed over this process's mappings of ``path``, in KiB."""
     total, inside = 0, False

@@ -97,7 +97,11 @@ def enable_weight_cache() -> bool:
     option = _BackendOption(key=WEIGHT_CACHE_KEY)
     option.index = _BOOL
     option.value[0] = 1
-    error = _call(_SET, option)
+    try:
+        error = _call(_SET, option)
+    except (OSError, AttributeError) as exc:  # no libexecutorch.so (another platform) or no such symbol
+        log.warning("cannot reach ExecuTorch's set_option (%s): each method packs its own weights", exc)
+        return False
     if error or not weight_cache_enabled():
         log.warning("ExecuTorch refused XNNPACK's weight cache (error %d): each method packs its own weights", error)
         return False
