@@ -21,6 +21,19 @@ def tiny_config(**changes) -> GriffinConfig:
     return preset("tiny").with_(vocab_size=TINY_VOCAB, **changes)
 
 
+def mapping_kb(path: Path, field: str) -> int:
+    """``field`` (``Size``, ``Rss``, ``Locked``) of /proc/self/smaps summed over this process's
+    mappings of ``path``, in KiB."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) >= 6 and head[5] == str(path.resolve())
+        elif inside and head and head[0] == f"{field}:":
+            total += int(head[1])
+    return total
+
+
 def tiny_model(config: GriffinConfig | None = None, seed: int = 1) -> Griffin:
     torch.manual_seed(seed)
     return random_init_(Griffin(config or tiny_config()).eval(), seed=seed, nonzero_biases=True)

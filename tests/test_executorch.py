@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import mapping_kb, tiny_config, tiny_model
 from torch import nn
 from typer.testing import CliRunner
 
@@ -109,15 +109,8 @@ def test_backend_shares_packed_weights_and_locks_no_pages(et_backend: ExecuTorch
     from exporter.upstream.executorch_runtime_1_5_1 import weight_cache_enabled
 
     assert et_backend.seq_lens() == (CHUNK, 1) and weight_cache_enabled()
-    files = {str((et_artifact / name).resolve()) for name in ("model.pte", "model.ptd")}
-    mapped, locked, inside = 0, 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and not head[0].endswith(":"):
-            inside = len(head) >= 6 and head[5] in files
-            mapped += inside
-        elif inside and head[:1] == ["Locked:"]:
-            locked += int(head[1])
+    files = [et_artifact / "model.pte", et_artifact / "model.ptd"]
+    mapped, locked = (sum(mapping_kb(f, field) for f in files) for field in ("Size", "Locked"))
     assert mapped > 0 and locked == 0, (mapped, locked)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mapping_kb
 
 from exporter.upstream import base_version, coremltools_9_0, executorch_1_5_1, executorch_runtime_1_5_1
 
@@ -92,18 +93,6 @@ def test_executorch_weight_cache_without_the_library_warns(
     assert "cannot reach ExecuTorch's set_option" in caplog.text
 
 
-def _mapping_kb(path: Path, field: str) -> int:
-    """``field`` (``Rss``, ``Locked``) summed over this process's mappings of ``path``, in KiB."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and not head[0].endswith(":"):
-            inside = len(head) >= 6 and head[5] == str(path.resolve())
-        elif inside and head and head[0] == f"{field}:":
-            total += int(head[1])
-    return total
-
-
 def test_unlock_mapped_unlocks_and_drops_the_pages_of_a_mapped_file(tmp_path: Path) -> None:
     """What the ExecuTorch loader leaves behind as root: a read-only mapping, locked and resident.
     After ``unlock_mapped`` nothing is locked or resident, and the bytes still read back."""
@@ -116,9 +105,9 @@ def test_unlock_mapped_unlocks_and_drops_the_pages_of_a_mapped_file(tmp_path: Pa
         view = np.frombuffer(mapped, dtype=np.uint8)
         address = view.ctypes.data
         assert libc.mlock(address, len(data)) == 0, ctypes.get_errno()
-        assert _mapping_kb(path, "Locked") == len(data) // 1024 == _mapping_kb(path, "Rss")
+        assert mapping_kb(path, "Locked") == len(data) // 1024 == mapping_kb(path, "Rss")
         assert executorch_runtime_1_5_1.unlock_mapped([path]) == len(data)
-        assert _mapping_kb(path, "Locked") == 0 == _mapping_kb(path, "Rss")
+        assert mapping_kb(path, "Locked") == 0 == mapping_kb(path, "Rss")
         assert view.tobytes() == data  # read again from the file
         del view
 
