@@ -100,12 +100,18 @@ def _integers(weight: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def quantized_step(
-    model: Griffin, recipe: Recipe, in_place: bool = False, given: GivenQuantization | None = None
+    model: Griffin,
+    recipe: Recipe,
+    in_place: bool = False,
+    given: GivenQuantization | None = None,
+    last_logits: bool = False,
 ) -> tuple[QuantizedStep, dict[str, Any]]:
     """``model`` as a step module quantized with torchao per ``recipe``, and the facts.
 
     ``given``: a quantized checkpoint's integers and scales (its recipe replaces ``recipe``):
     they are put into the step as they are (quantization/executorch_given.py), not chosen again.
+
+    ``last_logits``: the step's head runs for the last position only (exporter/step/step.py).
 
     ``in_place=False`` quantizes a deep copy (``model`` is left as it was: tests, references).
     ``in_place=True`` quantizes ``model`` itself, swapping its linears and embedding for integer
@@ -125,7 +131,7 @@ def quantized_step(
     classified = {n for names in classes.values() for n in names}
     other_params = sum(p.numel() for n, p in params.items() if n not in classified)
     del params  # holds no fp32 weight alive while quantizing in place
-    step = QuantizedStep((model if in_place else copy.deepcopy(model)).float().eval()).eval()
+    step = QuantizedStep((model if in_place else copy.deepcopy(model)).float().eval(), last_logits).eval()
     facts: dict[str, Any] = {"tool": "torchao.quantization.quantize_ before to_edge_transform_and_lower"}
     applied: dict[str, Any] = {}
     if given is not None:
@@ -178,7 +184,7 @@ class StepBackend:
     def __init__(self, step: nn.Module, model_config: Any) -> None:
         self.step_module = step.eval()
         self.config = model_config
-        self.io = build_iospec(model_config)
+        self.io = build_iospec(model_config, last_logits=bool(getattr(step, "last_logits", False)))
 
     def seq_lens(self) -> tuple[int, ...] | None:
         return None

@@ -10,6 +10,7 @@ from torch import nn
 
 from exporter.model.griffin import Griffin
 from exporter.model.state import flatten_state, unflatten_state
+from exporter.step.step import head_positions
 
 
 class IntRowEmbedding(nn.Module):
@@ -38,9 +39,10 @@ class IntRowEmbedding(nn.Module):
 class QuantizedStep(nn.Module):
     """The ExecuTorch step (exporter/targets/executorch.py ``ExecuTorchStep``) with an untied head."""
 
-    def __init__(self, model: Griffin) -> None:
+    def __init__(self, model: Griffin, last_logits: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.last_logits = last_logits
         with torch.device("meta"):  # no throwaway [v, d] initialisation
             self.lm_head = nn.Linear(model.config.width, model.config.vocab_size, bias=False)
         # The embedding's own storage, not a clone: torchao quantizes the head from it (new
@@ -52,7 +54,7 @@ class QuantizedStep(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         model = self.model
         hidden, new_state = model.hidden(input_ids, position_ids, unflatten_state(model.config, list(state)))
-        logits = self.lm_head(hidden)  # [b, t, v]
+        logits = self.lm_head(head_positions(hidden, self.last_logits))  # [b, t or 1, v]
         cap = model.config.logits_soft_cap  # same soft-cap as Griffin.logits
         if cap:
             logits = torch.tanh(logits / cap) * cap

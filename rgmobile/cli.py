@@ -162,6 +162,12 @@ def export(
         "artifact"
     ),
     prefill_chunk: Annotated[int, typer.Option(help="tokens per prefill step; 1 = decode program only")] = 32,
+    prefill_logits: Annotated[
+        str,
+        typer.Option(
+            help="logits a step returns: all positions, or last (head once per prefill chunk; onnx, executorch)"
+        ),
+    ] = "all",
     tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.model, if not beside the checkpoint")] = None,
     external_data: Annotated[
         str, typer.Option(help="weights outside the graph files: auto (graphs over 2 GB), always, never")
@@ -196,7 +202,8 @@ def export(
     from rgmobile.export import export as run_export
 
     options = ExportOptions(
-        out=out_dir, format=fmt, checkpoint=checkpoint, prefill_chunk=prefill_chunk, tokenizer=tokenizer,
+        out=out_dir, format=fmt, checkpoint=checkpoint, prefill_chunk=prefill_chunk, prefill_logits=prefill_logits,
+        tokenizer=tokenizer,
         external_data=external_data,  # type: ignore[arg-type]  # checked in ExportOptions
         ios=ios, compute_precision=compute_precision, coreml_state=coreml_state,
         random_init=random_init, seed=seed,
@@ -325,7 +332,8 @@ def validate(
         table.add_row(metric, _fmt_metric(result.summary[metric]), shown, mark)
     out.print(table)
     out.print(
-        f"{result.summary['positions']} positions ({result.prompt_tokens} prompt, {result.decode_steps} decode, "
+        f"logits compared at {result.summary['positions']} positions ({result.prompt_tokens} prompt, "
+        f"{result.decode_steps} decode tokens, "
         f"window {result.window}); greedy: {result.summary['greedy_common_prefix']}/{result.summary['greedy_tokens']}",
         highlight=False,
     )

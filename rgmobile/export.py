@@ -48,6 +48,10 @@ class ExportOptions:
       format: export target, one of ``exporter.formats.FORMATS`` ("onnx", "executorch", "coreml").
       checkpoint: HF folder or official .pt; None = the bundled model.
       prefill_chunk: tokens per prefill step (the prefill program's t); 1 = decode only.
+      prefill_logits: "all" (every program returns logits for each of its positions) or
+        "last" (the last position's only, logits [batch, 1, vocab]: the head runs once per
+        prefill chunk instead of t times; ONNX and ExecuTorch). ``validate`` and ``quality``
+        then score the prompt's other positions through the decode program.
       tokenizer: SentencePiece model to ship, if not beside the checkpoint.
       external_data: keep weights outside the graph files: "auto" when a graph
         would pass the 2 GB protobuf limit, or "always" / "never" (ONNX).
@@ -76,6 +80,7 @@ class ExportOptions:
     format: str = "onnx"
     checkpoint: Path | None = None
     prefill_chunk: int = 32
+    prefill_logits: str = "all"
     tokenizer: Path | None = None
     external_data: ExternalData = "auto"
     ios: int = 18
@@ -103,6 +108,13 @@ class ExportOptions:
             CoreMLSettings(self.ios, self.compute_precision, self.coreml_state)  # type: ignore[arg-type]  # validates
         if not isinstance(self.prefill_chunk, int) or not 1 <= self.prefill_chunk <= 4096:
             raise RgMobileError(f"--prefill-chunk must be an integer in 1..4096, got {self.prefill_chunk!r}")
+        if self.prefill_logits not in ("all", "last"):
+            raise RgMobileError(f"--prefill-logits must be all or last, got {self.prefill_logits!r}")
+        if self.prefill_logits == "last" and self.format == "coreml":
+            raise RgMobileError(
+                "--prefill-logits last is supported for onnx and executorch; "
+                "Core ML packages return every position's logits"
+            )
         if self.external_data not in ("auto", "always", "never"):
             raise RgMobileError(f"--external-data must be auto, always or never, got {self.external_data!r}")
         check_out(Path(self.out))  # before any work: a refused --out must not cost a whole export
@@ -217,7 +229,7 @@ def _write_artifact(
             config=model.config,
             tokenizer_file=TOKENIZER_FILE,
             prefill_chunk=max(p.seq_len for p in result.programs.values()),
-            io=build_iospec(model.config),
+            io=build_iospec(model.config, last_logits=options.prefill_logits == "last"),
             programs=result.programs,
             files=file_entries(tmp),
             format_details={**result.details, "export_stats": monitor.stats().to_dict()},

@@ -4,7 +4,8 @@ A backend runs one step of the model: tokens and absolute positions in,
 logits and the next state out. The state is opaque to the caller (torch
 tensors, OrtValues, ExecuTorch tensors...); only the backend looks inside.
 
-Shapes: input_ids / position_ids [b, t] int64 numpy; logits [b, t, v] float32 numpy.
+Shapes: input_ids / position_ids [b, t] int64 numpy; logits [b, t, v] float32 numpy, or
+[b, 1, v] (the last position's) from an artifact exported with last-position logits.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Backend(Protocol):
         ...
 
     def step(self, input_ids: np.ndarray, position_ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """Run t tokens (t in seq_lens()) and return (logits [b, t, v], new state)."""
+        """Run t tokens (t in seq_lens()) and return (logits [b, t, v] or [b, 1, v], new state)."""
         ...
 
     def state_arrays(self, state: State) -> dict[str, np.ndarray]:
@@ -47,6 +48,19 @@ class Backend(Protocol):
 # chunks of at most this many tokens, so per-step memory (attention scores [t, t], logits
 # [t, v]) does not grow with the prompt.
 DEFAULT_MAX_CHUNK = 128
+
+
+def last_logits_only(backend: object) -> bool:
+    """Whether ``backend``'s steps return the last position's logits only ([b, 1, v]) whatever t
+    is: an artifact exported with ``--prefill-logits last``."""
+    io = getattr(backend, "io", None)
+    return bool(getattr(io, "last_logits_only", False))
+
+
+def every_position_seq_lens(backend: Backend) -> tuple[int, ...] | None:
+    """Step lengths whose logits cover every position: the backend's own, or 1 alone (the decode
+    program) when its steps return the last position's logits only."""
+    return (1,) if last_logits_only(backend) else backend.seq_lens()
 
 
 def plan_chunks(length: int, seq_lens: tuple[int, ...] | None, max_chunk: int | None = None) -> list[int]:

@@ -225,8 +225,7 @@ def linear_ops_per_token(config: GriffinConfig, head_every_position: bool) -> in
 def prefill_returns_last_logits(manifest: Manifest) -> bool:
     """Whether the prefill program returns only the last position's logits (the head runs once
     per chunk): its logits output has the integer 1 as its seq dim instead of "seq"."""
-    logits = next((o for o in manifest.io.outputs if o.role == "logits"), None)
-    return logits is not None and len(logits.shape) >= 2 and logits.shape[1] == 1
+    return manifest.io.last_logits_only
 
 
 def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s: float | None) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import RgMobileError
-from runtime_py.backend import Backend, State, plan_chunks
+from runtime_py.backend import Backend, State, every_position_seq_lens, plan_chunks
 from runtime_py.sampling import Sampler, SamplingConfig
 from runtime_py.tokenizer import Tokenizer
 
@@ -47,9 +47,11 @@ def run_tokens(
     Returns (logits, state after the last token): logits [len(ids), v] with
     ``all_logits``, else only the last position's [1, v] (the other chunks'
     logits are dropped as soon as they are computed, or never computed when
-    the backend has ``step_last``).
+    the backend has ``step_last`` or its programs return the last position's
+    logits only; such a backend gets every position's logits through t = 1 steps).
     """
-    chunks = plan_chunks(len(ids), backend.seq_lens(), max_chunk or getattr(backend, "max_chunk", None))
+    lens = every_position_seq_lens(backend) if all_logits else backend.seq_lens()
+    chunks = plan_chunks(len(ids), lens, max_chunk or getattr(backend, "max_chunk", None))
     if not chunks:
         raise RgMobileError("nothing to run: the prompt is empty")
     step_last: Callable[..., tuple[np.ndarray, State]] | None = (

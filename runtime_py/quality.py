@@ -34,7 +34,8 @@ import numpy as np
 
 from exporter.artifact.manifest import Manifest
 from exporter.errors import RgMobileError
-from runtime_py.backend import Backend, State, plan_chunks
+from runtime_py.backend import Backend, State, every_position_seq_lens, plan_chunks
+from runtime_py.generate import run_tokens
 from runtime_py.thresholds import QUALITY_METRICS, exceeded
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _run(backend: Backend, ids: list[int], start: int, state: State) -> tuple[np.ndarray, State]:
-    """Logits [len(ids), v] of ``ids`` from ``start`` in the backend's own step lengths."""
+    """Logits [len(ids), v] of ``ids`` from ``start`` in the backend's own step lengths (t = 1 steps
+    for an artifact whose programs return the last position's logits only)."""
     out, pos = [], start
-    for n in plan_chunks(len(ids), backend.seq_lens()):
+    for n in plan_chunks(len(ids), every_position_seq_lens(backend)):
         x = np.asarray(ids[pos - start : pos - start + n], np.int64)[None, :]
         p = np.arange(pos, pos + n, dtype=np.int64)[None, :]
         logits, state = backend.step(x, p, state)
@@ -184,7 +186,7 @@ def _run(backend: Backend, ids: list[int], start: int, state: State) -> tuple[np
 
 
 def _greedy(backend: Backend, prompt: list[int], n: int) -> list[int]:
-    logits, state = _run(backend, prompt, 0, backend.init_state(1))
+    logits, state = run_tokens(backend, prompt, backend.init_state(1), all_logits=False)
     last, out = logits[-1], []
     for i in range(n):
         token = int(np.argmax(last))

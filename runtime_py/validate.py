@@ -36,7 +36,7 @@ import numpy as np
 from exporter.artifact.manifest import read_manifest
 from exporter.errors import RgMobileError
 from exporter.fsio import write_json
-from runtime_py.backend import Backend, State, plan_chunks
+from runtime_py.backend import Backend, State, last_logits_only, plan_chunks
 from runtime_py.open import open_artifact_backend
 from runtime_py.thresholds import METRICS, exceeded, thresholds_for
 from runtime_py.validate_coreml import DESCRIPTION as EMULATED_NAME
@@ -187,7 +187,10 @@ class _Comparator:
     def step(
         self, kind: str, ids: list[int], start: int, sa: State, sr: State
     ) -> tuple[np.ndarray, np.ndarray, State, State]:
-        """Run ``ids`` at ``start`` on both; returns (last artifact logits, last reference logits, states)."""
+        """Run ``ids`` at ``start`` on both; returns (last artifact logits, last reference logits, states).
+
+        An artifact whose programs return the last position's logits only is compared there (and
+        on the state after the step); the other positions have no logits to compare."""
         t = len(ids)
         x = np.asarray(ids, dtype=np.int64)[None, :]
         p = np.arange(start, start + t, dtype=np.int64)[None, :]
@@ -200,9 +203,12 @@ class _Comparator:
                 f"validate: the reference (the checkpoint in PyTorch) produced NaN/Inf logits at position {bad}; "
                 "the checkpoint's weights are broken (NaN/Inf or overflowing): fix or re-download them"
             )
-        finite = np.isfinite(a).all(axis=-1)  # [t]
+        first = start  # the first position with artifact logits
+        if a.shape[0] == 1 and t > 1 and last_logits_only(self.a):
+            r, first = r[-1:], start + t - 1
+        finite = np.isfinite(a).all(axis=-1)  # [rows]
         if not finite.all() and self.nonfinite_position is None:
-            self.nonfinite_position = start + int(np.argmax(~finite))
+            self.nonfinite_position = first + int(np.argmax(~finite))
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf from the artifact: reported, not warned
             diff = np.where(finite, np.abs(a - r).max(axis=-1), np.nan)
             cos = (a * r).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(r, axis=-1), 1e-30)
@@ -214,7 +220,7 @@ class _Comparator:
                 err = float(np.abs(arrays_a[name].astype(np.float64) - ref.astype(np.float64)).max())
                 if err > state_err or err != err or not worst:
                     state_err, worst = err, name
-        self.pos["position"].extend(range(start, start + t))
+        self.pos["position"].extend(range(first, start + t))
         self.pos["max_abs_logits"].extend(float(d) for d in diff)
         self.pos["cosine"].extend(float(c) for c in cos)
         self.pos["top1_match"].extend(bool(m) for m in top1)

@@ -5,7 +5,9 @@ Names follow onnxruntime-genai (global layer index i):
        past_key_values.{i}.key|value            (attention layers)
        past_key_values.{i}.conv_state|recurrent_state (recurrent layers)
   out: logits [batch, seq, vocab], present.{i}.<same field>
-Every state input names the output that feeds it on the next step.
+Every state input names the output that feeds it on the next step. An artifact
+exported with last-position logits has logits [batch, 1, vocab] instead: every
+program computes the head for its last position only.
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ class IOSpec:
         return [(s.name, s.pair or "") for s in self.state_inputs]
 
     @property
+    def last_logits_only(self) -> bool:
+        """Whether every program returns only its last position's logits ([batch, 1, vocab])."""
+        return self.outputs[0].shape[1:2] == (1,)
+
+    @property
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
 
@@ -135,17 +142,21 @@ class IOSpec:
             raise RgMobileError(
                 "io spec: expected inputs (input_ids, position_ids, state...) and outputs (logits, ...)"
             )
+        logits = self.outputs[0].shape
+        if len(logits) != 3 or logits[0] != "batch" or logits[1] not in ("seq", 1) or not isinstance(logits[2], int):
+            raise RgMobileError(f"io spec: logits must be [batch, seq or 1, vocab], got {list(logits)}")
 
 
-def build_iospec(config: GriffinConfig, state_dtype: str = "float32") -> IOSpec:
-    """The I/O spec of the step for ``config``; the recurrent state is always fp32."""
+def build_iospec(config: GriffinConfig, state_dtype: str = "float32", last_logits: bool = False) -> IOSpec:
+    """The I/O spec of the step for ``config``; the recurrent state is always fp32.
+    ``last_logits``: the programs return the last position's logits only ([batch, 1, vocab])."""
     from exporter.model.state import state_shapes  # imported here: runtimes read specs without torch
 
     inputs = [
         TensorSpec("input_ids", "int64", ("batch", "seq"), "tokens"),
         TensorSpec("position_ids", "int64", ("batch", "seq"), "positions"),
     ]
-    outputs = [TensorSpec("logits", "float32", ("batch", "seq", config.vocab_size), "logits")]
+    outputs = [TensorSpec("logits", "float32", ("batch", 1 if last_logits else "seq", config.vocab_size), "logits")]
     for layer, field, shape in state_shapes(config, batch=1):
         dims: tuple[Dim, ...] = ("batch", *shape[1:])
         dtype = "float32" if field == "recurrent_state" else state_dtype

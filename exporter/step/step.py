@@ -4,6 +4,9 @@
 is what every target exports. :func:`export_step` runs ``torch.export`` for a
 fixed number of tokens per step (t = 1 for decode, t = chunk for prefill); the
 RG-LRU scan is unrolled over t, so each t is its own program.
+
+``last_logits``: the head (the 256k-vocab matmul, a quarter of a 2B model's
+prefill work) runs for the step's last position only; logits are [b, 1, v].
 """
 
 from __future__ import annotations
@@ -15,16 +18,23 @@ from exporter.model.griffin import Griffin, positions
 from exporter.model.state import flatten_state, unflatten_state
 
 
+def head_positions(hidden: torch.Tensor, last_logits: bool) -> torch.Tensor:
+    """The hidden states [b, t, d] the head runs on: all, or the last position's [b, 1, d]."""
+    return hidden[:, -1:] if last_logits else hidden
+
+
 class StepModule(nn.Module):
-    def __init__(self, model: Griffin) -> None:
+    def __init__(self, model: Griffin, last_logits: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.last_logits = last_logits
 
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, *state: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        logits, new_state = self.model(input_ids, position_ids, unflatten_state(self.model.config, list(state)))
-        return (logits, *flatten_state(new_state))
+        model = self.model
+        hidden, new_state = model.hidden(input_ids, position_ids, unflatten_state(model.config, list(state)))
+        return (model.logits(head_positions(hidden, self.last_logits)), *flatten_state(new_state))
 
 
 def example_inputs(model: Griffin, seq: int, batch: int = 1, start: int = 0) -> tuple[torch.Tensor, ...]:
@@ -33,8 +43,8 @@ def example_inputs(model: Griffin, seq: int, batch: int = 1, start: int = 0) -> 
     return (ids, positions(start, seq, batch), *flatten_state(model.init_state(batch)))
 
 
-def export_step(model: Griffin, seq: int, batch: int = 1) -> torch.export.ExportedProgram:
+def export_step(model: Griffin, seq: int, batch: int = 1, last_logits: bool = False) -> torch.export.ExportedProgram:
     """``torch.export`` of the step for ``seq`` tokens at a time (static shapes)."""
-    step = StepModule(model.eval()).eval()
+    step = StepModule(model.eval(), last_logits).eval()
     with torch.no_grad():
         return torch.export.export(step, example_inputs(model, seq, batch), strict=False)

@@ -68,7 +68,7 @@ from exporter.model.griffin import positions
 from exporter.model.state import flatten_state, init_state, unflatten_state
 from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, build_iospec
-from exporter.step.step import StepModule
+from exporter.step.step import StepModule, head_positions
 from exporter.targets import TargetResult
 from exporter.targets.executorch_layers import xnnpack_friendly
 from exporter.upstream.executorch_1_5_1 import SPILL_MIN_BYTES, lean_xnnpack_preprocess
@@ -101,7 +101,7 @@ class ExecuTorchStep(StepModule):
     ) -> tuple[torch.Tensor, ...]:
         model = self.model
         hidden, new_state = model.hidden(input_ids, position_ids, unflatten_state(model.config, list(state)))
-        logits = nn.functional.linear(hidden, model.embed_tokens.weight)  # [b, t, v]
+        logits = nn.functional.linear(head_positions(hidden, self.last_logits), model.embed_tokens.weight)
         cap = model.config.logits_soft_cap  # same soft-cap as Griffin.logits
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -109,18 +109,19 @@ class ExecuTorchStep(StepModule):
 
 
 def export_programs(
-    model: Griffin, seq_lens: dict[str, int], step: nn.Module | None = None
+    model: Griffin, seq_lens: dict[str, int], step: nn.Module | None = None, last_logits: bool = False
 ) -> dict[str, torch.export.ExportedProgram]:
     """``torch.export`` of one step per method (static batch 1 and t), GELU and einsum decomposed,
     in the XNNPACK-friendly forms of :func:`xnnpack_friendly`, constants folded.
 
     ``step``: the module to trace (a torchao-quantized step, quantization/executorch.py);
-    default the fp32 :class:`ExecuTorchStep`. Example inputs come from ``model.config``
-    (fp32 state): ``model`` may have been quantized in place, its embedding no longer a table.
+    default the fp32 :class:`ExecuTorchStep` (``last_logits``: its head on the last position only).
+    Example inputs come from ``model.config`` (fp32 state): ``model`` may have been quantized in
+    place, its embedding no longer a table.
     """
     from torch._decomp import get_decompositions
 
-    step = ExecuTorchStep(model.eval()) if step is None else step.eval()
+    step = ExecuTorchStep(model.eval(), last_logits) if step is None else step.eval()
     # einsum too, so that fold_constants sees (and folds) the permutes of its weight operand.
     decompositions = {
         **get_decompositions([torch.ops.aten.gelu.default]),
@@ -363,7 +364,8 @@ def export(
     if model.embed_tokens.weight.dtype != torch.float32:
         raise RgMobileError("the executorch target exports fp32 weights; load the checkpoint as float32")
     seq_lens = {PREFILL: options.prefill_chunk, DECODE: 1} if options.prefill_chunk > 1 else {DECODE: 1}
-    spec = build_iospec(model.config)
+    last = options.prefill_logits == "last"
+    spec = build_iospec(model.config, last_logits=last)
     recipe = given.recipe if given is not None else options.quant_recipe
     step, quant_facts = None, None
     rss: dict[str, int] = {}
@@ -374,9 +376,9 @@ def export(
 
         # In place: the model has no other user after this target (the caller reads its config).
         # A quantized checkpoint's integers go in as they are (``given``), not chosen again.
-        step, quant_facts = quantized_step(model, recipe, in_place=True, given=given)
+        step, quant_facts = quantized_step(model, recipe, in_place=True, given=given, last_logits=last)
         _stage(rss, "quantize")
-    programs = export_programs(model, seq_lens, step)
+    programs = export_programs(model, seq_lens, step, last)
     del step
     separate = not recipe.is_quantized  # fp32: the weights go to model.ptd, the tied table once (module doc)
     if separate:

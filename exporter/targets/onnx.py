@@ -64,7 +64,8 @@ def export(
     model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None
 ) -> TargetResult:
     """Write the ONNX program(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
-    spec = build_iospec(model.config)
+    last = options.prefill_logits == "last"
+    spec = build_iospec(model.config, last_logits=last)
     lens = {"decode": 1}
     if options.prefill_chunk > 1:
         lens["prefill"] = options.prefill_chunk
@@ -83,7 +84,9 @@ def export(
         for name, seq in lens.items():
             log.info("exporting %s (t=%d) to ONNX opset %d", name, seq, OPSET)
             # quantized graphs always start from external data: the quantizer memory-maps the weights
-            protos[name] = _export_graph(model, seq, spec, out_dir / f".{name}.raw", external or store is not None)
+            protos[name] = _export_graph(
+                model, seq, spec, out_dir / f".{name}.raw", external or store is not None, last
+            )
             _strip_node_metadata(protos[name])
             meta = metadata(model, options, source, name, seq)
             if store is not None:
@@ -125,8 +128,10 @@ def export(
     )
 
 
-def _export_graph(model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool) -> onnx.ModelProto:
-    step = StepModule(model.eval()).eval()
+def _export_graph(
+    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool, last_logits: bool
+) -> onnx.ModelProto:
+    step = StepModule(model.eval(), last_logits).eval()
     inputs = example_inputs(model, seq, batch=_EXAMPLE_BATCH)
     batch = torch.export.Dim("batch", min=1, max=1024)
     dynamic = ({0: batch}, {0: batch}, tuple({0: batch} for _ in inputs[2:]))

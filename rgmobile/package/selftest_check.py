@@ -77,7 +77,7 @@ def teacher_forced(backend: Backend, case: dict[str, Any], vocab: int) -> tuple[
     """(agreeing steps, steps, worst check error, where) of one case."""
     prompt, ref = case["prompt_ids"], case["reference_greedy_ids"]
     checks = {c["step"]: c for c in case["checks"]}
-    logits, state = run_tokens(backend, prompt, backend.init_state(1))
+    logits, state = run_tokens(backend, prompt, backend.init_state(1), all_logits=False)
     last = logits[-1]
     agree, worst, where = 0, 0.0, "no checks"
     for k in range(max(len(ref), 1 if 0 in checks else 0)):
@@ -95,7 +95,7 @@ def teacher_forced(backend: Backend, case: dict[str, Any], vocab: int) -> tuple[
 def free_running(backend: Backend, case: dict[str, Any], eos_id: int) -> float:
     """Greedy match of one case: common prefix with the reference / its length."""
     prompt, ref = case["prompt_ids"], case["reference_greedy_ids"]
-    logits, state = run_tokens(backend, prompt, backend.init_state(1))
+    logits, state = run_tokens(backend, prompt, backend.init_state(1), all_logits=False)
     last = logits[-1]
     out: list[int] = []
     for i in range(case["max_new_tokens"]):

@@ -76,19 +76,37 @@ enum Half {
 public protocol ModelState: AnyObject {}
 
 /// What the generation loop and the self-test need from a runtime (runtime_py/backend.py).
-/// Shapes: ids / positions [t] (batch 1); logits [t, v] float32, row-major.
+/// Shapes: ids / positions [t] (batch 1); logits [t, v] float32, row-major, or [1, v] (the last
+/// position's only) when the programs were exported with last-position logits.
 public protocol Backend: AnyObject {
     var name: String { get }
     var manifest: Manifest { get }
     /// Step lengths this backend runs, largest first; always includes 1.
     var seqLens: [Int] { get }
     func initState() throws -> ModelState
-    /// Run t tokens (t in seqLens) from their absolute positions; returns (logits [t * v], next state).
+    /// Run t tokens (t in seqLens) from their absolute positions; returns (logits [t * v] or [v], next state).
     func step(ids: [Int64], positions: [Int64], state: ModelState) throws -> ([Float], ModelState)
     /// The state as tensors keyed by IOSpec input name, in the IOSpec's dtypes.
     func stateTensors(_ state: ModelState) throws -> [String: TensorData]
     /// Inverse of stateTensors.
     func state(from tensors: [String: TensorData]) throws -> ModelState
+}
+
+/// Rows in `count` logits of a step of `tokens` tokens: `tokens` (every position's, io spec logits
+/// ["batch", "seq", v]) or 1 (the last one's, ["batch", 1, v]); any other size is refused.
+public func logitsRows(_ count: Int, tokens: Int, vocab: Int) throws -> Int {
+    let rows = count / vocab
+    if count % vocab != 0 || (rows != tokens && rows != 1) {
+        throw RGError("a step of \(tokens) tokens returned \(count) logits, not [\(tokens), \(vocab)] (every position's) or "
+            + "[1, \(vocab)] (the last one's); the program does not match the manifest's io spec, re-export the artifact")
+    }
+    return rows
+}
+
+/// The last position's logits [v] of a step of `tokens` tokens (either form of `logitsRows`).
+public func lastLogits(_ logits: [Float], tokens: Int, vocab: Int) throws -> [Float] {
+    let rows = try logitsRows(logits.count, tokens: tokens, vocab: vocab)
+    return rows == 1 ? logits : Array(logits[((rows - 1) * vocab)...])
 }
 
 /// Split `length` prompt tokens into supported step lengths, largest first, never padded

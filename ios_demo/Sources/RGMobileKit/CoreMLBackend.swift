@@ -108,7 +108,7 @@ public final class CoreMLBackend: Backend {
         guard let logitsArray = out.featureValue(for: features["logits"]!.name)?.multiArrayValue else {
             throw RGError("Core ML returned no logits")
         }
-        var logits = [Float](repeating: 0, count: logitsArray.count)  // [t, v]
+        var logits = [Float](repeating: 0, count: logitsArray.count)  // [t, v], or [1, v]: the last position's only
         for i in 0..<logitsArray.count { logits[i] = logitsArray[i].floatValue }
         var arrays = [String: MLMultiArray]()
         for s in explicit {

@@ -92,7 +92,8 @@ public final class Engine {
     }
 
     /// Feed `ids` from absolute position `start` in supported chunks. Returns the last position's
-    /// logits [v] (or every position's [n * v] with `allLogits`) and the state after the last token.
+    /// logits [v] (or every position's [n * v] with `allLogits`, which programs exported with
+    /// last-position logits cannot give) and the state after the last token.
     public func run(_ ids: [Int], state: ModelState, start: Int, allLogits: Bool = false) throws -> ([Float], ModelState) {
         let chunks = planChunks(ids.count, seqLens: backend.seqLens)
         guard !chunks.isEmpty else { throw RGError("nothing to run: the prompt is empty") }
@@ -103,9 +104,16 @@ public final class Engine {
         for n in chunks {
             let chunk = ids[offset..<(offset + n)].map(Int64.init)  // [n]
             let positions = (start + offset..<start + offset + n).map(Int64.init)  // [n]
-            let (logits, next) = try backend.step(ids: chunk, positions: positions, state: state)  // [n * v]
+            let (logits, next) = try backend.step(ids: chunk, positions: positions, state: state)  // [n * v] or [v]
             state = next
-            if allLogits { out += logits } else { out = Array(logits[((n - 1) * v)...]) }
+            if allLogits {
+                if try logitsRows(logits.count, tokens: n, vocab: v) != n {
+                    throw RGError("every position's logits were asked for, but this bundle's programs return the last position's only")
+                }
+                out += logits
+            } else {
+                out = try lastLogits(logits, tokens: n, vocab: v)
+            }
             offset += n
         }
         return (out, state)
@@ -185,6 +193,7 @@ public final class Engine {
                 if let onText, !piece.isEmpty { onText(piece) }
                 if result.newIds.count == maxNewTokens { break }  // a saved state keeps the last token unrun
                 (last, next) = try backend.step(ids: [Int64(token)], positions: [Int64(pos)], state: state)
+                last = try lastLogits(last, tokens: 1, vocab: bundle.manifest.vocabSize)
                 state = next
                 pos += 1
             }

@@ -13,6 +13,9 @@ public struct TensorSpec: Codable, Equatable {
             var c = encoder.singleValueContainer()
             switch self { case .fixed(let n): try c.encode(n); case .symbol(let s): try c.encode(s) }
         }
+        public var description: String {
+            switch self { case .fixed(let n): return "\(n)"; case .symbol(let s): return s }
+        }
     }
 
     public let name: String
@@ -151,6 +154,13 @@ public struct Manifest: Decodable {
         guard io.inputs.count >= 2, io.inputs[0].role == "tokens", io.inputs[1].role == "positions",
               io.outputs.first?.role == "logits" else {
             throw RGError("\(path): io must be (input_ids, position_ids, state...) -> (logits, state...)")
+        }
+        // The middle dim: "seq" (every position's logits) or 1 (exported with last-position logits).
+        // A JSON integer decodes as .fixed, a string as .symbol: the string "1" is refused.
+        let logits = io.outputs[0].shape
+        guard logits.count == 3, logits[0] == .symbol("batch"), logits[1] == .symbol("seq") || logits[1] == .fixed(1) else {
+            let got = logits.map(\.description).joined(separator: ", ")
+            throw RGError("\(path): logits shape must be [batch, seq or 1, vocab], got [\(got)]; re-export the artifact")
         }
         if io.outputs[0].concreteShape().last != config.vocab_size {
             throw RGError("\(path): logits width differs from config vocab_size \(config.vocab_size)")

@@ -65,6 +65,14 @@ public final class OnnxBackend: Backend {
         return ptrs.map { $0.map { String(cString: $0) } ?? "" }
     }
 
+    /// Elements of a tensor (the product of its dims).
+    static func elementCount(_ value: UnsafeMutableRawPointer) -> Int {
+        let rank = rg_ort_tensor_shape(value, nil, 0, nil)
+        var dims = [Int64](repeating: 0, count: rank)
+        _ = rg_ort_tensor_shape(value, &dims, rank, nil)
+        return dims.reduce(1) { $0 * Int($1) }
+    }
+
     static func elem(_ dtype: String) -> Int32 {
         dtype == "float16" ? Int32(RG_F16) : dtype == "int64" ? Int32(RG_I64) : Int32(RG_F32)
     }
@@ -103,9 +111,9 @@ public final class OnnxBackend: Backend {
             outputs.forEach { rg_ort_value_release($0) }
             throw RGError("onnxruntime failed running the t=\(t) program: \(String(cString: err))")
         }
-        let v = manifest.vocabSize
+        // [1, t, v], or [1, 1, v] when the programs return the last position's logits only
         let logitsPtr = rg_ort_tensor_data(outputs[0]!)!.assumingMemoryBound(to: Float.self)
-        let logits = Array(UnsafeBufferPointer(start: logitsPtr, count: t * v))  // [t, v]
+        let logits = Array(UnsafeBufferPointer(start: logitsPtr, count: OnnxBackend.elementCount(outputs[0]!)))
         rg_ort_value_release(outputs[0])
         var next = [String: UnsafeMutableRawPointer]()
         for (i, o) in io.outputs.enumerated().dropFirst() { next[pairs[o.name]!] = outputs[i]! }

@@ -57,6 +57,7 @@ extension Engine {
                 if k + 1 < c.reference_greedy_ids.count {
                     let pos = Int64(c.prompt_ids.count + k)
                     (logits, state) = try backend.step(ids: [Int64(ref)], positions: [pos], state: state)
+                    logits = try lastLogits(logits, tokens: 1, vocab: v)
                 }
             }
             // 2. Free-running greedy.

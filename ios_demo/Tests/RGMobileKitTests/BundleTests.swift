@@ -75,6 +75,31 @@ final class BundleTests: XCTestCase {
         assertRefused(try Fixtures.tempDir(), "no manifest.json")
     }
 
+    /// Manifest `m` with the logits output's middle dim set to `dim`, as JSON.
+    func withLogitsDim(_ m: [String: Any], _ dim: Any) throws -> Data {
+        var m = m
+        var io = m["io"] as! [String: Any]
+        var outputs = io["outputs"] as! [[String: Any]]
+        var shape = outputs[0]["shape"] as! [Any]
+        shape[1] = dim
+        outputs[0]["shape"] = shape
+        io["outputs"] = outputs
+        m["io"] = io
+        return try JSONSerialization.data(withJSONObject: m)
+    }
+
+    func testLogitsOfEveryPositionOrTheLastOnly() throws {
+        let m = try manifestJSON(try Fixtures.bundle("fp32"))
+        XCTAssertEqual(try Manifest.parse(withLogitsDim(m, "seq"), where: "m").io.outputs[0].shape[1], .symbol("seq"))
+        XCTAssertEqual(try Manifest.parse(withLogitsDim(m, 1), where: "m").io.outputs[0].shape[1], .fixed(1))
+        for bad: Any in [2, "1", "batch"] {
+            XCTAssertThrowsError(try Manifest.parse(withLogitsDim(m, bad), where: "m")) {
+                let msg = ($0 as? RGError)?.message ?? "\($0)"
+                XCTAssertTrue(msg.contains("logits shape must be [batch, seq or 1, vocab], got [batch, \(bad), "), msg)
+            }
+        }
+    }
+
     func testRefusesEscapingPath() throws {
         let dir = try copyBundle()
         var m = try manifestJSON(dir)

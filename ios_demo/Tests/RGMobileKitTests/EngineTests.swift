@@ -29,6 +29,53 @@ final class EngineTests: XCTestCase {
         }
     }
 
+    /// Every step returns its last position's logits `copies(t)` times (of either form the wrapped
+    /// backend returns): once is what programs exported with last-position logits return.
+    final class LastRow: Backend {
+        let inner: Backend
+        let copies: (Int) -> Int
+        init(_ inner: Backend, copies: @escaping (Int) -> Int) { self.inner = inner; self.copies = copies }
+        var name: String { inner.name }
+        var manifest: Manifest { inner.manifest }
+        var seqLens: [Int] { inner.seqLens }
+        func initState() throws -> ModelState { try inner.initState() }
+        func step(ids: [Int64], positions: [Int64], state: ModelState) throws -> ([Float], ModelState) {
+            let (logits, next) = try inner.step(ids: ids, positions: positions, state: state)  // [t * v] or [v]
+            let last = logits.suffix(manifest.vocabSize)
+            return (Array(repeatElement(last, count: copies(ids.count)).joined()), next)
+        }
+        func stateTensors(_ state: ModelState) throws -> [String: TensorData] { try inner.stateTensors(state) }
+        func state(from tensors: [String: TensorData]) throws -> ModelState { try inner.state(from: tensors) }
+    }
+
+    func testLastPositionLogitsGiveTheSameTokensAndSelfTest() throws {
+        let e = try Fixtures.engine("fp32")
+        let cut = try Engine(bundle: e.bundle, backend: LastRow(e.backend) { _ in 1 })
+        let st = try SelftestFile.read(e.bundle.url("selftest.json"))
+        XCTAssertTrue(st.cases.contains { planChunks($0.prompt_ids.count, seqLens: e.backend.seqLens).contains { $0 > 1 } },
+                      "no case runs a prefill chunk")
+        let sampled = try SamplingConfig(temperature: 0.9, topK: 40, seed: 42)
+        for c in st.cases {
+            for cfg in [SamplingConfig.greedy, sampled] {
+                let want = try e.generate(prompt: c.prompt, maxNewTokens: 24, sampling: cfg).newIds
+                XCTAssertEqual(try cut.generate(prompt: c.prompt, maxNewTokens: 24, sampling: cfg).newIds, want, c.name)
+            }
+        }
+        let full = try e.selfTest(), last = try cut.selfTest()
+        XCTAssertTrue(last.passed && last.artifactExact, last.summary)
+        XCTAssertEqual(last.worstError, full.worstError)
+        XCTAssertEqual(last.agreement, full.agreement)
+        XCTAssertEqual(last.worstMatch, full.worstMatch)
+        // two rows from a prefill chunk: neither form, one clear error
+        let bad = try Engine(bundle: e.bundle, backend: LastRow(e.backend) { min($0, 2) })
+        let v = e.bundle.manifest.vocabSize, t = e.backend.seqLens[0]
+        let long = try XCTUnwrap(st.cases.first { $0.prompt_ids.count >= t })
+        XCTAssertThrowsError(try bad.generate(prompt: long.prompt, maxNewTokens: 1)) {
+            let msg = ($0 as? RGError)?.message ?? "\($0)"
+            XCTAssertTrue(msg.contains("a step of \(t) tokens returned \(2 * v) logits, not [\(t), \(v)]"), msg)
+        }
+    }
+
     /// Greedy N tokens saved after k and resumed for N - k gives the uninterrupted run's tokens.
     func testResumeIsExact() throws {
         let e = try Fixtures.engine("fp32")

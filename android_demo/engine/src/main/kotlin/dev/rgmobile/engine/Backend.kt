@@ -25,9 +25,28 @@ interface State : AutoCloseable {
     fun arrays(): Map<String, HostTensor>
 }
 
-/** logits [t, v] row-major for the t tokens of the step, and the state after them. */
+/**
+ * The logits of a step of [tokens] tokens and the state after them. [logits] is row-major [r, v]:
+ * r = t when the programs return every position's logits (io spec logits ["batch", "seq", v]),
+ * r = 1 when they return only the last position's (["batch", 1, v]). Any other size is refused.
+ */
 class StepOutput(val logits: FloatArray, val tokens: Int, val vocab: Int, val state: State) {
-    fun lastOffset(): Int = (tokens - 1) * vocab
+    val rows: Int = logitsRows(logits.size, tokens, vocab)
+
+    fun lastOffset(): Int = (rows - 1) * vocab
+
+    /** The last position's logits [v] (a copy). */
+    fun lastRow(): FloatArray = logits.copyOfRange(lastOffset(), lastOffset() + vocab)
+}
+
+/** Rows in [count] logits of a step of [tokens] tokens: [tokens] (every position's) or 1 (the last one's). */
+fun logitsRows(count: Int, tokens: Int, vocab: Int): Int {
+    val rows = count / vocab
+    if (count % vocab != 0 || (rows != tokens && rows != 1)) {
+        fail("a step of $tokens tokens returned $count logits, not [$tokens, $vocab] (every position's) or " +
+            "[1, $vocab] (the last one's); the program does not match the manifest's io spec, re-export the artifact")
+    }
+    return rows
 }
 
 /** One runtime that runs the step (docs/bundle.md "The step and the loop"). */

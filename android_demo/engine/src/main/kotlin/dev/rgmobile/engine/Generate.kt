@@ -18,7 +18,7 @@ fun runTokens(backend: Backend, ids: IntArray, state: State, start: Int): Pair<F
         val out = backend.step(tok, positions, cur)
         if (cur !== state) cur.close() // the caller owns the state it passed in
         cur = out.state
-        last = out.logits.copyOfRange(out.lastOffset(), out.lastOffset() + out.vocab)
+        last = out.lastRow()
         pos += n; i += n
     }
     return last!! to cur
@@ -145,7 +145,7 @@ class Generator(val backend: Backend, val tokenizer: SentencePieceTokenizer, val
                     val out = backend.step(longArrayOf(token.toLong()), longArrayOf(pos.toLong()), state)
                     state.close()
                     state = out.state
-                    last = out.logits.copyOfRange(out.lastOffset(), out.lastOffset() + out.vocab)
+                    last = out.lastRow()
                     pos += 1
                 }
                 decodeSeconds = (System.nanoTime() - t0) / 1e9

@@ -4,7 +4,7 @@ package dev.rgmobile.engine
 data class TensorSpec(
     val name: String,
     val dtype: String, // "int64" | "float32" | "float16"
-    val shape: List<Any>, // Int or the symbolic "batch" / "seq"
+    val shape: List<Any>, // Long (a JSON integer) or the symbolic "batch" / "seq"
     val role: String, // "tokens" | "positions" | "state" | "logits"
     val pair: String?,
     val init: String?,
@@ -132,6 +132,12 @@ data class Manifest(
             if (io.inputs.size < 2 || io.inputs[0].role != "tokens" || io.inputs[1].role != "positions" ||
                 io.outputs.isEmpty() || io.outputs[0].role != "logits"
             ) fail("$where: io spec must be (input_ids, position_ids, state...) -> (logits, state...)")
+            // The middle dim: "seq" (every position's logits) or 1 (exported with last-position logits).
+            // JSON integers parse as Long, hence 1L; the string "1" is refused.
+            val logits = io.outputs[0].shape
+            if (logits.size != 3 || logits[0] != "batch" || (logits[1] != "seq" && logits[1] != 1L)) {
+                fail("$where: logits shape must be [batch, seq or 1, vocab], got $logits; re-export the artifact")
+            }
             val outs = io.outputs.associateBy { it.name }
             for (s in io.stateInputs) {
                 val o2 = outs[s.pair] ?: fail("$where: state input ${s.name} is not paired with a state output")

@@ -140,12 +140,13 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
                 }
                 try {
                     val logitsT = result.get(io.outputs[0].name).get() as OnnxTensor
-                    val logits = FloatArray(t * vocab)
-                    logitsT.floatBuffer.get(logits)
+                    val buffer = logitsT.floatBuffer // [1, t, v], or [1, 1, v]: the last position's only
+                    val logits = FloatArray(buffer.remaining())
+                    buffer.get(logits)
                     val next = LinkedHashMap<String, OnnxTensor>()
                     for (o in io.stateOutputs) next[outputToInput.getValue(o.name)] = result.get(o.name).get() as OnnxTensor
                     return StepOutput(logits, t, vocab, OnnxState(next, result))
-                } catch (e: RuntimeException) {
+                } catch (e: Exception) { // RgMobileException too (a logits size StepOutput refuses)
                     result.close()
                     throw e
                 }

@@ -1,5 +1,6 @@
 package dev.rgmobile.engine
 
+import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
@@ -96,6 +97,25 @@ class BundleErrorsTest {
         val target = File(tmp, "readme-elsewhere.txt"); f.copyTo(target); f.delete()
         Files.createSymbolicLink(f.toPath(), target.toPath())
         expect(d, "symlink")
+    }
+
+    /** The fp32 bundle's manifest.json with the logits output's middle dim set to [dim]. */
+    private fun manifestWithLogitsDim(dim: Any): String {
+        @Suppress("UNCHECKED_CAST")
+        val m = Json.parse(File(TestBundles.dir("RGMOBILE_BUNDLE_FP32"), Manifest.NAME).readText(), "test") as Map<String, Any?>
+        @Suppress("UNCHECKED_CAST")
+        val logits = ((m["io"] as Map<String, Any?>)["outputs"] as List<MutableMap<String, Any?>>)[0]
+        logits["shape"] = (logits["shape"] as List<Any?>).toMutableList().also { it[1] = dim }
+        return Json.write(m)
+    }
+
+    @Test fun `logits of every position or the last one only`() {
+        assertEquals("seq", Manifest.parse(manifestWithLogitsDim("seq"), "m").io.outputs[0].shape[1])
+        assertEquals(1L, Manifest.parse(manifestWithLogitsDim(1L), "m").io.outputs[0].shape[1])
+        for (bad in listOf<Any>(2L, "1", "batch")) {
+            val e = assertThrows<RgMobileException> { Manifest.parse(manifestWithLogitsDim(bad), "m") }
+            assertTrue(e.message!!.contains("logits shape must be [batch, seq or 1, vocab], got [batch, $bad, "), e.message)
+        }
     }
 
     @Test fun `not a bundle`() {

@@ -64,6 +64,30 @@ class EngineBundleTest {
         assertArrayEquals(full.copyOfRange(k, n), second.newIds)
     }
 
+    /** Each step's logits cut to the last position's row: what a program exported with last-position logits returns. */
+    private class LastRowOnly(val inner: Backend) : Backend by inner {
+        override fun step(inputIds: LongArray, positionIds: LongArray, state: State): StepOutput {
+            val out = inner.step(inputIds, positionIds, state)
+            return StepOutput(out.lastRow(), out.tokens, out.vocab, out.state)
+        }
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32"])
+    fun `steps returning only the last position's logits give the same tokens and self-test`(which: String) {
+        val (b, be) = backend(which)
+        val last = LastRowOnly(be)
+        val st = b.selftest!!
+        assertTrue(st.cases.any { c -> planChunks(c.promptIds.size, be.seqLens).any { it > 1 } }, "no case runs a prefill chunk")
+        val cfg = SamplingConfig(temperature = 0.9, topK = 40, seed = 42)
+        for (c in st.cases) {
+            assertArrayEquals(Generator(b, be).generate(c.prompt, 24).newIds, Generator(b, last).generate(c.prompt, 24).newIds, c.name)
+            assertArrayEquals(Generator(b, be).generate(c.prompt, 24, cfg).newIds, Generator(b, last).generate(c.prompt, 24, cfg).newIds, c.name)
+        }
+        val full = SelfTestRunner(be, b.tokenizer, b.manifest.eosId).run(st)
+        assertEquals(full, SelfTestRunner(last, b.tokenizer, b.manifest.eosId).run(st))
+    }
+
     @ParameterizedTest
     @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32"])
     fun `seeded sampling through the engine is reproducible`(which: String) {
