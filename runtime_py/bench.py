@@ -222,12 +222,6 @@ def linear_ops_per_token(config: GriffinConfig, head_every_position: bool) -> in
     return 2 * macs + (head_ops(config) if head_every_position else 0)
 
 
-def prefill_returns_last_logits(manifest: Manifest) -> bool:
-    """Whether the prefill program returns only the last position's logits (the head runs once
-    per chunk): its logits output has the integer 1 as its seq dim instead of "seq"."""
-    return manifest.io.last_logits_only
-
-
 def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s: float | None) -> None:
     cfg = dict(subject["config"])
     cfg["num_layers"] = len(cfg["block_types"])
@@ -262,7 +256,7 @@ def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s
 
 def _gemm_ops(manifest: Manifest) -> dict[str, Any]:
     """How the bench counts an artifact's prefill linear ops (stored in the subject)."""
-    every = not prefill_returns_last_logits(manifest)
+    every = not manifest.io.last_logits_only  # logits [batch, 1, vocab]: the head once per chunk
     return {
         "body_ops_per_token": linear_ops_per_token(manifest.config, head_every_position=False),
         "head_ops": head_ops(manifest.config),

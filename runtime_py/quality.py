@@ -34,7 +34,7 @@ import numpy as np
 
 from exporter.artifact.manifest import Manifest
 from exporter.errors import RgMobileError
-from runtime_py.backend import Backend, State, every_position_seq_lens, plan_chunks
+from runtime_py.backend import Backend
 from runtime_py.generate import run_tokens
 from runtime_py.thresholds import QUALITY_METRICS, exceeded
 
@@ -172,19 +172,6 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def _run(backend: Backend, ids: list[int], start: int, state: State) -> tuple[np.ndarray, State]:
-    """Logits [len(ids), v] of ``ids`` from ``start`` in the backend's own step lengths (t = 1 steps
-    for an artifact whose programs return the last position's logits only)."""
-    out, pos = [], start
-    for n in plan_chunks(len(ids), every_position_seq_lens(backend)):
-        x = np.asarray(ids[pos - start : pos - start + n], np.int64)[None, :]
-        p = np.arange(pos, pos + n, dtype=np.int64)[None, :]
-        logits, state = backend.step(x, p, state)
-        out.append(logits[0])
-        pos += n
-    return np.concatenate(out), state
-
-
 def _greedy(backend: Backend, prompt: list[int], n: int) -> list[int]:
     logits, state = run_tokens(backend, prompt, backend.init_state(1), all_logits=False)
     last, out = logits[-1], []
@@ -206,8 +193,10 @@ def text_metrics(artifact: Backend, reference: Backend, seqs: list[list[int]]) -
         raise RgMobileError("quality: the held-out text has no tokens")
     stats = _Stats()
     for k, seq in enumerate(seqs):
-        la, _ = _run(artifact, seq[:-1], 0, artifact.init_state(1))
-        lr, _ = _run(reference, seq[:-1], 0, reference.init_state(1))
+        # every position's logits, in each backend's own step lengths (t = 1 steps for an artifact
+        # whose programs return the last position's logits only)
+        la, _ = run_tokens(artifact, seq[:-1], artifact.init_state(1))
+        lr, _ = run_tokens(reference, seq[:-1], reference.init_state(1))
         stats.add(la, lr, np.asarray(seq[1:], np.int64))
         log.info("quality: sequence %d/%d (%d tokens)", k + 1, len(seqs), len(seq) - 1)
     return stats.metrics(), stats.n
