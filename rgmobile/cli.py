@@ -168,6 +168,13 @@ def export(
             help="logits a step returns: all positions, or last (head once per prefill chunk; onnx, executorch)"
         ),
     ] = "all",
+    one_program: Annotated[
+        bool,
+        typer.Option(
+            "--one-program",
+            help="onnx: one graph for every step length up to the chunk (one session, weights packed once)",
+        ),
+    ] = False,
     tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.model, if not beside the checkpoint")] = None,
     external_data: Annotated[
         str, typer.Option(help="weights outside the graph files: auto (graphs over 2 GB), always, never")
@@ -203,7 +210,7 @@ def export(
 
     options = ExportOptions(
         out=out_dir, format=fmt, checkpoint=checkpoint, prefill_chunk=prefill_chunk, prefill_logits=prefill_logits,
-        tokenizer=tokenizer,
+        one_program=one_program, tokenizer=tokenizer,
         external_data=external_data,  # type: ignore[arg-type]  # checked in ExportOptions
         ios=ios, compute_precision=compute_precision, coreml_state=coreml_state,
         random_init=random_init, seed=seed,

@@ -52,6 +52,9 @@ class ExportOptions:
         "last" (the last position's only, logits [batch, 1, vocab]: the head runs once per
         prefill chunk instead of t times; ONNX and ExecuTorch). ``validate`` and ``quality``
         then score the prompt's other positions through the decode program.
+      one_program: ONNX: one graph (``step.onnx``) for every step length from 1 to
+        ``prefill_chunk`` instead of one graph per length; decode and prefill name the same
+        file, so a runtime holds one session and one packed copy of the weights.
       tokenizer: SentencePiece model to ship, if not beside the checkpoint.
       external_data: keep weights outside the graph files: "auto" when a graph
         would pass the 2 GB protobuf limit, or "always" / "never" (ONNX).
@@ -81,6 +84,7 @@ class ExportOptions:
     checkpoint: Path | None = None
     prefill_chunk: int = 32
     prefill_logits: str = "all"
+    one_program: bool = False
     tokenizer: Path | None = None
     external_data: ExternalData = "auto"
     ios: int = 18
@@ -115,6 +119,10 @@ class ExportOptions:
                 "--prefill-logits last is supported for onnx and executorch; "
                 "Core ML packages return every position's logits"
             )
+        if self.one_program and self.format != "onnx":
+            raise RgMobileError(f"--one-program is an onnx option; {self.format} exports one program per step length")
+        if self.one_program and self.prefill_chunk < 2:
+            raise RgMobileError("--one-program serves every step length up to --prefill-chunk, which must be >= 2")
         if self.external_data not in ("auto", "always", "never"):
             raise RgMobileError(f"--external-data must be auto, always or never, got {self.external_data!r}")
         check_out(Path(self.out))  # before any work: a refused --out must not cost a whole export
@@ -220,7 +228,7 @@ def _write_artifact(
         if options.format == "onnx":  # onnxruntime-genai reads its own config and tokenizer.json
             from exporter.artifact.genai import write_genai_files
 
-            write_genai_files(tmp, model.config, tmp / TOKENIZER_FILE)
+            write_genai_files(tmp, model.config, tmp / TOKENIZER_FILE, result.programs["decode"].file)
         manifest = Manifest(
             format=options.format,
             source=source,

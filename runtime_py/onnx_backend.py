@@ -1,6 +1,7 @@
 """onnxruntime backend: runs an ONNX artifact from its manifest alone.
 
-One InferenceSession per program (decode t = 1, prefill t = chunk); the two
+One InferenceSession per program file (decode t = 1, prefill t = chunk; one
+session for both when they name one file, ``export --one-program``); programs
 share nothing but the state, which is a dict of OrtValues keyed by IOSpec
 input name. With IO binding the ``present.*`` OrtValues a step returns are
 bound as the next step's ``past_key_values.*`` directly: the state never goes
@@ -60,12 +61,16 @@ class OnnxBackend:
         if not spin:  # idle pool threads block at once: with another process on a core, spinning steals its time
             opts.add_session_config_entry(SPIN_CONFIG_KEY, "0")
         self.sessions: dict[int, ort.InferenceSession] = {}
+        by_file: dict[str, ort.InferenceSession] = {}  # programs naming one file (--one-program) share its session
         for name, prog in manifest.programs.items():
             path = Path(artifact_dir) / prog.file
-            try:
-                sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-            except _LOAD_ERRORS as exc:
-                raise RgMobileError(f"{path}: onnxruntime cannot load program {name!r}: {exc}") from None
+            sess = by_file.get(prog.file)
+            if sess is None:
+                try:
+                    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+                except _LOAD_ERRORS as exc:
+                    raise RgMobileError(f"{path}: onnxruntime cannot load program {name!r}: {exc}") from None
+                by_file[prog.file] = sess
             self._check_session(name, sess)
             self.sessions[prog.seq_len] = sess
         log.info("onnxruntime %s: programs %s", ort.__version__, {n: p.seq_len for n, p in manifest.programs.items()})

@@ -2,7 +2,8 @@
 
 One ``mvn package`` per session builds the engine and runs its JUnit tests (tokenizer = sentencepiece
 on every golden string, seeded sampling, typed bundle errors, greedy ids, self-test, resume) on the
-fp32 and int4 bundles; then the runnable jar is compared with the Python loop: greedy ids on every
+fp32 and int4 bundles and the fp32 ``--one-program`` bundle ("one": decode and prefill in one
+``step.onnx``, one session); then the runnable jar is compared with the Python loop: greedy ids on every
 self-test prompt (2 x window new tokens), ``--selftest``, state files both ways, and exit 2 on a bad
 bundle. Needs Java 17 and Maven (Maven Central or a filled ~/.m2).
 """
@@ -28,11 +29,12 @@ THREADS = "1"
 
 @pytest.fixture(scope="session")
 def android_bundles(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """{"fp32", "int4"}: packaged android bundles (the shared session fixture; RGMOBILE_BUNDLE_* reuse ready ones)."""
-    given = {p: os.environ.get(f"RGMOBILE_BUNDLE_{p.upper()}") for p in ("fp32", "int4")}
+    """{"fp32", "int4", "one"}: packaged android bundles ("one": fp32 with ``--one-program``; the shared
+    session fixtures; RGMOBILE_BUNDLE_* reuse ready ones)."""
+    given = {p: os.environ.get(f"RGMOBILE_BUNDLE_{p.upper()}") for p in ("fp32", "int4", "one")}
     if all(given.values()):
         return {p: Path(str(v)) for p, v in given.items()}
-    return dict(request.getfixturevalue("onnx_bundles"))
+    return {**request.getfixturevalue("onnx_bundles"), "one": request.getfixturevalue("one_program_bundles")["android"]}
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +46,7 @@ def engine_jar(android_bundles: dict[str, Path]) -> Path:
         **os.environ,
         "RGMOBILE_BUNDLE_FP32": str(android_bundles["fp32"]),
         "RGMOBILE_BUNDLE_INT4": str(android_bundles["int4"]),
+        "RGMOBILE_BUNDLE_ONE": str(android_bundles["one"]),
         "RGMOBILE_UNIT_ONLY": "0",
     }
     shutil.rmtree(ENGINE / "target" / "surefire-reports", ignore_errors=True)  # no stale reports from other runs
@@ -71,13 +74,15 @@ def python_backend(bundle: Path):  # noqa: ANN201
     return opened.backend, Tokenizer(opened.tokenizer_path)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "one"])
 def test_jar_greedy_ids_equal_python(engine_jar: Path, android_bundles: dict[str, Path], precision: str) -> None:
     from runtime_py.generate import generate
 
     bundle = android_bundles[precision]
     selftest = json.loads((bundle / "selftest.json").read_text())
     backend, tok = python_backend(bundle)
+    if precision == "one":  # decode and prefill name one step.onnx: Python opens one session (JUnit checks Kotlin's)
+        assert len({id(s) for s in backend.sessions.values()}) == 1
     for case in selftest["cases"]:
         n = case["max_new_tokens"]
         assert n >= 2 * selftest["window"]
@@ -103,7 +108,7 @@ def test_jar_without_spinning_threads_gives_the_same_ids(engine_jar: Path, andro
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "one"])
 def test_jar_selftest_passes(engine_jar: Path, android_bundles: dict[str, Path], precision: str) -> None:
     bundle = android_bundles[precision]
     tolerances = json.loads((bundle / "selftest.json").read_text())["tolerances"]

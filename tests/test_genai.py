@@ -99,9 +99,20 @@ def _assert_same_or_tied(backend: Backend, prompt: list[int], ours: list[int], t
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_genai_greedy_equals_rgmobile(onnx_bundles: dict[str, Path], precision: str) -> None:
+    _check_genai_greedy(onnx_bundles[precision])
+
+
+@pytest.mark.slow
+def test_genai_runs_a_one_program_bundle(one_program_bundles: dict[str, Path]) -> None:
+    """``export --one-program``: genai_config.json names step.onnx, which onnxruntime-genai runs at t = 1."""
+    bundle = one_program_bundles["android"]
+    assert json.loads((bundle / GENAI_CONFIG).read_text())["model"]["decoder"]["filename"] == "step.onnx"
+    _check_genai_greedy(bundle)
+
+
+def _check_genai_greedy(bundle: Path) -> None:
     import onnxruntime_genai as og
 
-    bundle = onnx_bundles[precision]
     manifest = read_manifest(bundle)
     assert json.loads((bundle / GENAI_CONFIG).read_text())["model"]["eos_token_id"] == manifest.special_tokens["eos_id"]
     tok = Tokenizer(bundle / "tokenizer.model")

@@ -1,7 +1,8 @@
 """The Swift engine (ios_demo/) on Linux: built and tested in the Debian trixie folder of scripts/setup_swift.sh.
 
 Against rgmobile's Python runtime on the same ios ONNX bundles (tests/bundles.py): the executable's
-greedy ids equal Python's exactly for every self-test prompt (fp32 and int4, >= 128 new tokens),
+greedy ids equal Python's exactly for every self-test prompt (fp32, int4 and the fp32 ``--one-program``
+bundle "one", whose decode and prefill share one ``step.onnx`` and one session; >= 128 new tokens),
 ``--selftest`` passes, a state saved in Swift resumes in Python to the same tokens and the reverse,
 and a bad bundle exits 2 with one clear line. The XCTest suite runs first with the same bundles.
 
@@ -67,10 +68,15 @@ class Swift:
 
 @pytest.fixture(scope="session")
 def swift(
-    swift_root: Path, ios_onnx_bundles: dict[str, Path], node_ort_lib: str, tmp_path_factory: pytest.TempPathFactory
+    swift_root: Path,
+    ios_onnx_bundles: dict[str, Path],
+    one_program_bundles: dict[str, Path],
+    node_ort_lib: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Swift:
-    """The runner, after a release build of the package (CLI and tests)."""
-    run = Swift(ios_onnx_bundles, tmp_path_factory.mktemp("swift"), node_ort_lib)
+    """The runner, after a release build of the package (CLI and tests); bundles "fp32", "int4", "one"."""
+    bundles = {**ios_onnx_bundles, "one": one_program_bundles["ios"]}
+    run = Swift(bundles, tmp_path_factory.mktemp("swift"), node_ort_lib)
     build = run("swift", "build", *SWIFT_FLAGS, timeout=3600)
     assert build.returncode == 0, f"swift build failed:\n{build.stdout[-4000:]}\n{build.stderr[-2000:]}"
     return run
@@ -93,14 +99,17 @@ def _cli_ids(swift: Swift, bundle: Path, *args: str, env: dict[str, str] | None 
 
 def test_swift_test_suite(swift: Swift) -> None:
     """XCTest: tokenizer goldens, bundle checks, samplers, state files, self-test, greedy ids, resume."""
-    env = {"RGMOBILE_BUNDLE_FP32": str(swift.bundles["fp32"]), "RGMOBILE_BUNDLE_INT4": str(swift.bundles["int4"])}
+    env = {f"RGMOBILE_BUNDLE_{p.upper()}": str(path) for p, path in swift.bundles.items()}  # FP32, INT4, ONE
     proc = swift("swift", "test", *SWIFT_FLAGS, env=env, timeout=3600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "with 0 failures" in out and "skipped" not in out, out[-3000:]
 
 
-@pytest.mark.parametrize(("precision", "library"), [("fp32", "node"), ("fp32", "system"), ("int4", "node")])
+@pytest.mark.parametrize(
+    ("precision", "library"),
+    [("fp32", "node"), ("fp32", "system"), ("int4", "node"), ("one", "node"), ("one", "system")],
+)
 def test_cli_greedy_ids_equal_python(swift: Swift, precision: str, library: str) -> None:
     bundle = swift.bundles[precision]
     cases = json.loads((bundle / "selftest.json").read_text())["cases"]
@@ -122,7 +131,7 @@ def test_cli_without_spinning_threads_gives_the_same_ids(swift: Swift) -> None:
     assert got == want
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "one"])
 def test_cli_selftest_passes(swift: Swift, precision: str) -> None:
     proc = swift(CLI, str(swift.bundles[precision]), "--selftest")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

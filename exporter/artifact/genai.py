@@ -150,14 +150,17 @@ def tokenizer_json_mismatches(tokenizer_model: Path, tokenizer_file: Path) -> li
     return bad
 
 
-def write_genai_files(out_dir: Path, config: GriffinConfig, tokenizer_model: Path) -> bool:
+def write_genai_files(
+    out_dir: Path, config: GriffinConfig, tokenizer_model: Path, decode_file: str = "decode.onnx"
+) -> bool:
     """Write the three onnxruntime-genai files into an ONNX artifact or bundle folder.
 
     Only when the converted ``tokenizer.json`` reproduces sentencepiece on every golden string:
     the Gemma converter assumes Gemma's SentencePiece settings (no dummy prefix, no whitespace
     folding, identity normalizer). Another tokenizer (e.g. a default-trained SentencePiece model)
     gets no onnxruntime-genai files rather than a tokenizer that encodes differently; returns
-    whether the files were written.
+    whether the files were written. ``decode_file``: the t = 1 graph (``step.onnx`` with
+    ``--one-program``).
     """
     out_dir = Path(out_dir)
     scratch = out_dir / f".{TOKENIZER_JSON}.tmp"
@@ -172,7 +175,7 @@ def write_genai_files(out_dir: Path, config: GriffinConfig, tokenizer_model: Pat
         )  # fmt: skip
         return False
     scratch.replace(out_dir / TOKENIZER_JSON)
-    write_json(out_dir / GENAI_CONFIG, genai_config(config))
+    write_json(out_dir / GENAI_CONFIG, genai_config(config, decode_file))
     write_json(out_dir / TOKENIZER_CONFIG, tokenizer_config(config, tokenizer_model))
     log.info("wrote onnxruntime-genai files %s into %s", GENAI_FILES, out_dir)
     return True

@@ -77,6 +77,7 @@ class RGLRU(nn.Module):
         self.input_gate_bias = nn.Parameter(torch.zeros(num_heads, bw))
         self.recurrent_gate_weight = nn.Parameter(torch.zeros(num_heads, bw, bw))
         self.recurrent_gate_bias = nn.Parameter(torch.zeros(num_heads, bw))
+        self.max_len: int | None = None  # see linear_scan; set by exporter.step.step.any_length
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [b, t, l], positions [b, t], h0 [b, l] fp32 -> (y [b, t, l], h [b, l] fp32)."""
@@ -89,14 +90,33 @@ class RGLRU(nn.Module):
         multiplier = torch.where(reset, torch.ones_like(a_square), torch.sqrt(1.0 - a_square))
         normalized = (x * gate_x * multiplier).float()
         a = torch.where(reset, torch.zeros_like(a), a).float()
-        # Linear scan over t; t is static when traced (the step is exported per chunk size).
-        h = h0
-        ys = []
-        for i in range(x.shape[1]):
-            h = a[:, i] * h + normalized[:, i]
-            ys.append(h)
-        y = torch.stack(ys, dim=1).to(x.dtype)
-        return y, h
+        h = linear_scan(a, normalized, h0, self.max_len)
+        return h.to(x.dtype), h[:, -1]
+
+
+def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor, max_len: int | None) -> torch.Tensor:
+    """Every h_i = a_i * h_(i-1) + u_i, from h_(-1) = h0: a, u [b, t, l], h0 [b, l] -> [b, t, l].
+
+    ``max_len`` None: unrolled over t, which is static when traced (one program per t). An
+    int: a doubling (Hillis-Steele) scan of ceil(log2(max_len)) steps, each composing every
+    position with the one d before it; the same graph serves any t from 1 to ``max_len``.
+    """
+    t = u.shape[1]
+    if max_len is None:
+        h, hs = h0, []
+        for i in range(t):
+            h = a[:, i] * h + u[:, i]
+            hs.append(h)
+        return torch.stack(hs, dim=1)
+    u = torch.cat([u[:, :1] + a[:, :1] * h0.unsqueeze(1), u[:, 1:]], dim=1)
+    d = 1
+    while d < max_len:
+        # the element d positions back (the identity, a = 1 and u = 0, before the start)
+        u_back = nn.functional.pad(u, (0, 0, d, 0))[:, :t]
+        a_back = nn.functional.pad(a, (0, 0, d, 0), value=1.0)[:, :t]
+        u, a = u + a * u_back, a * a_back
+        d *= 2
+    return u
 
 
 class RecurrentBlock(nn.Module):
@@ -184,6 +204,9 @@ class LocalAttention(nn.Module):
         self.k_proj = nn.Linear(d, k * e, bias=config.attention_bias)
         self.v_proj = nn.Linear(d, k * e, bias=config.attention_bias)
         self.o_proj = nn.Linear(h * e, d, bias=True)
+        # None: traced per static t (t = 1 writes its one slot by a select). An int: one graph
+        # for any t up to it (exporter.step.step.any_length), which writes the ring by gather.
+        self.max_len: int | None = None
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, state: AttentionLayerState
@@ -216,7 +239,7 @@ class LocalAttention(nn.Module):
 
         # New ring: slot s takes the latest position <= start + t - 1 with p % w == s,
         # from this chunk when that position is in it, else the old slot.
-        if t == 1:  # decode: one slot changes
+        if self.max_len is None and t == 1:  # decode: one slot changes
             new_key, new_value = self.decode_write(start, state, (old_key, old_value), (kn, vn))
         else:
             slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)

@@ -1,9 +1,12 @@
-"""ONNX target: ``decode.onnx`` (t = 1) and ``prefill.onnx`` (t = prefill chunk).
+"""ONNX target: ``decode.onnx`` (t = 1) and ``prefill.onnx`` (t = prefill chunk),
+or with ``--one-program`` a single ``step.onnx`` for every t from 1 to the chunk.
 
-Two graphs, not one with a dynamic t: the RG-LRU scan and the conv taps are
-unrolled over a static t when traced (exporter/step/step.py), and marking t
-dynamic makes ``torch.export`` fail ("your code specialized it to be a
-constant"). Batch stays symbolic ("batch", as in the IOSpec).
+By default two graphs, each traced for its static t: the RG-LRU scan is unrolled
+over t and decode writes its ring slot by a select (exporter/step/step.py).
+``--one-program`` traces the step inside ``any_length`` with "seq" symbolic (a
+doubling scan, a gather for the ring write): both manifest programs name the one
+file, so a runtime opens one session and onnxruntime packs the weights once
+instead of once per session. Batch stays symbolic ("batch", as in the IOSpec).
 
 Exported with ``torch.onnx.export(dynamo=True)`` at opset 18 (measured: it
 matches eager to ~3e-6; index arithmetic stays int64). Graph I/O names are
@@ -27,6 +30,7 @@ quantized integers through differently shaped initializers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,7 +44,7 @@ import torch
 from exporter import __version__
 from exporter.artifact.manifest import Program
 from exporter.step.iospec import IOSpec, build_iospec
-from exporter.step.step import StepModule, example_inputs
+from exporter.step.step import StepModule, any_length, example_inputs
 from exporter.targets import TargetResult
 from exporter.targets.metadata import common_metadata
 from exporter.targets.onnx_external import external_bytes, external_span
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 SHARED_WEIGHTS = "weights.bin"
+ONE_PROGRAM = "step"  # the graph's name with --one-program: step.onnx
 # A serialized ModelProto must stay under 2 GiB; leave room for the graph itself.
 PROTO_LIMIT = 2**31 - 2**26
 _ALIGN = 4096  # page-aligned external tensors (ORT can mmap them)
@@ -69,6 +74,10 @@ def export(
     lens = {"decode": 1}
     if options.prefill_chunk > 1:
         lens["prefill"] = options.prefill_chunk
+    # graph name -> the t it is traced with, and the largest t it serves (None: that t only)
+    graphs: dict[str, tuple[int, int | None]] = {name: (seq, None) for name, seq in lens.items()}
+    if options.one_program:
+        graphs = {ONE_PROGRAM: (options.prefill_chunk, options.prefill_chunk)}
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     mode = options.external_data
     recipe = given.recipe if given is not None else options.quant_recipe
@@ -81,14 +90,14 @@ def export(
 
         store = SpillStore(out_dir / ".quantized.bin", model)
     try:
-        for name, seq in lens.items():
-            log.info("exporting %s (t=%d) to ONNX opset %d", name, seq, OPSET)
+        for name, (seq, max_len) in graphs.items():
+            log.info("exporting %s (t=%s) to ONNX opset %d", name, seq if max_len is None else f"1..{max_len}", OPSET)
             # quantized graphs always start from external data: the quantizer memory-maps the weights
             protos[name] = _export_graph(
-                model, seq, spec, out_dir / f".{name}.raw", external or store is not None, last
+                model, seq, spec, out_dir / f".{name}.raw", external or store is not None, last, max_len
             )
             _strip_node_metadata(protos[name])
-            meta = metadata(model, options, source, name, seq)
+            meta = metadata(model, options, source, name, seq if max_len is None else f"1..{max_len}")
             if store is not None:
                 log.info("quantizing %s with recipe %s", name, recipe.name)
                 protos[name], facts[name] = quantize_graph(
@@ -110,32 +119,44 @@ def export(
     finally:
         if store is not None:
             store.remove()
-        for name in lens:
+        for name in graphs:
             _cleanup_raw(out_dir / f".{name}.raw")
     for name in protos:
         _check(out_dir / f"{name}.onnx", spec)
+    file_of = {name: f"{ONE_PROGRAM if options.one_program else name}.onnx" for name in lens}
     return TargetResult(
-        programs={name: Program(f"{name}.onnx", seq) for name, seq in lens.items()},
+        programs={name: Program(file_of[name], seq) for name, seq in lens.items()},
         precision=recipe.name if recipe.is_quantized else "fp32",
-        quantization={**recipe.to_dict(), "onnx": facts["decode"]} if recipe.is_quantized else None,
+        quantization={**recipe.to_dict(), "onnx": facts[next(iter(graphs))]} if recipe.is_quantized else None,
         details={
             "opset": OPSET,
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "onnx_version": onnx.__version__,
             "external_data": SHARED_WEIGHTS if external else None,
-            "symbolic_dims": {"batch": "dynamic", "seq": "fixed per program (programs[*].seq_len)"},
+            "symbolic_dims": {
+                "batch": "dynamic",
+                "seq": f"1..{options.prefill_chunk}, one graph for every program"
+                if options.one_program
+                else "fixed per program (programs[*].seq_len)",
+            },
         },
     )
 
 
 def _export_graph(
-    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool, last_logits: bool
+    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool, last_logits: bool, max_len: int | None
 ) -> onnx.ModelProto:
+    """The step traced at ``seq`` tokens: for that t only, or (``max_len``) for every t up to it."""
     step = StepModule(model.eval(), last_logits).eval()
     inputs = example_inputs(model, seq, batch=_EXAMPLE_BATCH)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    dynamic = ({0: batch}, {0: batch}, tuple({0: batch} for _ in inputs[2:]))
-    with torch.no_grad(), warnings.catch_warnings():
+    tokens: dict[int, Any] = {0: batch}
+    if max_len is not None:
+        # traced at t = max_len >= 2: an example of 1 would be specialised as a constant
+        tokens[1] = torch.export.Dim("seq", min=1, max=max_len)
+    dynamic = (tokens, tokens, tuple({0: batch} for _ in inputs[2:]))
+    lengths = any_length(model, max_len) if max_len is not None else contextlib.nullcontext()
+    with torch.no_grad(), warnings.catch_warnings(), lengths:
         # Known, harmless: torch's pytree deprecation and the duplicate "batch" axis rename notice.
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name: batch will not be used.*")
@@ -226,7 +247,7 @@ def _cleanup_raw(raw_dir: Path) -> None:
         raw_dir.rmdir()
 
 
-def metadata(model: Griffin, options: TargetOptions, source: str, program: str, seq: int) -> dict[str, str]:
+def metadata(model: Griffin, options: TargetOptions, source: str, program: str, seq: int | str) -> dict[str, str]:
     """The ``rgmobile.*`` metadata_props of one graph (strings, as ONNX requires)."""
     return {**common_metadata(model, options, source), "rgmobile.program": program, "rgmobile.seq_len": str(seq)}
 

@@ -228,7 +228,8 @@ def package(options: PackageOptions) -> PackageResult:
             details.update(write_onnx_programs(artifact, manifest, tmp))
             written |= {p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()}
             if not all((artifact / f).is_file() for f in GENAI_FILES):  # an artifact exported before they existed
-                if write_genai_files(tmp, manifest.config, artifact / manifest.tokenizer_file):
+                decode_file = manifest.programs["decode"].file
+                if write_genai_files(tmp, manifest.config, artifact / manifest.tokenizer_file, decode_file):
                     written |= set(GENAI_FILES)
         for f in manifest.files:
             if f.path not in written:

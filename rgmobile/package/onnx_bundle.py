@@ -1,4 +1,4 @@
-"""The ONNX program files of a bundle: both graphs, weights stored once in ``weights.bin``.
+"""The ONNX program files of a bundle: its graphs, weights stored once in ``weights.bin``.
 
 An fp32 ONNX export below 2 GB embeds every weight in both ``decode.onnx`` and ``prefill.onnx``
 (the same tensors twice). A bundle re-saves both graphs with their initializers moved into one
@@ -32,10 +32,10 @@ def write_onnx_programs(artifact: Path, manifest: Manifest, dest: Path) -> dict[
             shutil.copyfile(Path(artifact) / file, Path(dest) / file)
         return {"external_data": data}
     protos = {}
-    for name, file in graphs.items():
-        if file != f"{name}.onnx":  # write_shared saves each graph as {name}.onnx
-            raise RuntimeError(f"ONNX program {name!r} is stored as {file}, expected {name}.onnx")
-        protos[name] = onnx.load_model(str(Path(artifact) / file), load_external_data=True)
+    for file in sorted(set(graphs.values())):  # one file for both programs with --one-program
+        if Path(file).suffix != ".onnx" or Path(file).name != file:  # write_shared saves each graph as {key}.onnx
+            raise RuntimeError(f"ONNX program file {file!r} is not a .onnx file at the top of the artifact")
+        protos[Path(file).stem] = onnx.load_model(str(Path(artifact) / file), load_external_data=True)
     write_shared(protos, Path(dest), SHARED_WEIGHTS)
     log.info("bundle: %s re-saved with shared %s", sorted(graphs.values()), SHARED_WEIGHTS)
     return {"external_data": SHARED_WEIGHTS}

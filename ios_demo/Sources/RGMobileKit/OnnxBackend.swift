@@ -10,15 +10,18 @@ final class OnnxState: ModelState {
     deinit { for v in values.values { rg_ort_value_release(v) } }
 }
 
-/// A `Backend` over onnxruntime's C API: one session per program (decode t = 1, prefill t =
-/// chunk). The library is loaded at run time: `libraryPath`, else $RGMOBILE_ORT_LIB, else the
-/// system's libonnxruntime (or the one linked into the app on iOS).
+/// A `Backend` over onnxruntime's C API: one session per program file (decode t = 1, prefill t =
+/// chunk); programs naming the same file (`export --one-program`: `step.onnx`, its token dim
+/// symbolic) share one session, because onnxruntime packs the weights once per session. The
+/// library is loaded at run time: `libraryPath`, else $RGMOBILE_ORT_LIB, else the system's
+/// libonnxruntime (or the one linked into the app on iOS).
 public final class OnnxBackend: Backend {
     public let name = "onnxruntime"
     public let manifest: Manifest
     public let seqLens: [Int]
     public let runtimeVersion: String
-    private var sessions: [Int: UnsafeMutableRawPointer] = [:]
+    private var byFile: [String: UnsafeMutableRawPointer] = [:]  // program file -> its one session (deinit closes these)
+    private var sessions: [Int: UnsafeMutableRawPointer] = [:]  // seq_len -> the session of its program's file
     private let io: IOSpec
     private let pairs: [String: String]  // output name -> the input it feeds
 
@@ -34,22 +37,33 @@ public final class OnnxBackend: Backend {
         if let need = manifest.runtime_requirements?["onnxruntime"], versionLess(runtimeVersion, need) {
             throw RGError("this bundle needs onnxruntime >= \(need), the loaded library is \(runtimeVersion); point RGMOBILE_ORT_LIB at a newer libonnxruntime")
         }
-        for (pname, prog) in manifest.programs.sorted(by: { $0.key < $1.key }) {
-            var err = [CChar](repeating: 0, count: 1024)
-            let path = bundle.url(prog.file).path
-            guard let s = rg_ort_session_open(path, Int32(threads), spin ? 1 : 0, &err, err.count) else {
-                throw RGError("\(path): onnxruntime cannot load program '\(pname)': \(String(cString: err))")
+        do {
+            for (pname, prog) in manifest.programs.sorted(by: { $0.key < $1.key }) {
+                if let s = byFile[prog.file] { sessions[prog.seq_len] = s; continue }
+                var err = [CChar](repeating: 0, count: 1024)
+                let path = bundle.url(prog.file).path
+                guard let s = rg_ort_session_open(path, Int32(threads), spin ? 1 : 0, &err, err.count) else {
+                    throw RGError("\(path): onnxruntime cannot load program '\(pname)': \(String(cString: err))")
+                }
+                byFile[prog.file] = s
+                sessions[prog.seq_len] = s
+                // Names only: the graph's token dim may be symbolic ("seq"), one session serving every t.
+                let ins = OnnxBackend.names(s, outputs: false), outs = OnnxBackend.names(s, outputs: true)
+                if ins != io.inputs.map(\.name) || outs != io.outputs.map(\.name) {
+                    throw RGError("program '\(pname)': graph I/O names differ from the manifest's io spec; re-export the artifact")
+                }
             }
-            sessions[prog.seq_len] = s
-            let ins = OnnxBackend.names(s, outputs: false), outs = OnnxBackend.names(s, outputs: true)
-            if ins != io.inputs.map(\.name) || outs != io.outputs.map(\.name) {
-                throw RGError("program '\(pname)': graph I/O names differ from the manifest's io spec; re-export the artifact")
-            }
+        } catch {
+            for s in byFile.values { rg_ort_session_close(s) }  // deinit does not run for a failed init
+            throw error
         }
         seqLens = sessions.keys.sorted(by: >)
     }
 
-    deinit { for s in sessions.values { rg_ort_session_close(s) } }
+    /// onnxruntime sessions held: one per distinct program file (1 for a `--one-program` bundle).
+    public var sessionCount: Int { byFile.count }
+
+    deinit { for s in byFile.values { rg_ort_session_close(s) } }  // each session once, however many programs share it
 
     static func load(_ lib: String?) throws -> String {
         var err = [CChar](repeating: 0, count: 1024)

@@ -14,9 +14,10 @@ final class EngineTests: XCTestCase {
 
     func testSelfTestFP32() throws { try checkSelfTest("fp32") }
     func testSelfTestINT4() throws { try checkSelfTest("int4") }
+    func testSelfTestOneProgram() throws { try checkSelfTest("one") }
 
     func testGreedyEqualsPythonRuntime() throws {
-        for p in ["fp32", "int4"] {
+        for p in ["fp32", "int4", "one"] {
             let e = try Fixtures.engine(p)
             let st = try SelftestFile.read(e.bundle.url("selftest.json"))
             for c in st.cases {
@@ -26,6 +27,24 @@ final class EngineTests: XCTestCase {
                 XCTAssertEqual(got.newIds, want, "\(p) \(c.name)")
                 XCTAssertGreaterThanOrEqual(got.newIds.count, 128)
             }
+        }
+    }
+
+    /// `export --one-program`: decode and prefill name one `step.onnx` (token dim symbolic), opened
+    /// once; the same weights as the fp32 bundle's two graphs, so the same greedy ids.
+    func testOneProgramBundleRunsBothLengthsOnOneSession() throws {
+        let one = try Fixtures.engine("one"), two = try Fixtures.engine("fp32")
+        let m = one.bundle.manifest
+        XCTAssertEqual(Set(m.programs.values.map(\.file)).count, 1, "\(m.programs)")
+        XCTAssertEqual(try XCTUnwrap(one.backend as? OnnxBackend).sessionCount, 1)
+        XCTAssertEqual(try XCTUnwrap(two.backend as? OnnxBackend).sessionCount, 2)
+        XCTAssertEqual(one.backend.seqLens, [m.prefill_chunk, 1])
+        let st = try SelftestFile.read(one.bundle.url("selftest.json"))
+        XCTAssertTrue(st.cases.contains { planChunks($0.prompt_ids.count, seqLens: one.backend.seqLens).contains { $0 > 1 } },
+                      "no case runs a prefill chunk")
+        for c in st.cases {
+            let want = try two.generate(prompt: c.prompt, maxNewTokens: c.max_new_tokens).newIds
+            XCTAssertEqual(try one.generate(prompt: c.prompt, maxNewTokens: c.max_new_tokens).newIds, want, c.name)
         }
     }
 

@@ -15,7 +15,9 @@ const val SPIN_CONFIG_KEY = "session.intra_op.allow_spinning"
 
 /**
  * onnxruntime backend (`ai.onnxruntime`, the same Java API on the desktop and in onnxruntime-android).
- * One session per program (decode t = 1, prefill t = chunk). A step's `present.*` outputs stay
+ * One session per program file (decode t = 1, prefill t = chunk): programs naming the same file
+ * (`export --one-program`: `step.onnx`, its token dim symbolic) share one session, because
+ * onnxruntime packs the weights once per session. A step's `present.*` outputs stay
  * native OnnxTensors and are passed as the next step's `past_key_values.*` inputs: the state never
  * goes through the JVM heap between steps (only the logits are copied out). Each run allocates
  * fresh outputs, so the old state stays valid until the caller closes it.
@@ -26,7 +28,8 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
     private val manifest = bundle.manifest
     private val io = manifest.io
     private val env: OrtEnvironment = OrtEnvironment.getEnvironment()
-    private val sessions = HashMap<Int, OrtSession>()
+    private val byFile = LinkedHashMap<String, OrtSession>() // program file -> its one session (close() closes these)
+    private val sessions = HashMap<Int, OrtSession>() // seq_len -> the session of its program's file
     private val outputToInput = io.stateInputs.associate { it.pair!! to it.name }
     private val vocab = manifest.vocabSize
 
@@ -41,26 +44,36 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
         if (!spin) opts.addConfigEntry(SPIN_CONFIG_KEY, "0")
         try {
             for ((programName, prog) in manifest.programs) {
-                val path = bundle.file(prog.file)
-                val sess = try {
-                    env.createSession(path.path, opts)
-                } catch (e: OrtException) {
-                    fail("$path: onnxruntime cannot load program '$programName': ${e.message?.lineSequence()?.first()}")
-                }
-                val ins = sess.inputNames.toList()
-                val outs = sess.outputNames.toList()
-                if (ins.toSet() != io.inputs.map { it.name }.toSet() || outs.toSet() != io.outputs.map { it.name }.toSet()) {
-                    sess.close()
-                    fail("program '$programName': graph I/O names differ from the manifest's io spec; re-export the artifact")
-                }
-                sessions[prog.seqLen] = sess
+                sessions[prog.seqLen] = byFile.getOrPut(prog.file) { openSession(bundle.file(prog.file), programName, opts) }
             }
+        } catch (e: RgMobileException) { // the sessions opened before the failing one
+            close()
+            throw e
         } finally {
             opts.close()
         }
     }
 
     override val seqLens: List<Int> = sessions.keys.sortedDescending()
+
+    /** onnxruntime sessions held: one per distinct program file (1 for a `--one-program` bundle). */
+    val sessionCount: Int get() = byFile.size
+
+    /** A session for [path]; only its I/O names are checked: its token dim may be symbolic ("seq"). */
+    private fun openSession(path: File, programName: String, opts: OrtSession.SessionOptions): OrtSession {
+        val sess = try {
+            env.createSession(path.path, opts)
+        } catch (e: OrtException) {
+            fail("$path: onnxruntime cannot load program '$programName': ${e.message?.lineSequence()?.first()}")
+        }
+        val ins = sess.inputNames.toList()
+        val outs = sess.outputNames.toList()
+        if (ins.toSet() != io.inputs.map { it.name }.toSet() || outs.toSet() != io.outputs.map { it.name }.toSet()) {
+            sess.close()
+            fail("program '$programName': graph I/O names differ from the manifest's io spec; re-export the artifact")
+        }
+        return sess
+    }
 
     /** A state: the tensors by IOSpec input name and what frees them (an OrtSession.Result or the tensors). */
     private class OnnxState(val tensors: Map<String, OnnxTensor>, val owner: AutoCloseable?) : State {
@@ -155,7 +168,8 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
     }
 
     override fun close() {
-        sessions.values.forEach { it.close() }
+        byFile.values.forEach { it.close() } // each session once, however many programs share it
+        byFile.clear()
         sessions.clear()
     }
 

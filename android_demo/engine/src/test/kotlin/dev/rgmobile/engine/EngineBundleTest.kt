@@ -5,6 +5,7 @@ import org.junit.jupiter.api.Assertions.assertArrayEquals
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.TestInstance
 import org.junit.jupiter.api.io.TempDir
 import org.junit.jupiter.params.ParameterizedTest
@@ -24,7 +25,7 @@ class EngineBundleTest {
     @AfterAll fun close() = backends.values.forEach { it.close() }
 
     @ParameterizedTest
-    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4"])
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_ONE"])
     fun `greedy ids equal the Python runtime's on every selftest case`(which: String) {
         val (b, be) = backend(which)
         val gen = Generator(b, be)
@@ -38,12 +39,34 @@ class EngineBundleTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4"])
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_ONE"])
     fun `the bundle's self-test passes`(which: String) {
         val (b, be) = backend(which)
         val r = SelfTestRunner(be, b.tokenizer, b.manifest.eosId).run(b.selftest!!)
         assertTrue(r.passed, r.summary() + " " + r.failures)
         assertEquals(0, r.tokenizerMismatches)
+    }
+
+    /** `export --one-program`: decode and prefill name one `step.onnx` (token dim symbolic), opened once. */
+    @Test
+    fun `a one-program bundle runs both step lengths on one session with the two-file bundle's tokens`() {
+        val (one, be) = backend("RGMOBILE_BUNDLE_ONE")
+        assertEquals(1, one.manifest.programs.values.map { it.file }.distinct().size, "programs ${one.manifest.programs}")
+        assertEquals(1, be.sessionCount)
+        assertEquals(listOf(one.manifest.prefillChunk, 1), be.seqLens)
+        val (two, twoBe) = backend("RGMOBILE_BUNDLE_FP32") // the same weights exported one graph per step length
+        assertEquals(2, twoBe.sessionCount)
+        val cases = one.selftest!!.cases
+        assertTrue(cases.any { c -> planChunks(c.promptIds.size, be.seqLens).any { it > 1 } }, "no case runs a prefill chunk")
+        for (c in cases) {
+            val want = Generator(two, twoBe).generate(c.prompt, c.maxNewTokens).newIds
+            assertArrayEquals(want, Generator(one, be).generate(c.prompt, c.maxNewTokens).newIds,
+                "case ${c.name}: the one-program bundle's greedy ids differ from the two-file bundle's")
+        }
+        val fresh = OnnxBackend(one, threads = 1)
+        assertEquals(1, fresh.sessionCount)
+        fresh.close()
+        assertEquals(0, fresh.sessionCount)
     }
 
     @ParameterizedTest

@@ -6,7 +6,8 @@ import java.io.File
 
 /**
  * Where the bundle tests find their bundles: system property or environment RGMOBILE_BUNDLE_FP32 /
- * RGMOBILE_BUNDLE_INT4 (folders written by `rgmobile package --target android`). Absent bundles
+ * RGMOBILE_BUNDLE_INT4 / RGMOBILE_BUNDLE_ONE (folders written by `rgmobile package --target android`;
+ * ONE: the fp32 export with `--one-program`, decode and prefill in one `step.onnx`). Absent bundles
  * FAIL the bundle tests, unless RGMOBILE_UNIT_ONLY=1 asks for the unit tests only (then the bundle
  * tests are reported as skipped, never as passed).
  */
@@ -32,5 +33,5 @@ object TestBundles {
 
     fun bundle(name: String): Bundle = synchronized(cache) { cache.getOrPut(name) { Bundle.open(dir(name)) } }
 
-    val names = listOf("RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4")
+    val names = listOf("RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_ONE")
 }
