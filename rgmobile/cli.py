@@ -483,7 +483,7 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="PNG of tokens/s and RSS against position")] = None,
 ) -> None:
     """Decode/prefill speed, memory and bandwidth roofline of artifacts and baselines; exit 1 if one failed."""
-    from runtime_py.bench import BenchOptions, run_bench
+    from runtime_py.bench import BenchOptions, measurement_errors, run_bench
 
     names = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
     options = BenchOptions(
@@ -495,9 +495,9 @@ def bench(
     with err.status("benchmarking (one process per artifact and baseline)..."):
         data = run_bench(options)
     print_bench(data, out)
-    failed = [s for s in data["subjects"] if s.get("error") is not None]
-    for s in failed:
-        err.print(f"[bold red]{s['name']}:[/] {s['error']}", highlight=False, soft_wrap=True)
+    failed = measurement_errors(data)
+    for line in failed:
+        err.print(f"[bold red]failed:[/] {line}", highlight=False, soft_wrap=True)
     out.print(f"wrote {out_json}" + (f" and {plot}" if plot else ""), highlight=False)
     if failed:
         raise typer.Exit(1)

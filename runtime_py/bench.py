@@ -189,6 +189,23 @@ def run_worker(spec: WorkerSpec, timeout: float | None = None) -> dict[str, Any]
         return {"error": f"the worker crashed ({why}): " + " | ".join(t for t in tail if t)[-600:]}
 
 
+def measurement_errors(data: dict[str, Any]) -> list[str]:
+    """Every measurement of a bench result that failed, as "subject: what failed: why": a subject
+    itself, its ``--together`` worker or a ``--busy-core`` variant (the command exits 1 on any)."""
+    errors = []
+    for s in data["subjects"]:
+        if s.get("error") is not None:
+            errors.append(f"{s['name']}: {s['error']}")
+            continue
+        together = s.get("together")
+        if together is not None and together.get("error") is not None:
+            errors.append(f"{s['name']}: programs together: {together['error']}")
+        for row in (s.get("contention") or {}).get("rows", []):
+            if row.get("error") is not None:
+                errors.append(f"{s['name']}: decode with spin={row['spin']} busy={row['busy']}: {row['error']}")
+    return errors
+
+
 def _bytes_per_token(name: str, weights: int, state_bytes: int, config: dict[str, Any]) -> int:
     """Weights once plus the state read and written; Gemma reads its KV cache and writes one token."""
     if name == "gemma":

@@ -465,6 +465,22 @@ def test_contention_without_spin_control_measures_two_variants_and_keeps_failure
     assert entry["busy_over_quiet"] is None and entry["no_spin_over_spin_busy"] is None
 
 
+def test_every_failed_measurement_is_an_error_of_the_run() -> None:
+    """A subject, its --together worker or a --busy-core variant that failed each make ``bench`` exit 1."""
+    from runtime_py.bench import measurement_errors
+
+    ok = {"name": "a", "error": None, "together": {"error": None}, "contention": {"rows": [{"error": None}]}}
+    assert measurement_errors({"subjects": [ok, {**ok, "together": None, "contention": None}]}) == []
+    bad_together = {**ok, "name": "b", "together": {"error": "killed"}}
+    bad_row = {**ok, "name": "c", "contention": {"rows": [{"spin": False, "busy": True, "error": "boom"}]}}
+    bad = {"name": "d", "error": "crashed"}
+    assert measurement_errors({"subjects": [ok, bad_together, bad_row, bad]}) == [
+        "b: programs together: killed",
+        "c: decode with spin=False busy=True: boom",
+        "d: crashed",
+    ]
+
+
 def test_no_spin_runs_onnx_the_same_and_refuses_other_runtimes(
     random_artifact: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
