@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -17,9 +17,11 @@ from rich.table import Table
 from exporter.errors import RgMobileError
 from exporter.formats import format_names
 from rgmobile.bench_table import print_bench
+from rgmobile.bundle_table import print_bundle
 from rgmobile.cli_errors import OneLineUsageErrors, err, user_errors
 from rgmobile.cli_format import fmt_bytes as _fmt_bytes
 from rgmobile.cli_format import fmt_metric as _fmt_metric
+from rgmobile.info_table import print_info
 from rgmobile.quality_table import print_quality
 
 app = typer.Typer(
@@ -127,30 +129,7 @@ def info(
         config = ckpt.config
         source = str(ckpt.source)
         given = ckpt.quantization
-    table = Table(title=f"RecurrentGemma / Griffin: {source}", show_header=False)
-    for key, value in config.to_dict().items():
-        if key == "block_types":
-            value = f"{len(value)} layers: " + "".join("R" if b == "recurrent" else "A" for b in value)
-        table.add_row(key, str(value))
-    counts = config.parameter_counts()
-    table.add_row("parameters", f"{counts['total']:,} (embedding/head {counts['embedding']:,}, tied)")
-    for label, nbytes in (("fp32", 4), ("fp16", 2)):
-        state = config.state_bytes(dtype_bytes=nbytes)
-        table.add_row(
-            f"state (batch 1, {label})",
-            f"{_fmt_bytes(state['total'])} = KV ring {_fmt_bytes(state['kv'])} + conv {_fmt_bytes(state['conv'])} "
-            f"+ RG-LRU {_fmt_bytes(state['rg_lru'])} (fp32); the same at every context length",
-        )
-    if given is not None and checkpoint is not None:
-        from exporter.checkpoint.quantized import quantized_bytes
-
-        r = given.recipe
-        classes = ", ".join(f"{k} {getattr(r, k).bits}-bit" for k in ("linears", "embedding", "rglru_gates")
-                            if getattr(r, k) is not None)  # fmt: skip
-        table.add_row("quantization", f"{r.name} ({given.method}): {classes}; {len(given.weights)} weights")
-        size = quantized_bytes(checkpoint)
-        table.add_row("weights file", f"{_fmt_bytes(size)} = {size / (4 * counts['total']):.3f} x fp32")
-    out.print(table)
+    print_info(config, source, given, checkpoint, out)
 
 
 @app.command()
@@ -390,7 +369,7 @@ def package(
 
     if check:
         summary = check_bundle(path)
-        _print_bundle(path, summary.manifest)
+        print_bundle(path, summary.manifest, out)
         cases = summary.selftest["cases"]
         out.print(f"selftest.json: {len(cases)} cases, {len(summary.selftest['tokenizer'])} tokenizer strings; "
                   "manifest and every sha256 verified", highlight=False)  # fmt: skip
@@ -410,7 +389,7 @@ def package(
     )
     with err.status(f"validating and packaging {path} for {target}..."):
         packaged = run_package(options)
-    _print_bundle(out_dir, packaged.manifest)
+    print_bundle(out_dir, packaged.manifest, out)
     if packaged.validation_status == "incomplete":
         out.print("[yellow]validation INCOMPLETE[/] (not a pass): packaged, and the bundle records status "
                   "'incomplete'. Not run here:", highlight=False)  # fmt: skip
@@ -418,27 +397,6 @@ def package(
             out.print(f"  - {line}", highlight=False, markup=False)
     else:
         out.print("[green]validation passed[/]; bundle written to " + str(out_dir), highlight=False)
-
-
-def _print_bundle(path: Path, manifest: Any) -> None:
-    """Files, sizes, total, precision, minimum runtime, state size of a bundle."""
-    bundle = manifest.bundle or {}
-    subject = f"{bundle.get('target')}, {manifest.format} {manifest.precision}"
-    table = Table(title=f"{path}: {bundle.get('name')} ({subject})")
-    table.add_column("file")
-    table.add_column("size", justify="right")
-    for f in manifest.files:
-        table.add_row(f.path, _fmt_bytes(f.size))
-    table.add_row("[bold]total[/]", f"[bold]{_fmt_bytes(sum(f.size for f in manifest.files))}[/]")
-    out.print(table)
-    needs = ", ".join(f"{k} >= {v}" for k, v in (manifest.runtime_requirements or {}).items()) or "-"
-    validation = bundle.get("validation", {}).get("status", "-")
-    out.print(
-        f"precision {manifest.precision}; minimum runtime: {needs}; "
-        f"state {_fmt_bytes(int(bundle.get('state_bytes', 0)))} "
-        f"per sequence (constant in context length); validation: {validation}",
-        highlight=False,
-    )
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:

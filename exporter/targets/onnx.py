@@ -91,13 +91,14 @@ def export(
         store = SpillStore(out_dir / ".quantized.bin", model)
     try:
         for name, (seq, max_len) in graphs.items():
-            log.info("exporting %s (t=%s) to ONNX opset %d", name, seq if max_len is None else f"1..{max_len}", OPSET)
+            lengths = str(seq) if max_len is None else f"1..{max_len}"  # the step lengths the graph serves
+            log.info("exporting %s (t=%s) to ONNX opset %d", name, lengths, OPSET)
             # quantized graphs always start from external data: the quantizer memory-maps the weights
             protos[name] = _export_graph(
                 model, seq, spec, out_dir / f".{name}.raw", external or store is not None, last, max_len
             )
             _strip_node_metadata(protos[name])
-            meta = metadata(model, options, source, name, seq if max_len is None else f"1..{max_len}")
+            meta = metadata(model, options, source, name, lengths)
             if store is not None:
                 log.info("quantizing %s with recipe %s", name, recipe.name)
                 protos[name], facts[name] = quantize_graph(
@@ -247,9 +248,9 @@ def _cleanup_raw(raw_dir: Path) -> None:
         raw_dir.rmdir()
 
 
-def metadata(model: Griffin, options: TargetOptions, source: str, program: str, seq: int | str) -> dict[str, str]:
-    """The ``rgmobile.*`` metadata_props of one graph (strings, as ONNX requires)."""
-    return {**common_metadata(model, options, source), "rgmobile.program": program, "rgmobile.seq_len": str(seq)}
+def metadata(model: Griffin, options: TargetOptions, source: str, program: str, seq: str) -> dict[str, str]:
+    """The ``rgmobile.*`` metadata_props of one graph (strings, as ONNX requires); ``seq``: "32" or "1..32"."""
+    return {**common_metadata(model, options, source), "rgmobile.program": program, "rgmobile.seq_len": seq}
 
 
 def _set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:

@@ -25,19 +25,19 @@ log = logging.getLogger(__name__)
 
 def write_onnx_programs(artifact: Path, manifest: Manifest, dest: Path) -> dict[str, str | None]:
     """Write the program files (and ``weights.bin``) into ``dest``; returns the new ``external_data`` detail."""
-    graphs = {name: prog.file for name, prog in manifest.programs.items()}
+    files = sorted({prog.file for prog in manifest.programs.values()})  # one for both programs with --one-program
     if manifest.format_details.get("external_data"):
         data = str(manifest.format_details["external_data"])
-        for file in [*graphs.values(), data]:
+        for file in [*files, data]:
             shutil.copyfile(Path(artifact) / file, Path(dest) / file)
         return {"external_data": data}
     protos = {}
-    for file in sorted(set(graphs.values())):  # one file for both programs with --one-program
+    for file in files:
         if Path(file).suffix != ".onnx" or Path(file).name != file:  # write_shared saves each graph as {key}.onnx
             raise RuntimeError(f"ONNX program file {file!r} is not a .onnx file at the top of the artifact")
         protos[Path(file).stem] = onnx.load_model(str(Path(artifact) / file), load_external_data=True)
     write_shared(protos, Path(dest), SHARED_WEIGHTS)
-    log.info("bundle: %s re-saved with shared %s", sorted(graphs.values()), SHARED_WEIGHTS)
+    log.info("bundle: %s re-saved with shared %s", files, SHARED_WEIGHTS)
     return {"external_data": SHARED_WEIGHTS}
 
 
