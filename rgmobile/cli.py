@@ -148,12 +148,14 @@ def export(
         ),
     ] = "all",
     one_program: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--one-program",
-            help="onnx: one graph for every step length up to the chunk (one session, weights packed once)",
+            "--one-program/--graph-per-length",
+            help="onnx: one graph for every step length up to the chunk (one session, weights packed once; "
+            "the default), or one graph per step length (decode.onnx, prefill.onnx)",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.model, if not beside the checkpoint")] = None,
     external_data: Annotated[
         str, typer.Option(help="weights outside the graph files: auto (graphs over 2 GB), always, never")

@@ -53,8 +53,10 @@ class ExportOptions:
         prefill chunk instead of t times; ONNX and ExecuTorch). ``validate`` and ``quality``
         then score the prompt's other positions through the decode program.
       one_program: ONNX: one graph (``step.onnx``) for every step length from 1 to
-        ``prefill_chunk`` instead of one graph per length; decode and prefill name the same
-        file, so a runtime holds one session and one packed copy of the weights.
+        ``prefill_chunk``; decode and prefill name the same file, so a runtime holds one
+        session and one packed copy of the weights. False: one graph per step length
+        (``decode.onnx``, ``prefill.onnx``). None (default): True for ONNX with a prefill
+        program, else False; resolved in ``__post_init__``, so it is a bool afterwards.
       tokenizer: SentencePiece model to ship, if not beside the checkpoint.
       external_data: keep weights outside the graph files: "auto" when a graph
         would pass the 2 GB protobuf limit, or "always" / "never" (ONNX).
@@ -84,7 +86,7 @@ class ExportOptions:
     checkpoint: Path | None = None
     prefill_chunk: int = 32
     prefill_logits: str = "all"
-    one_program: bool = False
+    one_program: bool | None = None
     tokenizer: Path | None = None
     external_data: ExternalData = "auto"
     ios: int = 18
@@ -119,6 +121,8 @@ class ExportOptions:
                 "--prefill-logits last is supported for onnx and executorch; "
                 "Core ML packages return every position's logits"
             )
+        if self.one_program is None:  # the default: one graph wherever there is a choice
+            object.__setattr__(self, "one_program", self.format == "onnx" and self.prefill_chunk >= 2)
         if self.one_program and self.format != "onnx":
             raise RgMobileError(f"--one-program is an onnx option; {self.format} exports one program per step length")
         if self.one_program and self.prefill_chunk < 2:

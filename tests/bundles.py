@@ -2,9 +2,10 @@
 
 ``onnx_bundles`` -> {"fp32": Path, "int4": Path}: the bundled model exported to ONNX (fp32, and int4 with
 the default recipe) and packaged for android by ``rgmobile package``. ``ios_onnx_bundles``: the same
-artifacts packaged for ios (built only when a test asks for them). ``one_program_bundles``: the fp32
-export with ``--one-program``, packaged for each app. Exporting takes ~35 s (int4 longer)
-and packaging validates each artifact and runs the reference for its self-test, so the artifacts are
+artifacts packaged for ios (built only when a test asks for them). Both are exported with the defaults:
+one ``step.onnx`` for decode and prefill. ``per_length_bundles``: the fp32 export with
+``--graph-per-length`` (``decode.onnx`` and ``prefill.onnx``), packaged for each app. Exporting takes
+~35 s (int4 longer) and packaging validates each artifact and runs the reference for its self-test, so the artifacts are
 exported once and each bundle is written once.
 """
 
@@ -18,18 +19,19 @@ from rgmobile.export import ExportOptions, export
 from rgmobile.package.bundle import PackageOptions, package
 
 PRECISIONS = {"fp32": "none", "int4": "int4"}
-ONE_PROGRAM = "one"  # the fp32 artifact exported with --one-program (one_program_bundles)
+PER_LENGTH = "per_length"  # the fp32 artifact exported with --graph-per-length (per_length_bundles)
 _ARTIFACTS: dict[str, Path] = {}
 _BUNDLES: dict[tuple[str, str], Path] = {}
 
 
 def bundled_onnx_artifact(root: Path, precision: str) -> Path:
-    """The bundled model exported to ONNX at ``precision`` ("fp32", "int4", or "one": fp32 with
-    ``--one-program``, one ``step.onnx`` for decode and prefill), once per session."""
+    """The bundled model exported to ONNX at ``precision`` ("fp32", "int4", or "per_length": fp32 with
+    ``--graph-per-length``, ``decode.onnx`` and ``prefill.onnx``), once per session."""
     if precision not in _ARTIFACTS:
         out = root / f"brown-small-onnx-{precision}"
-        one = precision == ONE_PROGRAM
-        export(ExportOptions(out=out, format="onnx", quant="none" if one else PRECISIONS[precision], one_program=one))
+        split = precision == PER_LENGTH
+        quant = "none" if split else PRECISIONS[precision]
+        export(ExportOptions(out=out, format="onnx", quant=quant, one_program=False if split else None))
         _ARTIFACTS[precision] = out
     return _ARTIFACTS[precision]
 
@@ -66,7 +68,7 @@ def ios_onnx_bundles(bundle_root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def one_program_bundles(bundle_root: Path) -> dict[str, Path]:
-    """{"android": bundle, "ios": bundle}: the bundled model exported to ONNX fp32 with ``--one-program``
-    (decode and prefill both name ``step.onnx``), packaged for each app."""
-    return {target: bundled_onnx_bundle(bundle_root, ONE_PROGRAM, target) for target in ("android", "ios")}
+def per_length_bundles(bundle_root: Path) -> dict[str, Path]:
+    """{"android": bundle, "ios": bundle}: the bundled model exported to ONNX fp32 with
+    ``--graph-per-length`` (``decode.onnx`` and ``prefill.onnx``), packaged for each app."""
+    return {target: bundled_onnx_bundle(bundle_root, PER_LENGTH, target) for target in ("android", "ios")}

@@ -21,10 +21,11 @@ _CACHE: dict[str, Path] = {}
 
 
 def tiny_onnx_artifact(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
-    """The tiny checkpoint exported to ONNX through the Python API (cached for the session)."""
+    """The tiny checkpoint exported to ONNX through the Python API (cached for the session), one graph
+    per step length (``decode.onnx``, ``prefill.onnx``): the tests that read graph files by name use it."""
     if "api" not in _CACHE:
         out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-        export(ExportOptions(out=out, format="onnx", checkpoint=checkpoint, prefill_chunk=CHUNK))
+        export(ExportOptions(out=out, format="onnx", checkpoint=checkpoint, prefill_chunk=CHUNK, one_program=False))
         _CACHE["api"] = out
     return _CACHE["api"]
 

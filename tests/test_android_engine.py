@@ -2,10 +2,11 @@
 
 One ``mvn package`` per session builds the engine and runs its JUnit tests (tokenizer = sentencepiece
 on every golden string, seeded sampling, typed bundle errors, greedy ids, self-test, resume) on the
-fp32 and int4 bundles and the fp32 ``--one-program`` bundle ("one": decode and prefill in one
-``step.onnx``, one session); then the runnable jar is compared with the Python loop: greedy ids on every
-self-test prompt (2 x window new tokens), ``--selftest``, state files both ways, and exit 2 on a bad
-bundle. Needs Java 17 and Maven (Maven Central or a filled ~/.m2).
+fp32 and int4 bundles (the default export: decode and prefill in one ``step.onnx``, one session)
+and the fp32 ``--graph-per-length`` bundle ("per_length": ``decode.onnx`` and ``prefill.onnx``); then
+the runnable jar is compared with the Python loop: greedy ids on every self-test prompt (2 x window new
+tokens), ``--selftest``, state files both ways, and exit 2 on a bad bundle. Needs Java 17 and Maven
+(Maven Central or a filled ~/.m2).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ THREADS = "1"
 
 @pytest.fixture(scope="session")
 def android_bundles(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """{"fp32", "int4", "one"}: packaged android bundles ("one": fp32 with ``--one-program``; the shared
-    session fixtures; RGMOBILE_BUNDLE_* reuse ready ones)."""
-    given = {p: os.environ.get(f"RGMOBILE_BUNDLE_{p.upper()}") for p in ("fp32", "int4", "one")}
+    """{"fp32", "int4", "per_length"}: packaged android bundles ("per_length": fp32 with
+    ``--graph-per-length``; the shared session fixtures; RGMOBILE_BUNDLE_* reuse ready ones)."""
+    given = {p: os.environ.get(f"RGMOBILE_BUNDLE_{p.upper()}") for p in ("fp32", "int4", "per_length")}
     if all(given.values()):
         return {p: Path(str(v)) for p, v in given.items()}
-    return {**request.getfixturevalue("onnx_bundles"), "one": request.getfixturevalue("one_program_bundles")["android"]}
+    per_length = request.getfixturevalue("per_length_bundles")["android"]
+    return {**request.getfixturevalue("onnx_bundles"), "per_length": per_length}
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +48,7 @@ def engine_jar(android_bundles: dict[str, Path]) -> Path:
         **os.environ,
         "RGMOBILE_BUNDLE_FP32": str(android_bundles["fp32"]),
         "RGMOBILE_BUNDLE_INT4": str(android_bundles["int4"]),
-        "RGMOBILE_BUNDLE_ONE": str(android_bundles["one"]),
+        "RGMOBILE_BUNDLE_PER_LENGTH": str(android_bundles["per_length"]),
         "RGMOBILE_UNIT_ONLY": "0",
     }
     shutil.rmtree(ENGINE / "target" / "surefire-reports", ignore_errors=True)  # no stale reports from other runs
@@ -74,15 +76,15 @@ def python_backend(bundle: Path):  # noqa: ANN201
     return opened.backend, Tokenizer(opened.tokenizer_path)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4", "one"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length"])
 def test_jar_greedy_ids_equal_python(engine_jar: Path, android_bundles: dict[str, Path], precision: str) -> None:
     from runtime_py.generate import generate
 
     bundle = android_bundles[precision]
     selftest = json.loads((bundle / "selftest.json").read_text())
     backend, tok = python_backend(bundle)
-    if precision == "one":  # decode and prefill name one step.onnx: Python opens one session (JUnit checks Kotlin's)
-        assert len({id(s) for s in backend.sessions.values()}) == 1
+    # the default export names one step.onnx for decode and prefill: Python opens one session (JUnit checks Kotlin's)
+    assert len({id(s) for s in backend.sessions.values()}) == (2 if precision == "per_length" else 1)
     for case in selftest["cases"]:
         n = case["max_new_tokens"]
         assert n >= 2 * selftest["window"]
@@ -108,7 +110,7 @@ def test_jar_without_spinning_threads_gives_the_same_ids(engine_jar: Path, andro
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4", "one"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length"])
 def test_jar_selftest_passes(engine_jar: Path, android_bundles: dict[str, Path], precision: str) -> None:
     bundle = android_bundles[precision]
     tolerances = json.loads((bundle / "selftest.json").read_text())["tolerances"]

@@ -99,14 +99,17 @@ def _assert_same_or_tied(backend: Backend, prompt: list[int], ours: list[int], t
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_genai_greedy_equals_rgmobile(onnx_bundles: dict[str, Path], precision: str) -> None:
-    _check_genai_greedy(onnx_bundles[precision])
+    """The default export: genai_config.json names step.onnx, which onnxruntime-genai runs at t = 1."""
+    bundle = onnx_bundles[precision]
+    assert json.loads((bundle / GENAI_CONFIG).read_text())["model"]["decoder"]["filename"] == "step.onnx"
+    _check_genai_greedy(bundle)
 
 
 @pytest.mark.slow
-def test_genai_runs_a_one_program_bundle(one_program_bundles: dict[str, Path]) -> None:
-    """``export --one-program``: genai_config.json names step.onnx, which onnxruntime-genai runs at t = 1."""
-    bundle = one_program_bundles["android"]
-    assert json.loads((bundle / GENAI_CONFIG).read_text())["model"]["decoder"]["filename"] == "step.onnx"
+def test_genai_runs_a_graph_per_length_bundle(per_length_bundles: dict[str, Path]) -> None:
+    """``export --graph-per-length``: genai_config.json names decode.onnx (t = 1)."""
+    bundle = per_length_bundles["android"]
+    assert json.loads((bundle / GENAI_CONFIG).read_text())["model"]["decoder"]["filename"] == "decode.onnx"
     _check_genai_greedy(bundle)
 
 

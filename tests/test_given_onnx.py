@@ -43,12 +43,12 @@ from runtime_py.validate_integers import NAME, integers_check
 log = logging.getLogger(__name__)
 
 RECIPES = ("int8", "int4")
-GRAPHS = ("decode.onnx", "prefill.onnx")
 _CACHE: dict[str, tuple[Path, Path]] = {}
 
 
 def _given_artifact(factory: pytest.TempPathFactory, tokenizer: Path, name: str) -> tuple[Path, Path]:
-    """(quantized checkpoint folder, ONNX artifact exported from it at accuracy level 0)."""
+    """(quantized checkpoint folder, ONNX artifact exported from it at accuracy level 0): int4 through
+    the CLI's default (one ``step.onnx``), int8 one graph per step length."""
     if name not in _CACHE:
         root = factory.mktemp(f"given-onnx-{name}")
         qdir = write_perturbed_checkpoint(root / "q", tiny_model(), load_recipe(name), tokenizer, seed=7)
@@ -59,9 +59,14 @@ def _given_artifact(factory: pytest.TempPathFactory, tokenizer: Path, name: str)
             result = CliRunner().invoke(app, args)
             assert result.exit_code == 0, result.output
         else:
-            export(ExportOptions(out=out, checkpoint=qdir, prefill_chunk=CHUNK, accuracy_level=0))
+            export(ExportOptions(out=out, checkpoint=qdir, prefill_chunk=CHUNK, accuracy_level=0, one_program=False))
         _CACHE[name] = (qdir, out)
     return _CACHE[name]
+
+
+def _graphs(artifact: Path) -> list[str]:
+    """The artifact's graph files: ``step.onnx``, or ``decode.onnx`` and ``prefill.onnx``."""
+    return sorted({p.file for p in read_manifest(artifact).programs.values()})
 
 
 @pytest.fixture(scope="session", params=RECIPES)
@@ -95,12 +100,12 @@ def test_validate_checks_the_integers_against_the_checkpoint(given_artifact) -> 
 
 
 def test_artifact_holds_the_checkpoints_integers_and_scales(given_artifact) -> None:
-    """Every quantized weight, read out of decode.onnx / prefill.onnx + weights.bin, equals the
+    """Every quantized weight, read out of each graph + weights.bin, equals the
     checkpoint's integers exactly and its float32 scales exactly (the graph keeps them fp32)."""
     name, qdir, artifact = given_artifact
     given = _given(qdir)
     assert given.recipe == load_recipe(name)
-    for graph in GRAPHS:
+    for graph in _graphs(artifact):
         back = read_graph_weights(artifact / graph)
         assert len(back) == len(given.weights) and set(back) == set(given.weights), graph
         for param, qt in given.weights.items():
@@ -120,7 +125,8 @@ def test_readback_sees_one_changed_integer(given_artifact, tmp_path: Path) -> No
     _, qdir, artifact = given_artifact
     broken = tmp_path / "broken"
     shutil.copytree(artifact, broken)
-    proto = onnx.load(str(broken / "decode.onnx"), load_external_data=False)
+    graph = broken / read_manifest(broken).programs["decode"].file
+    proto = onnx.load(str(graph), load_external_data=False)
     init = next(i for i in proto.graph.initializer if i.name == "layers.1.mlp_block.down_proj.weight_t_Q4"
                 or i.name == "layers.1.mlp_block.down_proj.weight_t_Q8")  # fmt: skip
     offset = int(next(e.value for e in init.external_data if e.key == "offset"))
@@ -130,7 +136,7 @@ def test_readback_sees_one_changed_integer(given_artifact, tmp_path: Path) -> No
         f.seek(offset + 5)
         f.write(bytes([byte ^ 0x01]))
     rehash(broken)
-    assert differences(_given(qdir).weights, read_graph_weights(broken / "decode.onnx")) == [
+    assert differences(_given(qdir).weights, read_graph_weights(graph)) == [
         "layers.1.mlp_block.down_proj.weight: 1 integers differ"
     ]
     # both programs point at the same bytes: the change shows in the artifact's read-back too
@@ -207,7 +213,7 @@ def test_manifest_records_that_the_integers_were_given(given_artifact) -> None:
     assert facts["given"] is True and facts["scale_dtype"] == "float32"
     assert facts["given_params"] == len(given.weights) and facts["given_method"] == given.method
     assert facts["accuracy_level"] == 0 and "given integers" in facts["tool"]
-    for graph in GRAPHS:
+    for graph in _graphs(artifact):
         proto = onnx.load(str(artifact / graph), load_external_data=False)
         meta = {p.key: p.value for p in proto.metadata_props}
         assert meta["rgmobile.quantization.given"] == "true"

@@ -1,8 +1,9 @@
 """The Swift engine (ios_demo/) on Linux: built and tested in the Debian trixie folder of scripts/setup_swift.sh.
 
 Against rgmobile's Python runtime on the same ios ONNX bundles (tests/bundles.py): the executable's
-greedy ids equal Python's exactly for every self-test prompt (fp32, int4 and the fp32 ``--one-program``
-bundle "one", whose decode and prefill share one ``step.onnx`` and one session; >= 128 new tokens),
+greedy ids equal Python's exactly for every self-test prompt (fp32 and int4, the default export whose
+decode and prefill share one ``step.onnx`` and one session, and the fp32 ``--graph-per-length`` bundle
+"per_length"; >= 128 new tokens),
 ``--selftest`` passes, a state saved in Swift resumes in Python to the same tokens and the reverse,
 and a bad bundle exits 2 with one clear line. The XCTest suite runs first with the same bundles.
 
@@ -70,12 +71,12 @@ class Swift:
 def swift(
     swift_root: Path,
     ios_onnx_bundles: dict[str, Path],
-    one_program_bundles: dict[str, Path],
+    per_length_bundles: dict[str, Path],
     node_ort_lib: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Swift:
-    """The runner, after a release build of the package (CLI and tests); bundles "fp32", "int4", "one"."""
-    bundles = {**ios_onnx_bundles, "one": one_program_bundles["ios"]}
+    """The runner, after a release build of the package (CLI and tests); bundles "fp32", "int4", "per_length"."""
+    bundles = {**ios_onnx_bundles, "per_length": per_length_bundles["ios"]}
     run = Swift(bundles, tmp_path_factory.mktemp("swift"), node_ort_lib)
     build = run("swift", "build", *SWIFT_FLAGS, timeout=3600)
     assert build.returncode == 0, f"swift build failed:\n{build.stdout[-4000:]}\n{build.stderr[-2000:]}"
@@ -99,7 +100,7 @@ def _cli_ids(swift: Swift, bundle: Path, *args: str, env: dict[str, str] | None 
 
 def test_swift_test_suite(swift: Swift) -> None:
     """XCTest: tokenizer goldens, bundle checks, samplers, state files, self-test, greedy ids, resume."""
-    env = {f"RGMOBILE_BUNDLE_{p.upper()}": str(path) for p, path in swift.bundles.items()}  # FP32, INT4, ONE
+    env = {f"RGMOBILE_BUNDLE_{p.upper()}": str(path) for p, path in swift.bundles.items()}  # FP32, INT4, PER_LENGTH
     proc = swift("swift", "test", *SWIFT_FLAGS, env=env, timeout=3600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -108,7 +109,7 @@ def test_swift_test_suite(swift: Swift) -> None:
 
 @pytest.mark.parametrize(
     ("precision", "library"),
-    [("fp32", "node"), ("fp32", "system"), ("int4", "node"), ("one", "node"), ("one", "system")],
+    [("fp32", "node"), ("fp32", "system"), ("int4", "node"), ("per_length", "node"), ("per_length", "system")],
 )
 def test_cli_greedy_ids_equal_python(swift: Swift, precision: str, library: str) -> None:
     bundle = swift.bundles[precision]
@@ -131,7 +132,7 @@ def test_cli_without_spinning_threads_gives_the_same_ids(swift: Swift) -> None:
     assert got == want
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4", "one"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length"])
 def test_cli_selftest_passes(swift: Swift, precision: str) -> None:
     proc = swift(CLI, str(swift.bundles[precision]), "--selftest")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""``export --one-program`` (ONNX): one graph, ``step.onnx``, for every step length from 1 to the
+"""``export --one-program`` (ONNX, the default): one graph, ``step.onnx``, for every step length from 1 to the
 prefill chunk, traced with a doubling scan and a gather for the ring write. Both manifest programs
 name it and the runtime opens one session. Checked against the official ``recurrentgemma`` model
 over a sequence three windows long, at every step length, fp32 and int4."""
@@ -72,13 +72,22 @@ def test_options_refuse_one_program_outside_onnx(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists()
 
 
+def test_one_program_is_the_onnx_default(tmp_path: Path) -> None:
+    """Unset, --one-program means one graph wherever there is a choice: ONNX with a prefill program."""
+    assert ExportOptions(out=tmp_path / "a").one_program is True
+    assert ExportOptions(out=tmp_path / "b", prefill_chunk=1).one_program is False  # decode.onnx alone
+    assert ExportOptions(out=tmp_path / "c", one_program=False).one_program is False  # --graph-per-length
+    for fmt in ("executorch", "coreml"):
+        assert ExportOptions(out=tmp_path / fmt, format=fmt).one_program is False
+
+
 _ARTIFACTS: dict[str, Path] = {}
 
 
 def _one_program_export(root: Path, checkpoint: Path, quant: str) -> Path:
     if quant not in _ARTIFACTS:
         out = root / f"tiny-one-{quant}"
-        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, one_program=True, quant=quant))
+        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=quant))  # the default
         _ARTIFACTS[quant] = out
     return _ARTIFACTS[quant]
 

@@ -34,10 +34,10 @@ def onnx_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Pat
 
 @pytest.fixture(scope="module")
 def cli_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    """Exported through the CLI, weights forced into the shared external file."""
+    """Exported through the CLI, one graph per step length, weights forced into the shared external file."""
     out = tmp_path_factory.mktemp("cli") / "tiny-cli"
     args = ["export", str(tiny_checkpoint), "--format", "onnx", "--out", str(out), "--prefill-chunk", "4",
-            "--external-data", "always"]  # fmt: skip
+            "--external-data", "always", "--graph-per-length"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "prefill t=4" in result.output

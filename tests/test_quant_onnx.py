@@ -45,7 +45,8 @@ def _quantized(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, recip
     if recipe not in _CACHE:
         out = tmp_path_factory.mktemp(f"onnx-{recipe}") / f"tiny-{recipe}"
         # accuracy level 0 (fp32 activations): the eager reference with the graph's integers is then exact
-        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=recipe, accuracy_level=0))
+        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=recipe, accuracy_level=0,
+                             one_program=False))
         _CACHE[recipe] = out
     return _CACHE[recipe]
 
@@ -106,7 +107,7 @@ def test_default_accuracy_level_is_written_to_every_matmulnbits(
     and stays within the recipe's thresholds of fp32."""
     name, level0 = quantized
     out = tmp_path / "default"
-    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name))
+    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, one_program=False))
     m = read_manifest(out)
     assert m.quantization["onnx"]["accuracy_level"] == 4
     for graph in GRAPHS:
@@ -234,7 +235,7 @@ def test_inline_quantized_graphs_match_the_shared_weights_file(
     name, artifact = quantized
     out = tmp_path / "inline"
     export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, external_data="never",
-                         accuracy_level=0))  # fmt: skip
+                         accuracy_level=0, one_program=False))  # fmt: skip
     m = read_manifest(out)
     assert {f.path for f in m.files} == {"decode.onnx", "prefill.onnx", "tokenizer.model"}
     for graph in GRAPHS:

@@ -19,8 +19,8 @@ dependencies {
 
 tasks.test {
     useJUnitPlatform()
-    // Bundle tests read RGMOBILE_BUNDLE_FP32 / RGMOBILE_BUNDLE_INT4 / RGMOBILE_BUNDLE_ONE (or RGMOBILE_UNIT_ONLY=1).
-    listOf("RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_ONE", "RGMOBILE_UNIT_ONLY").forEach { name ->
+    // Bundle tests read RGMOBILE_BUNDLE_FP32 / RGMOBILE_BUNDLE_INT4 / RGMOBILE_BUNDLE_PER_LENGTH (or RGMOBILE_UNIT_ONLY=1).
+    listOf("RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_PER_LENGTH", "RGMOBILE_UNIT_ONLY").forEach { name ->
         System.getenv(name)?.let { environment(name, it) }
     }
 }

@@ -11,7 +11,7 @@ final class OnnxState: ModelState {
 }
 
 /// A `Backend` over onnxruntime's C API: one session per program file (decode t = 1, prefill t =
-/// chunk); programs naming the same file (`export --one-program`: `step.onnx`, its token dim
+/// chunk); programs naming the same file (the default ONNX export: `step.onnx`, its token dim
 /// symbolic) share one session, because onnxruntime packs the weights once per session. The
 /// library is loaded at run time: `libraryPath`, else $RGMOBILE_ORT_LIB, else the system's
 /// libonnxruntime (or the one linked into the app on iOS).
@@ -60,7 +60,7 @@ public final class OnnxBackend: Backend {
         seqLens = sessions.keys.sorted(by: >)
     }
 
-    /// onnxruntime sessions held: one per distinct program file (1 for a `--one-program` bundle).
+    /// onnxruntime sessions held: one per distinct program file (1 for the default export's `step.onnx`).
     public var sessionCount: Int { byFile.count }
 
     deinit { for s in byFile.values { rg_ort_session_close(s) } }  // each session once, however many programs share it

@@ -14,10 +14,10 @@ final class EngineTests: XCTestCase {
 
     func testSelfTestFP32() throws { try checkSelfTest("fp32") }
     func testSelfTestINT4() throws { try checkSelfTest("int4") }
-    func testSelfTestOneProgram() throws { try checkSelfTest("one") }
+    func testSelfTestGraphPerLength() throws { try checkSelfTest("per_length") }
 
     func testGreedyEqualsPythonRuntime() throws {
-        for p in ["fp32", "int4", "one"] {
+        for p in ["fp32", "int4", "per_length"] {
             let e = try Fixtures.engine(p)
             let st = try SelftestFile.read(e.bundle.url("selftest.json"))
             for c in st.cases {
@@ -30,10 +30,10 @@ final class EngineTests: XCTestCase {
         }
     }
 
-    /// `export --one-program`: decode and prefill name one `step.onnx` (token dim symbolic), opened
-    /// once; the same weights as the fp32 bundle's two graphs, so the same greedy ids.
+    /// The default export: decode and prefill name one `step.onnx` (token dim symbolic), opened
+    /// once; the same weights as the `--graph-per-length` bundle's two graphs, so the same greedy ids.
     func testOneProgramBundleRunsBothLengthsOnOneSession() throws {
-        let one = try Fixtures.engine("one"), two = try Fixtures.engine("fp32")
+        let one = try Fixtures.engine("fp32"), two = try Fixtures.engine("per_length")
         let m = one.bundle.manifest
         XCTAssertEqual(Set(m.programs.values.map(\.file)).count, 1, "\(m.programs)")
         XCTAssertEqual(try XCTUnwrap(one.backend as? OnnxBackend).sessionCount, 1)

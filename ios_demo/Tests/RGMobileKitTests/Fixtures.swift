@@ -3,7 +3,8 @@ import XCTest
 @testable import RGMobileKit
 
 /// Bundles made by `rgmobile package --target ios` from the bundled model's ONNX exports:
-/// RGMOBILE_BUNDLE_FP32, _INT4, and _ONE (fp32 with `--one-program`: one `step.onnx`).
+/// RGMOBILE_BUNDLE_FP32 and _INT4 (the default export: one `step.onnx`), and _PER_LENGTH (fp32 with
+/// `--graph-per-length`: `decode.onnx` and `prefill.onnx`).
 /// Tests that need one FAIL when its variable is missing, unless RGMOBILE_UNIT_ONLY=1 (then they skip).
 enum Fixtures {
     static let env = ProcessInfo.processInfo.environment

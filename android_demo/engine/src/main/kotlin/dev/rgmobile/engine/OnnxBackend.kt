@@ -16,7 +16,7 @@ const val SPIN_CONFIG_KEY = "session.intra_op.allow_spinning"
 /**
  * onnxruntime backend (`ai.onnxruntime`, the same Java API on the desktop and in onnxruntime-android).
  * One session per program file (decode t = 1, prefill t = chunk): programs naming the same file
- * (`export --one-program`: `step.onnx`, its token dim symbolic) share one session, because
+ * (the default ONNX export: `step.onnx`, its token dim symbolic) share one session, because
  * onnxruntime packs the weights once per session. A step's `present.*` outputs stay
  * native OnnxTensors and are passed as the next step's `past_key_values.*` inputs: the state never
  * goes through the JVM heap between steps (only the logits are copied out). Each run allocates
@@ -56,7 +56,7 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
 
     override val seqLens: List<Int> = sessions.keys.sortedDescending()
 
-    /** onnxruntime sessions held: one per distinct program file (1 for a `--one-program` bundle). */
+    /** onnxruntime sessions held: one per distinct program file (1 for the default export's `step.onnx`). */
     val sessionCount: Int get() = byFile.size
 
     /** A session for [path]; only its I/O names are checked: its token dim may be symbolic ("seq"). */

@@ -25,7 +25,7 @@ class EngineBundleTest {
     @AfterAll fun close() = backends.values.forEach { it.close() }
 
     @ParameterizedTest
-    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_ONE"])
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_PER_LENGTH"])
     fun `greedy ids equal the Python runtime's on every selftest case`(which: String) {
         val (b, be) = backend(which)
         val gen = Generator(b, be)
@@ -39,7 +39,7 @@ class EngineBundleTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_ONE"])
+    @ValueSource(strings = ["RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_PER_LENGTH"])
     fun `the bundle's self-test passes`(which: String) {
         val (b, be) = backend(which)
         val r = SelfTestRunner(be, b.tokenizer, b.manifest.eosId).run(b.selftest!!)
@@ -47,14 +47,14 @@ class EngineBundleTest {
         assertEquals(0, r.tokenizerMismatches)
     }
 
-    /** `export --one-program`: decode and prefill name one `step.onnx` (token dim symbolic), opened once. */
+    /** The default export: decode and prefill name one `step.onnx` (token dim symbolic), opened once. */
     @Test
     fun `a one-program bundle runs both step lengths on one session with the two-file bundle's tokens`() {
-        val (one, be) = backend("RGMOBILE_BUNDLE_ONE")
+        val (one, be) = backend("RGMOBILE_BUNDLE_FP32")
         assertEquals(1, one.manifest.programs.values.map { it.file }.distinct().size, "programs ${one.manifest.programs}")
         assertEquals(1, be.sessionCount)
         assertEquals(listOf(one.manifest.prefillChunk, 1), be.seqLens)
-        val (two, twoBe) = backend("RGMOBILE_BUNDLE_FP32") // the same weights exported one graph per step length
+        val (two, twoBe) = backend("RGMOBILE_BUNDLE_PER_LENGTH") // the same weights, one graph per step length
         assertEquals(2, twoBe.sessionCount)
         val cases = one.selftest!!.cases
         assertTrue(cases.any { c -> planChunks(c.promptIds.size, be.seqLens).any { it > 1 } }, "no case runs a prefill chunk")

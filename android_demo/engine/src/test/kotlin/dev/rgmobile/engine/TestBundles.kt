@@ -6,8 +6,9 @@ import java.io.File
 
 /**
  * Where the bundle tests find their bundles: system property or environment RGMOBILE_BUNDLE_FP32 /
- * RGMOBILE_BUNDLE_INT4 / RGMOBILE_BUNDLE_ONE (folders written by `rgmobile package --target android`;
- * ONE: the fp32 export with `--one-program`, decode and prefill in one `step.onnx`). Absent bundles
+ * RGMOBILE_BUNDLE_INT4 / RGMOBILE_BUNDLE_PER_LENGTH (folders written by `rgmobile package --target android`;
+ * FP32 and INT4: the default export, decode and prefill in one `step.onnx`; PER_LENGTH: the fp32 export
+ * with `--graph-per-length`, `decode.onnx` and `prefill.onnx`). Absent bundles
  * FAIL the bundle tests, unless RGMOBILE_UNIT_ONLY=1 asks for the unit tests only (then the bundle
  * tests are reported as skipped, never as passed).
  */
@@ -33,5 +34,5 @@ object TestBundles {
 
     fun bundle(name: String): Bundle = synchronized(cache) { cache.getOrPut(name) { Bundle.open(dir(name)) } }
 
-    val names = listOf("RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_ONE")
+    val names = listOf("RGMOBILE_BUNDLE_FP32", "RGMOBILE_BUNDLE_INT4", "RGMOBILE_BUNDLE_PER_LENGTH")
 }
