@@ -142,11 +142,13 @@ def export(
     ),
     prefill_chunk: Annotated[int, typer.Option(help="tokens per prefill step; 1 = decode program only")] = 32,
     prefill_logits: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="logits a step returns: all positions, or last (head once per prefill chunk; onnx, executorch)"
+            help="logits a step returns: all positions, or last (head once per prefill chunk; onnx, executorch) "
+            "[default: last; coreml: all]",
+            show_default=False,
         ),
-    ] = "all",
+    ] = None,
     one_program: Annotated[
         bool | None,
         typer.Option(

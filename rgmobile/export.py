@@ -51,7 +51,8 @@ class ExportOptions:
       prefill_logits: "all" (every program returns logits for each of its positions) or
         "last" (the last position's only, logits [batch, 1, vocab]: the head runs once per
         prefill chunk instead of t times; ONNX and ExecuTorch). ``validate`` and ``quality``
-        then score the prompt's other positions through the decode program.
+        then score the prompt's other positions through the decode program. None (default):
+        "last" for ONNX and ExecuTorch, "all" for Core ML; resolved in ``__post_init__``.
       one_program: ONNX: one graph (``step.onnx``) for every step length from 1 to
         ``prefill_chunk``; decode and prefill name the same file, so a runtime holds one
         session and one packed copy of the weights. False: one graph per step length
@@ -85,7 +86,7 @@ class ExportOptions:
     format: str = "onnx"
     checkpoint: Path | None = None
     prefill_chunk: int = 32
-    prefill_logits: str = "all"
+    prefill_logits: str | None = None
     one_program: bool | None = None
     tokenizer: Path | None = None
     external_data: ExternalData = "auto"
@@ -114,6 +115,8 @@ class ExportOptions:
             CoreMLSettings(self.ios, self.compute_precision, self.coreml_state)  # type: ignore[arg-type]  # validates
         if not isinstance(self.prefill_chunk, int) or not 1 <= self.prefill_chunk <= 4096:
             raise RgMobileError(f"--prefill-chunk must be an integer in 1..4096, got {self.prefill_chunk!r}")
+        if self.prefill_logits is None:  # the default: the head once per chunk wherever a format can
+            object.__setattr__(self, "prefill_logits", "all" if self.format == "coreml" else "last")
         if self.prefill_logits not in ("all", "last"):
             raise RgMobileError(f"--prefill-logits must be all or last, got {self.prefill_logits!r}")
         if self.prefill_logits == "last" and self.format == "coreml":

@@ -69,14 +69,15 @@ def plan_chunks(length: int, seq_lens: tuple[int, ...] | None, max_chunk: int | 
     Greedy from the largest supported length down to 1, so a prompt is never
     padded (padding would advance the recurrent state on fake tokens). A
     backend that runs any t gets chunks of at most ``max_chunk`` (default
-    :data:`DEFAULT_MAX_CHUNK`).
+    :data:`DEFAULT_MAX_CHUNK`); one with fixed step lengths uses those up to
+    ``max_chunk`` (1: every token its own decode step).
     """
     if length <= 0:
         return []
     if seq_lens is None:
         chunk = max_chunk or DEFAULT_MAX_CHUNK
         return [min(chunk, length - s) for s in range(0, length, chunk)]
-    sizes = sorted({s for s in seq_lens if s >= 1} | {1}, reverse=True)
+    sizes = sorted({s for s in seq_lens if 1 <= s <= (max_chunk or s)} | {1}, reverse=True)
     out: list[int] = []
     left = length
     for s in sizes:

@@ -75,7 +75,8 @@ def tiny_et_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: 
     from rgmobile.cli import app
 
     out = tmp_path_factory.mktemp("et") / "tiny-et"
-    args = ["export", str(tiny_checkpoint), "--format", "executorch", "--out", str(out), "--prefill-chunk", "8"]
+    args = ["export", str(tiny_checkpoint), "--format", "executorch", "--out", str(out), "--prefill-chunk", "8",
+            "--prefill-logits", "all"]  # every position's logits: the tests compare prefill row by row
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out

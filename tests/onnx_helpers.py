@@ -17,15 +17,19 @@ from exporter.artifact.manifest import Manifest, file_entries, read_manifest, wr
 from rgmobile.export import ExportOptions, export
 
 CHUNK = 8  # prefill chunk of the test artifact (window 16: the prompt crosses it)
+# Export options of the tests that read graph files by name and compare prefill row by row: one graph
+# per step length and every position's logits (the defaults are one step.onnx and the last position's).
+ROW_BY_ROW = {"one_program": False, "prefill_logits": "all"}
 _CACHE: dict[str, Path] = {}
 
 
 def tiny_onnx_artifact(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
     """The tiny checkpoint exported to ONNX through the Python API (cached for the session), one graph
-    per step length (``decode.onnx``, ``prefill.onnx``): the tests that read graph files by name use it."""
+    per step length (``decode.onnx``, ``prefill.onnx``) returning every position's logits: the tests that
+    read graph files by name or compare prefill row by row use it."""
     if "api" not in _CACHE:
         out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-        export(ExportOptions(out=out, format="onnx", checkpoint=checkpoint, prefill_chunk=CHUNK, one_program=False))
+        export(ExportOptions(out=out, format="onnx", checkpoint=checkpoint, prefill_chunk=CHUNK, **ROW_BY_ROW))
         _CACHE["api"] = out
     return _CACHE["api"]
 

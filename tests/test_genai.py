@@ -122,10 +122,11 @@ def _check_genai_greedy(bundle: Path) -> None:
     window = manifest.config.window
     opened = open_path(bundle)
     for _, text in case_prompts(tok, window)[:2]:  # longer than the window; byte fallback
-        # onnxruntime-genai runs the t = 1 graph for every token, prompt included; so does our
+        # onnxruntime-genai runs the t = 1 program for every token, prompt included; so does our
         # loop here (max_chunk=1), so that both compute the very same operations. Through the
-        # prefill graph the int4 logits differ in the last bits (other GEMM shapes in MLAS) and a
-        # near tie may flip a greedy token; that the two graphs agree is validate's business.
+        # prefill program the int4 logits differ (other GEMM shapes in MLAS, int8 activations
+        # quantized per block) and a near tie may flip a greedy token; that the two agree is
+        # validate's business.
         ours = generate(opened.backend, tok, text, 2 * window, max_chunk=1)
         theirs = _genai_greedy(bundle, ours.prompt_ids, 2 * window)
         assert len(ours.new_ids) == 2 * window

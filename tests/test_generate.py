@@ -22,7 +22,7 @@ from exporter.artifact.manifest import read_manifest, write_manifest
 from exporter.checkpoint.loader import BUNDLED_DIR, load_checkpoint
 from exporter.errors import RgMobileError
 from rgmobile.cli import app
-from runtime_py.backend import DEFAULT_MAX_CHUNK
+from runtime_py.backend import DEFAULT_MAX_CHUNK, plan_chunks
 from runtime_py.generate import TextStream, generate, run_tokens
 from runtime_py.identity import backend_identity
 from runtime_py.onnx_backend import OnnxBackend
@@ -213,6 +213,16 @@ class Counting:
         self.steps.append(ids.shape[1])
         self.logit_rows.append(logits.shape[1])
         return logits, state
+
+
+def test_plan_chunks_never_pads_and_honours_max_chunk_for_fixed_lengths() -> None:
+    """Fixed step lengths (32, 1): whole chunks, then decode steps; max_chunk caps them too (1 = every
+    token a decode step, as onnxruntime-genai runs a prompt); any t: chunks of at most max_chunk."""
+    assert plan_chunks(70, (32, 1)) == [32, 32, 1, 1, 1, 1, 1, 1]
+    assert plan_chunks(70, (32, 1), max_chunk=1) == [1] * 70
+    assert plan_chunks(70, (32, 8, 1), max_chunk=16) == [8] * 8 + [1] * 6
+    assert plan_chunks(70, None, max_chunk=32) == [32, 32, 6]
+    assert plan_chunks(0, (32, 1)) == []
 
 
 def test_long_prompts_run_in_bounded_chunks_keeping_only_the_last_logits(

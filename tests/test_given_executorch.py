@@ -49,10 +49,12 @@ def _export(root: Path, tokenizer: Path, name: str) -> tuple[Path, Path]:
     qdir = write_perturbed_checkpoint(root / "q", _model(), load_recipe(name), tokenizer, seed=7)
     out = root / "artifact"
     if name == "int4":
-        result = CliRunner().invoke(app, ["export", str(qdir), "--format", "executorch", "--out", str(out)])
+        result = CliRunner().invoke(
+            app, ["export", str(qdir), "--format", "executorch", "--out", str(out), "--prefill-logits", "all"]
+        )
         assert result.exit_code == 0, result.output
     else:
-        export(ExportOptions(out=out, format="executorch", checkpoint=qdir))
+        export(ExportOptions(out=out, format="executorch", checkpoint=qdir, prefill_logits="all"))
     return qdir, out
 
 

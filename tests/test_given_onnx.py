@@ -21,7 +21,7 @@ import torch
 from conftest import tiny_model
 from given_weights import write_perturbed_checkpoint
 from onnx import helper, numpy_helper
-from onnx_helpers import CHUNK, rehash
+from onnx_helpers import CHUNK, ROW_BY_ROW, rehash
 from typer.testing import CliRunner
 
 from exporter.artifact.manifest import read_manifest
@@ -55,11 +55,11 @@ def _given_artifact(factory: pytest.TempPathFactory, tokenizer: Path, name: str)
         out = root / "artifact"
         if name == "int4":  # end to end through the CLI
             args = ["export", str(qdir), "--format", "onnx", "--out", str(out), "--prefill-chunk", str(CHUNK),
-                    "--accuracy-level", "0"]  # fmt: skip
+                    "--accuracy-level", "0", "--prefill-logits", "all"]  # fmt: skip
             result = CliRunner().invoke(app, args)
             assert result.exit_code == 0, result.output
         else:
-            export(ExportOptions(out=out, checkpoint=qdir, prefill_chunk=CHUNK, accuracy_level=0, one_program=False))
+            export(ExportOptions(out=out, checkpoint=qdir, prefill_chunk=CHUNK, accuracy_level=0, **ROW_BY_ROW))
         _CACHE[name] = (qdir, out)
     return _CACHE[name]
 

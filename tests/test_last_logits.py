@@ -1,6 +1,7 @@
-"""Artifacts exported with ``--prefill-logits last``: every program returns the last position's
-logits only ([1, 1, v]); the head runs once per prefill chunk. Checked against the official
-``recurrentgemma`` model over a sequence three windows long, in onnxruntime and ExecuTorch."""
+"""Artifacts exported with ``--prefill-logits last`` (the default for ONNX, with its one ``step.onnx``, and
+ExecuTorch): every program returns the last position's logits only ([1, 1, v]); the head runs once per
+prefill chunk. Checked against the official ``recurrentgemma`` model over a sequence three windows long,
+in onnxruntime and ExecuTorch."""
 
 from __future__ import annotations
 
@@ -46,16 +47,20 @@ def test_export_options_refuse_bad_prefill_logits(tmp_path: Path) -> None:
         ExportOptions(out=tmp_path / "b", format="coreml", prefill_logits="last")
 
 
+def test_last_is_the_default_where_the_format_has_it(tmp_path: Path) -> None:
+    """Unset, --prefill-logits is last for ONNX and ExecuTorch and all for Core ML; asked for, all stays."""
+    assert ExportOptions(out=tmp_path / "a").prefill_logits == "last"
+    assert ExportOptions(out=tmp_path / "b", format="executorch").prefill_logits == "last"
+    assert ExportOptions(out=tmp_path / "c", format="coreml").prefill_logits == "all"
+    assert ExportOptions(out=tmp_path / "d", prefill_logits="all").prefill_logits == "all"
+
+
 @pytest.fixture(scope="module", params=["onnx", pytest.param("executorch", marks=pytest.mark.slow)])
 def last_artifact(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
 ) -> Path:
     out = tmp_path_factory.mktemp("last") / f"tiny-{request.param}"
-    export(
-        ExportOptions(
-            out=out, format=request.param, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, prefill_logits="last"
-        )
-    )
+    export(ExportOptions(out=out, format=request.param, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK))  # default
     return out
 
 

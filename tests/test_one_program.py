@@ -87,7 +87,7 @@ _ARTIFACTS: dict[str, Path] = {}
 def _one_program_export(root: Path, checkpoint: Path, quant: str) -> Path:
     if quant not in _ARTIFACTS:
         out = root / f"tiny-one-{quant}"
-        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=quant))  # the default
+        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=quant, prefill_logits="all"))
         _ARTIFACTS[quant] = out
     return _ARTIFACTS[quant]
 

@@ -45,7 +45,7 @@ LOWERING_MAX_REL = 8e-2
 def int4_pte(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     out = tmp_path_factory.mktemp("et-int4") / "tiny-int4"
     args = ["export", str(tiny_checkpoint), "--format", "executorch", "--quant", "int4", "--out", str(out),
-            "--prefill-chunk", str(CHUNK)]  # fmt: skip
+            "--prefill-chunk", str(CHUNK), "--prefill-logits", "all"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from onnx_helpers import CHUNK, rehash
+from onnx_helpers import CHUNK, ROW_BY_ROW, rehash
 from typer.testing import CliRunner
 
 from exporter.artifact.manifest import read_manifest
@@ -46,7 +46,7 @@ def _quantized(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, recip
         out = tmp_path_factory.mktemp(f"onnx-{recipe}") / f"tiny-{recipe}"
         # accuracy level 0 (fp32 activations): the eager reference with the graph's integers is then exact
         export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant=recipe, accuracy_level=0,
-                             one_program=False))
+                             **ROW_BY_ROW))  # fmt: skip
         _CACHE[recipe] = out
     return _CACHE[recipe]
 
@@ -107,7 +107,7 @@ def test_default_accuracy_level_is_written_to_every_matmulnbits(
     and stays within the recipe's thresholds of fp32."""
     name, level0 = quantized
     out = tmp_path / "default"
-    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, one_program=False))
+    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, **ROW_BY_ROW))
     m = read_manifest(out)
     assert m.quantization["onnx"]["accuracy_level"] == 4
     for graph in GRAPHS:
@@ -235,7 +235,7 @@ def test_inline_quantized_graphs_match_the_shared_weights_file(
     name, artifact = quantized
     out = tmp_path / "inline"
     export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant=name, external_data="never",
-                         accuracy_level=0, one_program=False))  # fmt: skip
+                         accuracy_level=0, **ROW_BY_ROW))  # fmt: skip
     m = read_manifest(out)
     assert {f.path for f in m.files} == {"decode.onnx", "prefill.onnx", "tokenizer.model"}
     for graph in GRAPHS:

@@ -44,7 +44,7 @@ class TargetOptions(Protocol):
     @property
     def prefill_chunk(self) -> int: ...
     @property
-    def prefill_logits(self) -> str: ...
+    def prefill_logits(self) -> str | None: ...  # resolved by ExportOptions: "all" or "last"
     @property
     def one_program(self) -> bool | None: ...  # ExportOptions resolves its default (None) to a bool
     @property
