@@ -1,9 +1,10 @@
 """The ONNX program files of a bundle: its graphs, weights stored once in ``weights.bin``.
 
-An fp32 ONNX export below 2 GB embeds every weight in both ``decode.onnx`` and ``prefill.onnx``
-(the same tensors twice). A bundle re-saves both graphs with their initializers moved into one
-shared ``weights.bin`` by the exporter's own writer (exporter/targets/onnx.py ``write_shared``):
-tensors with the same bytes are written once and both graphs point at them by offset/length.
+An fp32 ONNX export below 2 GB embeds every weight in its graph: ``step.onnx`` (the default), or
+both ``decode.onnx`` and ``prefill.onnx`` with ``--graph-per-length`` (the same tensors twice). A
+bundle re-saves each graph with its initializers moved into one shared ``weights.bin`` by the
+exporter's own writer (exporter/targets/onnx.py ``write_shared``): tensors with the same bytes are
+written once and every graph points at them by offset/length.
 Tiny initializers (shape constants, under 1 KB) stay inside the graphs. An artifact that
 already keeps its weights in ``weights.bin`` (quantized, or ``--external-data always``) is
 copied as it is.
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def write_onnx_programs(artifact: Path, manifest: Manifest, dest: Path) -> dict[str, str | None]:
     """Write the program files (and ``weights.bin``) into ``dest``; returns the new ``external_data`` detail."""
-    files = sorted({prog.file for prog in manifest.programs.values()})  # one for both programs with --one-program
+    files = sorted({prog.file for prog in manifest.programs.values()})  # the default: one step.onnx for both
     if manifest.format_details.get("external_data"):
         data = str(manifest.format_details["external_data"])
         for file in [*files, data]:
