@@ -176,14 +176,23 @@ def _embedding_gather(graph: onnx.GraphProto, vocab: int, width: int) -> tuple[o
     raise RgMobileError("onnx quantization: no embedding Gather [vocab, width] in the graph (exporter changed?)")
 
 
-def _tied_head(graph: onnx.GraphProto, embed: onnx.TensorProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
-    """(Transpose(embed), MatMul(h, that)): the tied head as the dynamo exporter writes it."""
+def _tied_head(graph: onnx.GraphProto, embed: onnx.TensorProto) -> tuple[onnx.NodeProto | None, onnx.NodeProto]:
+    """(Transpose(embed), MatMul(h, that)): the tied head as the dynamo exporter writes it. For a small
+    table (up to 8192 values) the export's optimizer folds the transpose into a copy of the table:
+    then (None, MatMul(h, copy)), the copy found by its values."""
     for tr in graph.node:
         if tr.op_type != "Transpose" or tr.input[0] != embed.name:
             continue
         users = _consumers(graph, tr.output[0])
         if len(users) == 1 and users[0].op_type == "MatMul" and users[0].input[1] == tr.output[0]:
             return tr, users[0]
+    vocab, width = (int(d) for d in embed.dims)
+    inits = _inits(graph)
+    table_t = np.ascontiguousarray(read_rows(embed).T, np.float32)
+    for node in graph.node:
+        b = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if b is not None and tuple(b.dims) == (width, vocab) and np.array_equal(read_rows(b), table_t):
+            return None, node
     raise RgMobileError(
         "onnx quantization: the tied head (MatMul of Transpose(embed_tokens)) was not found (exporter changed?)"
     )
@@ -232,7 +241,8 @@ def _quantize_head(
         q = store.quantize(columns, k, n, scheme.bits, block, "embed:" + digest(embed))
     node = _nbits_node(graph, store, head.input[0], head.output[0], head.name, HEAD_NAME, q, accuracy_level)
     _replace(graph, head, [node])
-    graph.node.remove(tr)
+    if tr is not None:
+        graph.node.remove(tr)  # a folded copy of the table is dropped with the unused initializers
     data = f"embed_tokens.weight_q{q.bits}"  # the head's bytes seen as [vocab, width * bits / 8]
     graph.initializer.append(store.initializer(data, onnx.TensorProto.UINT8, (n, k * q.bits // 8), q.packed))
     gbq = helper.make_node(

@@ -69,7 +69,8 @@ class SpillStore:
         if self._param_hashes is None:
             self._param_hashes = {}
             for name, p in self._model.named_parameters():
-                if p.ndim == 2 and name != "embed_tokens.weight":
+                # a streamed export's skeleton has no values; its weights are named when written
+                if p.ndim == 2 and name != "embed_tokens.weight" and not p.is_meta:
                     digest = hashlib.sha256(p.detach().float().t().contiguous().numpy().tobytes()).hexdigest()
                     self._param_hashes[digest] = name
         return self._param_hashes

@@ -186,6 +186,15 @@ def export(
             "fast kernels; 8-bit weights have no other), 0 = fp32 activations (exact integers, slow for 8-bit)"
         ),
     ] = 4,
+    stream_weights: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream-weights/--no-stream-weights",
+            help="onnx with --random-init: trace with fake weights and write each weight one at a time, so the "
+            "fp32 model never exists whole [default: only when it would not fit in memory, e.g. 9b]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Export a checkpoint to an artifact folder: program files, tokenizer.model, manifest.json."""
     from rgmobile.export import ExportOptions
@@ -198,6 +207,7 @@ def export(
         ios=ios, compute_precision=compute_precision, coreml_state=coreml_state,
         random_init=random_init, seed=seed,
         quant=quant, group_size=group_size, embedding_bits=embedding_bits, accuracy_level=accuracy_level,
+        stream_weights=stream_weights,
     )  # fmt: skip
     with err.status(f"exporting to {fmt}..."):
         manifest = run_export(options)

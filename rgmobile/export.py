@@ -26,6 +26,8 @@ from exporter.targets import check_target, get_target
 from quantization.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
+    import torch
+
     from exporter.model.griffin import Griffin
     from exporter.resources import ResourceMonitor
     from quantization.qweights import GivenQuantization
@@ -80,6 +82,10 @@ class ExportOptions:
         the int8 head of a 2B model is dequantized whole on every step: 2.9 s instead of
         31 ms per token, measured). 0 = unset: fp32 activations, the same maths as the
         eager reference (tests use it to check the integers); 1..3 = fp32/fp16/bf16.
+      stream_weights: ONNX with ``random_init``: trace the step with fake weights and write
+        each weight one at a time (exporter/targets/onnx_stream.py), so the fp32 model never
+        exists whole (the 9B shape: 34 GB). None (default): only when the fp32 weights would
+        not fit in the memory available; resolved in ``__post_init__``.
     """
 
     out: Path
@@ -99,6 +105,7 @@ class ExportOptions:
     group_size: int | None = None
     embedding_bits: int | None = None
     accuracy_level: int = 4
+    stream_weights: bool | None = None
 
     def __post_init__(self) -> None:
         check_target(self.format)
@@ -130,6 +137,7 @@ class ExportOptions:
             raise RgMobileError(f"--one-program is an onnx option; {self.format} exports one program per step length")
         if self.one_program and self.prefill_chunk < 2:
             raise RgMobileError("--one-program serves every step length up to --prefill-chunk, which must be >= 2")
+        self._resolve_stream_weights()
         if self.external_data not in ("auto", "always", "never"):
             raise RgMobileError(f"--external-data must be auto, always or never, got {self.external_data!r}")
         check_out(Path(self.out))  # before any work: a refused --out must not cost a whole export
@@ -138,6 +146,22 @@ class ExportOptions:
     def quant_recipe(self) -> Recipe:
         """The quantization recipe: ``quant`` loaded with the group size / embedding bits overrides."""
         return load_recipe(self.quant).with_options(self.group_size, self.embedding_bits)
+
+    def _resolve_stream_weights(self) -> None:
+        if self.stream_weights is None:  # the default: stream only what would not fit
+            stream = False
+            if self.format == "onnx" and self.random_init is not None:
+                from exporter.checkpoint.random_init import random_config
+                from exporter.config import available_memory_bytes
+
+                have = available_memory_bytes()
+                stream = have is not None and random_config(self.random_init).memory_bytes(4) > have
+            object.__setattr__(self, "stream_weights", stream)
+        if self.stream_weights and (self.format != "onnx" or self.random_init is None):
+            raise RgMobileError(
+                "--stream-weights exports random weights (--random-init) to onnx; "
+                f"got --format {self.format}" + ("" if self.random_init else " from a checkpoint")
+            )
 
     def _check_quant(self) -> None:
         if self.embedding_bits not in (None, 4, 8):
@@ -195,14 +219,22 @@ def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest
     """``--random-init PRESET``: random weights of that shape, built one tensor at a time."""
     from exporter.checkpoint.loader import check_tokenizer
     from exporter.checkpoint.placeholder_tokenizer import write_placeholder_tokenizer
-    from exporter.checkpoint.random_init import random_config, random_model, source_label
+    from exporter.checkpoint.random_init import meta_model, random_config, random_model, random_tensor, source_label
 
     assert options.random_init is not None
     config = random_config(options.random_init)
     if options.tokenizer is not None:
         check_tokenizer(Path(options.tokenizer), config)
-    model = random_model(config, seed=options.seed)
     label = source_label(options.random_init, options.seed)
+    tensor = None
+    if options.stream_weights:  # the skeleton only; the ONNX target writes each weight from the seed
+        model = meta_model(config)
+
+        def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+            return random_tensor(config, options.seed, name, shape)
+
+    else:
+        model = random_model(config, seed=options.seed)
     source = {"random_init": options.random_init, "seed": str(options.seed), "kind": "random"}
 
     def tokenizer(dest: Path) -> None:
@@ -211,7 +243,7 @@ def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest
         else:
             write_placeholder_tokenizer(dest, config)
 
-    return _write_artifact(options, monitor, model, label, source, tokenizer)
+    return _write_artifact(options, monitor, model, label, source, tokenizer, weights_of=tensor)
 
 
 def _write_artifact(
@@ -222,13 +254,16 @@ def _write_artifact(
     source: dict[str, str],
     write_tokenizer: Callable[[Path], None],
     given: GivenQuantization | None = None,
+    weights_of: Callable[[str, tuple[int, ...]], torch.Tensor] | None = None,
 ) -> Manifest:
-    """Run the target into a temporary folder, add tokenizer + manifest, rename into place."""
+    """Run the target into a temporary folder, add tokenizer + manifest, rename into place
+    (``weights_of``: each weight by name, when ``model`` is a skeleton without them)."""
     target = get_target(options.format)
     from exporter.artifact.identity import compute_identity
     from exporter.artifact.requirements import runtime_requirements
 
-    weights = compute_identity(model, "fp32")  # before the target runs: a target may retie or quantize in place
+    # before the target runs: a target may retie or quantize in place
+    weights = compute_identity(model, "fp32", weights_of)
     with atomic_dir(Path(options.out), check_replace=check_replaceable) as tmp:
         result = target(model, tmp, options, label, given)
         write_tokenizer(tmp / TOKENIZER_FILE)

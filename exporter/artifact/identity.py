@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,21 +35,29 @@ def config_sha256(config: GriffinConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over ``state_dict()`` in sorted name order: name bytes, then float32 little-endian values."""
+def weights_sha256(model: torch.nn.Module, tensor: Callable[[str, tuple[int, ...]], torch.Tensor] | None = None) -> str:
+    """sha256 over ``state_dict()`` in sorted name order: name bytes, then float32 little-endian values.
+
+    ``tensor(name, shape)``, if given, supplies each value instead of the model (a skeleton on the
+    meta device whose weights are made one at a time: the streamed export).
+    """
     h = hashlib.sha256()
     state = model.state_dict()
     for name in sorted(state):
-        tensor = state[name].detach().float().contiguous().cpu()
+        value = state[name] if tensor is None else tensor(name, tuple(state[name].shape))
+        array: Any = value.detach().float().contiguous().cpu().numpy().astype("<f4", copy=False)
         h.update(name.encode("utf-8"))
-        h.update(memoryview(tensor.numpy().astype("<f4", copy=False)).cast("B"))  # no copy of the bytes
+        h.update(memoryview(array).cast("B"))  # no copy of the bytes
+        del array, value
     return h.hexdigest()
 
 
-def compute_identity(model: Griffin, precision: str) -> dict[str, str]:
-    """The manifest's ``identity`` object for ``model`` at ``precision``."""
+def compute_identity(
+    model: Griffin, precision: str, tensor: Callable[[str, tuple[int, ...]], torch.Tensor] | None = None
+) -> dict[str, str]:
+    """The manifest's ``identity`` object for ``model`` at ``precision`` (``tensor``: see weights_sha256)."""
     return {
         "config_sha256": config_sha256(model.config),
-        "weights_sha256": weights_sha256(model),
+        "weights_sha256": weights_sha256(model, tensor),
         "precision": precision,
     }

@@ -19,7 +19,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,6 +66,18 @@ def _fill_(name: str, t: torch.Tensor, config: GriffinConfig, gen: torch.Generat
         t.normal_(0.0, math.sqrt(1.0 / fan_in), generator=gen)
 
 
+def random_tensor(
+    config: GriffinConfig, seed: int, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+    nonzero_biases: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    """Parameter ``name`` (of shape ``shape``) of ``random_model(config, seed)``, on its own: the same
+    values, because each parameter has its own generator (the streamed ONNX export reads them so)."""
+    t = torch.empty(shape, dtype=dtype)
+    with torch.no_grad():
+        _fill_(name, t, config, _generator(seed, name), nonzero_biases)
+    return t
+
+
 def random_model(
     config: GriffinConfig, seed: int = 0, dtype: torch.dtype = torch.float32, nonzero_biases: bool = True
 ) -> Griffin:
@@ -72,14 +86,11 @@ def random_model(
         raise RgMobileError(f"random init: dtype {dtype!r} is not a floating-point torch dtype")
     config.check_memory(dtype_bytes=torch.empty((), dtype=dtype).element_size(), what=f"random {config.name}")
     t0 = time.perf_counter()
-    with torch.device("meta"):
-        model = Griffin(config)
+    model = meta_model(config)
     modules = dict(model.named_modules())
     for name, p in list(model.named_parameters()):
         owner, _, leaf = name.rpartition(".")
-        t = torch.empty(p.shape, dtype=dtype)
-        with torch.no_grad():
-            _fill_(name, t, config, _generator(seed, name), nonzero_biases)
+        t = random_tensor(config, seed, name, tuple(p.shape), dtype, nonzero_biases)
         setattr(modules[owner], leaf, nn.Parameter(t, requires_grad=False))
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     log.info(
@@ -87,6 +98,26 @@ def random_model(
         config.name, seed, dtype, nbytes / 1e9, time.perf_counter() - t0,
     )  # fmt: skip
     return model.eval()
+
+
+def meta_model(config: GriffinConfig) -> Griffin:
+    """The :class:`Griffin` skeleton on the meta device: shapes and names, no memory."""
+    with torch.device("meta"):
+        return Griffin(config).eval()
+
+
+def random_source(config: GriffinConfig, seed: int) -> Callable[[str], np.ndarray]:
+    """Parameter values of ``random_model(config, seed)`` one at a time, by the exported graph's
+    initializer name (``model.<parameter>``): the streamed ONNX export's source."""
+    shapes = {name: tuple(p.shape) for name, p in meta_model(config).named_parameters()}
+
+    def values(graph_name: str) -> np.ndarray:
+        name = graph_name.removeprefix("model.")
+        if name not in shapes:
+            raise RgMobileError(f"streamed export: {graph_name} is no parameter of the {config.name} model")
+        return random_tensor(config, seed, name, shapes[name]).numpy()
+
+    return values
 
 
 def random_config(name: str) -> GriffinConfig:

@@ -59,6 +59,10 @@ class TargetOptions(Protocol):
     def accuracy_level(self) -> int: ...
     @property
     def quant_recipe(self) -> Recipe: ...
+    @property
+    def stream_weights(self) -> bool | None: ...  # ONNX: the model is a meta skeleton; weights from random init
+    @property
+    def seed(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from exporter.targets.onnx_external import external_bytes, external_span
 if TYPE_CHECKING:
     from exporter.model.griffin import Griffin
     from exporter.targets import TargetOptions
+    from exporter.targets.onnx_stream import Source
     from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,11 @@ def export(
     mode = options.external_data
     recipe = given.recipe if given is not None else options.quant_recipe
     external = mode == "always" or (mode == "auto" and (weight_bytes > PROTO_LIMIT or recipe.is_quantized))
+    streamed: Source | None = None  # each weight by name, when ``model`` is a skeleton without them
+    if options.stream_weights:  # rgmobile.export allows it for random weights only
+        from exporter.checkpoint.random_init import random_source
+
+        streamed = random_source(model.config, options.seed)
     protos: dict[str, onnx.ModelProto] = {}
     facts: dict[str, dict[str, Any]] = {}
     store = None
@@ -94,9 +100,11 @@ def export(
             lengths = str(seq) if max_len is None else f"1..{max_len}"  # the step lengths the graph serves
             log.info("exporting %s (t=%s) to ONNX opset %d", name, lengths, OPSET)
             # quantized graphs always start from external data: the quantizer memory-maps the weights
-            protos[name] = _export_graph(
-                model, seq, spec, out_dir / f".{name}.raw", external or store is not None, last, max_len
-            )
+            raw = out_dir / f".{name}.raw"
+            if streamed is not None:
+                protos[name] = _export_graph_streamed(model, seq, spec, raw, last, max_len, streamed)
+            else:
+                protos[name] = _export_graph(model, seq, spec, raw, external or store is not None, last, max_len)
             _strip_node_metadata(protos[name])
             meta = metadata(model, options, source, name, lengths)
             if store is not None:
@@ -109,6 +117,10 @@ def export(
                     meta["rgmobile.quantization.given"] = "true"
                 if not external:
                     load_external(protos[name])
+            elif streamed is not None and not external:  # a small streamed graph keeps its weights inline
+                from quantization.onnx import load_external
+
+                load_external(protos[name])
             _set_metadata(protos[name], meta)
         if store is not None:
             store.close()
@@ -144,10 +156,8 @@ def export(
     )
 
 
-def _export_graph(
-    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool, last_logits: bool, max_len: int | None
-) -> onnx.ModelProto:
-    """The step traced at ``seq`` tokens: for that t only, or (``max_len``) for every t up to it."""
+def _trace(model: Griffin, seq: int, spec: IOSpec, last_logits: bool, max_len: int | None, optimize: bool) -> Any:
+    """torch's ONNXProgram of the step at ``seq`` tokens: for that t only, or (``max_len``) for every t up to it."""
     step = StepModule(model.eval(), last_logits).eval()
     inputs = example_inputs(model, seq, batch=_EXAMPLE_BATCH)
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -160,7 +170,7 @@ def _export_graph(
     with torch.no_grad(), warnings.catch_warnings(), lengths:
         # Known, harmless: torch's pytree deprecation and the duplicate "batch" axis rename notice.
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used.*")
+        warnings.filterwarnings("ignore", message=".*axis name: (batch|seq) will not be used.*")
         program = torch.onnx.export(
             step,
             inputs,
@@ -169,10 +179,18 @@ def _export_graph(
             dynamic_shapes=dynamic,
             input_names=spec.input_names,
             output_names=spec.output_names,
-            optimize=True,
+            optimize=optimize,
             verbose=False,
         )
     assert program is not None  # dynamo=True always returns the program
+    return program
+
+
+def _export_graph(
+    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool, last_logits: bool, max_len: int | None
+) -> onnx.ModelProto:
+    """The step traced at ``seq`` tokens (``max_len``: every t up to it), with the model's weights."""
+    program = _trace(model, seq, spec, last_logits, max_len, optimize=True)
     if not external:
         return program.model_proto
     # Let torch write the weights beside the graph, then load the graph without them:
@@ -185,6 +203,30 @@ def _export_graph(
             info = {e.key: e.value for e in init.external_data}
             info["location"] = str(raw_dir / info["location"])
             _set_external(init, info)
+    return proto
+
+
+def _export_graph_streamed(
+    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, last_logits: bool, max_len: int | None, source: Source
+) -> onnx.ModelProto:
+    """The same graph traced with fake weights; each weight then read from ``source`` and written to
+    ``raw_dir`` one at a time (exporter/targets/onnx_stream.py)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from exporter.model.griffin import Griffin
+    from exporter.targets.onnx_stream import RawWriter, fold_weights, optimize_without_weights, serialize
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = Griffin(model.config).eval()
+        program = _trace(fake, seq, spec, last_logits, max_len, optimize=False)
+    weights = optimize_without_weights(program)
+    proto = serialize(program)
+    del program, fake
+    writer = RawWriter(raw_dir / "weights.raw")
+    try:
+        fold_weights(proto, weights, source, writer)
+    finally:
+        writer.close()
     return proto
 
 
