@@ -85,7 +85,7 @@ class RawWriter:
         self._file.write(b"\0" * (-self._file.tell() % _ALIGN))
         offset = self._file.tell()
         data = np.ascontiguousarray(array)
-        self._file.write(memoryview(data).cast("B"))  # no copy: the 9B table alone is 4.2 GB
+        data.tofile(self._file)  # no copy: the 9B table alone is 4.2 GB
         self.written += data.nbytes
         init = onnx.TensorProto(name=name, data_type=int(helper.np_dtype_to_tensor_dtype(data.dtype)))
         init.dims.extend(data.shape)
