@@ -329,7 +329,7 @@ def read_shipped(artifact: Path, manifest: Manifest, model: Griffin) -> list[tup
     """
     kept = list(((manifest.quantization or {}).get("coreml") or {}).get("kept_float") or [])
     out = []
-    for file in sorted({p.file for p in manifest.programs.values()}):
+    for file in manifest.program_files():
         package = Path(artifact) / file
         ints = read_integers(package, model)
         floats = read_weights(package, model).float_weights if kept else {}

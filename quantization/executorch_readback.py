@@ -257,7 +257,7 @@ def read_shipped(artifact: Path, manifest: Manifest, model: Griffin) -> list[tup
     """What the artifact's program ships, as :class:`quantization.shipped.Shipped`: [(file, shipped)]."""
     del model  # the read-back builds its own (meta) model from the config
     out = []
-    for file in sorted({p.file for p in manifest.programs.values()}):
+    for file in manifest.program_files():
         rb = read_back(Path(artifact) / file, manifest.config)
         shipped = Shipped(
             weights=rb.weights,

@@ -116,7 +116,7 @@ def differences(expected: QuantizedWeights, actual: QuantizedWeights) -> list[st
 def read_shipped(artifact: Path, manifest: Manifest, model: Griffin) -> list[tuple[str, Shipped]]:
     """What the artifact ships (both programs hold one set of weights): [(file, :class:`Shipped`)]."""
     del model  # the graphs name their weights
-    files = " + ".join(sorted({p.file for p in manifest.programs.values()}))
+    files = " + ".join(manifest.program_files())
     return [(files, Shipped(read_artifact_weights(artifact)))]
 
 

@@ -287,7 +287,7 @@ def _pte_bytes(path: Path, manifest: Manifest) -> int | None:
     None for other formats."""
     if manifest.format != "executorch":
         return None
-    files = {path / p.file for p in manifest.programs.values()}
+    files = {path / f for f in manifest.program_files()}
     if manifest.data_file is not None:
         files.add(path / manifest.data_file)
     return sum(f.stat().st_size for f in files if f.is_file()) or None

@@ -122,7 +122,7 @@ def shipped_weights(
         raise RgMobileError(f"{artifact}: the manifest's quantization has no coreml.applied recipe; re-export it")
     recipe = Recipe.from_dict(facts["applied"], "manifest quantization.coreml.applied")
     lines, passed, shipped_model = [], True, None
-    for package in sorted({p.file for p in manifest.programs.values()}):
+    for package in manifest.program_files():
         weights = read_weights(artifact / package, model)
         result = check_weights(model, weights, recipe)
         passed &= result.passed

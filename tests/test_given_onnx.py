@@ -66,7 +66,7 @@ def _given_artifact(factory: pytest.TempPathFactory, tokenizer: Path, name: str)
 
 def _graphs(artifact: Path) -> list[str]:
     """The artifact's graph files: ``step.onnx``, or ``decode.onnx`` and ``prefill.onnx``."""
-    return sorted({p.file for p in read_manifest(artifact).programs.values()})
+    return read_manifest(artifact).program_files()
 
 
 @pytest.fixture(scope="session", params=RECIPES)

@@ -162,6 +162,10 @@ class Manifest:
     def seq_lens(self) -> tuple[int, ...]:
         return tuple(sorted({p.seq_len for p in self.programs.values()}, reverse=True))
 
+    def program_files(self) -> list[str]:
+        """The artifact's distinct program files, sorted (one ``step.onnx`` may serve both programs)."""
+        return sorted({p.file for p in self.programs.values()})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def write_onnx_programs(artifact: Path, manifest: Manifest, dest: Path) -> dict[str, str | None]:
     """Write the program files (and ``weights.bin``) into ``dest``; returns the new ``external_data`` detail."""
-    files = sorted({prog.file for prog in manifest.programs.values()})  # the default: one step.onnx for both
+    files = manifest.program_files()  # the default: one step.onnx for both
     if manifest.format_details.get("external_data"):
         data = str(manifest.format_details["external_data"])
         for file in [*files, data]:
