@@ -28,8 +28,10 @@ from quantization.recipe import Recipe, load_recipe
 if TYPE_CHECKING:
     import torch
 
+    from exporter.config import GriffinConfig
     from exporter.model.griffin import Griffin
     from exporter.resources import ResourceMonitor
+    from exporter.targets import WeightsOf
     from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,11 @@ class ExportOptions:
         the int8 head of a 2B model is dequantized whole on every step: 2.9 s instead of
         31 ms per token, measured). 0 = unset: fp32 activations, the same maths as the
         eager reference (tests use it to check the integers); 1..3 = fp32/fp16/bf16.
-      stream_weights: ONNX with ``random_init``: trace the step with fake weights and write
-        each weight one at a time (exporter/targets/onnx_stream.py), so the fp32 model never
-        exists whole (the 9B shape: 34 GB). None (default): only when the fp32 weights would
-        not fit in the memory available; resolved in ``__post_init__``.
+      stream_weights: ONNX: trace the step with fake weights and read or make each weight
+        one at a time (exporter/targets/onnx_stream.py; a checkpoint through
+        exporter/checkpoint/streamed.py), so the fp32 model never exists whole (9B: 34 GB).
+        None (default): when the format is ONNX and the fp32 weights would not fit in the
+        memory available (:func:`streams`, decided once the config is known).
     """
 
     out: Path
@@ -148,20 +151,8 @@ class ExportOptions:
         return load_recipe(self.quant).with_options(self.group_size, self.embedding_bits)
 
     def _resolve_stream_weights(self) -> None:
-        if self.stream_weights is None:  # the default: stream only what would not fit
-            stream = False
-            if self.format == "onnx" and self.random_init is not None:
-                from exporter.checkpoint.random_init import random_config
-                from exporter.config import available_memory_bytes
-
-                have = available_memory_bytes()
-                stream = have is not None and random_config(self.random_init).memory_bytes(4) > have
-            object.__setattr__(self, "stream_weights", stream)
-        if self.stream_weights and (self.format != "onnx" or self.random_init is None):
-            raise RgMobileError(
-                "--stream-weights exports random weights (--random-init) to onnx; "
-                f"got --format {self.format}" + ("" if self.random_init else " from a checkpoint")
-            )
+        if self.stream_weights and self.format != "onnx":
+            raise RgMobileError(f"--stream-weights exports to onnx only; --format {self.format} loads the model whole")
 
     def _check_quant(self) -> None:
         if self.embedding_bits not in (None, 4, 8):
@@ -193,10 +184,38 @@ def export(options: ExportOptions) -> Manifest:
         return _export_checkpoint(options, monitor)
 
 
+def streams(options: ExportOptions, config: GriffinConfig) -> bool:
+    """Whether this export streams its weights: as asked, or (unset) for ONNX when the fp32 model
+    would not fit in the memory available."""
+    if options.stream_weights is not None:
+        return options.stream_weights
+    if options.format != "onnx":
+        return False
+    from exporter.config import available_memory_bytes
+
+    have = available_memory_bytes()
+    return have is not None and config.memory_bytes(4) > have
+
+
 def _export_checkpoint(options: ExportOptions, monitor: ResourceMonitor) -> Manifest:
     from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
 
     source = Path(options.checkpoint) if options.checkpoint is not None else default_checkpoint()
+    if options.format == "onnx" and options.stream_weights is not False and not _is_quantized(source, options):
+        from exporter.checkpoint.random_init import meta_model
+        from exporter.checkpoint.streamed import open_streamed
+
+        opened = open_streamed(source, tokenizer=options.tokenizer)  # headers only: cheap
+        if streams(options, opened.config):
+            label = str(Path(opened.source).resolve())
+
+            def copy_tokenizer(dest: Path) -> None:
+                shutil.copyfile(opened.tokenizer_path, dest)
+
+            facts = {"checkpoint": label, "kind": opened.kind}
+            return _write_artifact(
+                options, monitor, meta_model(opened.config), label, facts, copy_tokenizer, weights_of=opened.read
+            )
     ckpt = load_checkpoint(source, tokenizer=options.tokenizer)
     label = str(Path(ckpt.source).resolve())
     given = ckpt.quantization
@@ -227,11 +246,12 @@ def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest
         check_tokenizer(Path(options.tokenizer), config)
     label = source_label(options.random_init, options.seed)
     tensor = None
-    if options.stream_weights:  # the skeleton only; the ONNX target writes each weight from the seed
+    if streams(options, config):  # the skeleton only; the ONNX target makes each weight from the seed
         model = meta_model(config)
+        shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
 
-        def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-            return random_tensor(config, options.seed, name, shape)
+        def tensor(name: str) -> torch.Tensor:
+            return random_tensor(config, options.seed, name, shapes[name])
 
     else:
         model = random_model(config, seed=options.seed)
@@ -246,6 +266,17 @@ def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest
     return _write_artifact(options, monitor, model, label, source, tokenizer, weights_of=tensor)
 
 
+def _is_quantized(source: Path, options: ExportOptions) -> bool:
+    """A quantized checkpoint folder: exported from memory (``--stream-weights`` says why not)."""
+    from exporter.checkpoint.quantized import is_quantized_folder
+
+    quantized = source.is_dir() and is_quantized_folder(source)
+    if quantized and options.stream_weights:
+        raise RgMobileError(f"{source}: a quantized checkpoint is exported from memory (its integers are small); "
+                            "drop --stream-weights")  # fmt: skip
+    return quantized
+
+
 def _write_artifact(
     options: ExportOptions,
     monitor: ResourceMonitor,
@@ -254,7 +285,7 @@ def _write_artifact(
     source: dict[str, str],
     write_tokenizer: Callable[[Path], None],
     given: GivenQuantization | None = None,
-    weights_of: Callable[[str, tuple[int, ...]], torch.Tensor] | None = None,
+    weights_of: WeightsOf | None = None,
 ) -> Manifest:
     """Run the target into a temporary folder, add tokenizer + manifest, rename into place
     (``weights_of``: each weight by name, when ``model`` is a skeleton without them)."""
@@ -265,7 +296,7 @@ def _write_artifact(
     # before the target runs: a target may retie or quantize in place
     weights = compute_identity(model, "fp32", weights_of)
     with atomic_dir(Path(options.out), check_replace=check_replaceable) as tmp:
-        result = target(model, tmp, options, label, given)
+        result = target(model, tmp, options, label, given, weights_of)
         write_tokenizer(tmp / TOKENIZER_FILE)
         if options.format == "onnx":  # onnxruntime-genai reads its own config and tokenizer.json
             from exporter.artifact.genai import write_genai_files

@@ -1,6 +1,6 @@
 """The streamed ONNX export (``--stream-weights``: the step traced with fake weights, each weight
-written one at a time from the seed, so no whole model ever exists) against the in-memory export
-of the same random weights, and both against the eager reference.
+made from the seed or read from the checkpoint one at a time, so no whole model ever exists)
+against the in-memory export of the same weights, and against the eager reference.
 
 Also the tied head of a small table: the export's optimizer folds ``Transpose(embed_tokens)``
 into a copy when the table has at most 8192 values (``--random-init tiny``), and the quantizer
@@ -10,6 +10,7 @@ finds the head by that copy's values.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,16 +18,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from conftest import tiny_config
+from safetensors.torch import load_file
 
 from exporter.artifact.manifest import read_manifest
-from exporter.checkpoint import random_init
+from exporter.checkpoint import loader, random_init
+from exporter.checkpoint.loader import load_checkpoint
 from exporter.checkpoint.random_init import random_model
+from exporter.checkpoint.weight_map import to_official
 from exporter.config import preset
 from exporter.errors import RgMobileError
 from quantization.onnx import ort_reference
 from quantization.recipe import load_recipe
-from rgmobile.export import ExportOptions, export
+from rgmobile.export import ExportOptions, export, streams
 from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import compare, summarize
@@ -138,15 +143,79 @@ def test_a_folded_head_transpose_is_found_and_quantized(tmp_path_factory: pytest
     assert summarize(cmp, greedy)[0]["max_abs_logits"] < 2e-5
 
 
-def test_stream_weights_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert ExportOptions(out=tmp_path / "a", random_init="tiny").stream_weights is False  # fits: in memory
-    assert ExportOptions(out=tmp_path / "a", random_init="tiny", stream_weights=True).stream_weights is True
+def test_stream_weights_default_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import exporter.config
 
+    def opts(**kw) -> ExportOptions:
+        return ExportOptions(out=tmp_path / "a", random_init="tiny", **kw)
+
+    assert not streams(opts(), preset("tiny")) and streams(opts(stream_weights=True), preset("tiny"))
     monkeypatch.setattr(exporter.config, "available_memory_bytes", lambda: 8 * 2**30)
-    assert ExportOptions(out=tmp_path / "a", random_init="2b").stream_weights is True  # 10.7 GB > 8 GiB
-    assert ExportOptions(out=tmp_path / "a", random_init="2b", format="coreml").stream_weights is False
-    with pytest.raises(RgMobileError, match="--stream-weights exports random weights"):
-        ExportOptions(out=tmp_path / "a", random_init="tiny", format="executorch", stream_weights=True)
-    with pytest.raises(RgMobileError, match="from a checkpoint"):
-        ExportOptions(out=tmp_path / "a", stream_weights=True)
+    assert streams(opts(), preset("2b"))  # 10.7 GB of fp32 weights > 8 GiB: streamed by default
+    assert not streams(opts(stream_weights=False), preset("2b"))
+    assert not streams(opts(format="executorch"), preset("2b"))  # ONNX only
+    with pytest.raises(RgMobileError, match="--stream-weights exports to onnx only"):
+        opts(format="executorch", stream_weights=True)
+
+
+# --- checkpoints: a Hugging Face folder and an official .pt, read one tensor at a time ---------------
+
+
+@pytest.fixture(scope="module")
+def official_pt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, tiny_tokenizer: Path) -> Path:
+    """The tiny checkpoint as an official state dict in bfloat16 (converted to float32 on reading)."""
+    model = load_checkpoint(tiny_checkpoint).model
+    root = tmp_path_factory.mktemp("official")
+    torch.save({k: v.to(torch.bfloat16) for k, v in to_official(model.state_dict()).items()}, root / "model.pt")
+    shutil.copyfile(tiny_tokenizer, root / "tokenizer.model")
+    return root / "model.pt"
+
+
+def _export_checkpoint(tmp: Path, checkpoint: Path, stream: bool) -> Path:
+    out = tmp / ("stream" if stream else "memory")
+    with pytest.MonkeyPatch.context() as mp:
+        if stream:  # nothing may load the whole checkpoint
+            mp.setattr(loader, "load_checkpoint", _refuse)
+        export(ExportOptions(out=out, checkpoint=checkpoint, prefill_chunk=CHUNK, quant="int4", accuracy_level=0,
+                             stream_weights=stream))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("kind", ["hf", "official"])
+def test_streamed_checkpoint_export_is_the_in_memory_export(
+    kind: str, tiny_checkpoint: Path, official_pt: Path, tmp_path: Path
+) -> None:
+    checkpoint = tiny_checkpoint if kind == "hf" else official_pt
+    memory = _export_checkpoint(tmp_path, checkpoint, stream=False)
+    stream = _export_checkpoint(tmp_path, checkpoint, stream=True)
+    ma, mb = read_manifest(memory), read_manifest(stream)
+    assert ma.identity == mb.identity and ma.source == mb.source and ma.config == mb.config
+    assert (memory / "tokenizer.model").read_bytes() == (stream / "tokenizer.model").read_bytes()
+    for seq in (1, CHUNK):
+        for x, y in zip(_run(memory, seq), _run(stream, seq), strict=True):
+            assert np.array_equal(x, y)
+
+
+def test_streamed_checkpoint_errors(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from safetensors.torch import save_file
+
+    from exporter.checkpoint.streamed import open_streamed
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    tensors = load_file(bad / "model.safetensors")
+    name = next(n for n in tensors if n.endswith("final_norm.weight"))
+    tensors[name] = torch.zeros(3)
+    save_file(tensors, bad / "model.safetensors")
+    with pytest.raises(RgMobileError, match="mis-shaped"):
+        open_streamed(bad)
+    untied = tmp_path / "untied"
+    shutil.copytree(tiny_checkpoint, untied)
+    tensors = load_file(untied / "model.safetensors")
+    emb = next(n for n in tensors if n.endswith("embed_tokens.weight"))
+    tensors["lm_head.weight"] = tensors[emb] + 1
+    save_file(tensors, untied / "model.safetensors")
+    with pytest.raises(RgMobileError, match="differs from the embedding"):
+        open_streamed(untied)
+    with pytest.raises(RgMobileError, match="does not exist"):
+        open_streamed(tmp_path / "nowhere")

@@ -35,16 +35,16 @@ def config_sha256(config: GriffinConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def weights_sha256(model: torch.nn.Module, tensor: Callable[[str, tuple[int, ...]], torch.Tensor] | None = None) -> str:
+def weights_sha256(model: torch.nn.Module, tensor: Callable[[str], torch.Tensor] | None = None) -> str:
     """sha256 over ``state_dict()`` in sorted name order: name bytes, then float32 little-endian values.
 
-    ``tensor(name, shape)``, if given, supplies each value instead of the model (a skeleton on the
-    meta device whose weights are made one at a time: the streamed export).
+    ``tensor(name)``, if given, supplies each value instead of the model (a skeleton on the meta
+    device whose weights are read or made one at a time: the streamed export).
     """
     h = hashlib.sha256()
     state = model.state_dict()
     for name in sorted(state):
-        value = state[name] if tensor is None else tensor(name, tuple(state[name].shape))
+        value = state[name] if tensor is None else tensor(name)
         array: Any = value.detach().float().contiguous().cpu().numpy().astype("<f4", copy=False)
         h.update(name.encode("utf-8"))
         h.update(memoryview(array).cast("B"))  # no copy of the bytes
@@ -53,7 +53,7 @@ def weights_sha256(model: torch.nn.Module, tensor: Callable[[str, tuple[int, ...
 
 
 def compute_identity(
-    model: Griffin, precision: str, tensor: Callable[[str, tuple[int, ...]], torch.Tensor] | None = None
+    model: Griffin, precision: str, tensor: Callable[[str], torch.Tensor] | None = None
 ) -> dict[str, str]:
     """The manifest's ``identity`` object for ``model`` at ``precision`` (``tensor``: see weights_sha256)."""
     return {

@@ -10,6 +10,7 @@ shards, and every shard it names must exist and hold the tensors it lists.
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from pathlib import Path
 
 import torch
@@ -63,7 +64,8 @@ def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, Tensor]:
     return out
 
 
-def _read_sharded(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
+def _shard_index(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """(tensor name -> shard file name, the shard files) of a sharded folder, every shard present."""
     index_path = folder / INDEX_NAME
     weight_map = read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
@@ -77,22 +79,33 @@ def _read_sharded(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
         raise RgMobileError(
             f"{index_path}: lists {len(missing)} shard(s) missing from the folder (e.g. {', '.join(missing[:3])})"
         )
+    return weight_map, shards
+
+
+def _check_shard(folder: Path, fname: str, names: list[str], weight_map: dict[str, str], seen: Container[str]) -> None:
+    """The tensors ``names`` found in shard ``fname`` against the index (``seen``: names of earlier shards)."""
+    listed = [n for n, f in weight_map.items() if f == fname]
+    found = set(names)
+    absent = [n for n in listed if n not in found]
+    if absent:
+        raise RgMobileError(
+            f"{folder / fname}: {len(absent)} tensor(s) that {INDEX_NAME} places in this shard are absent "
+            f"from it (e.g. {', '.join(absent[:3])})"
+        )
+    dup = [n for n in names if n in seen]
+    if dup:
+        raise RgMobileError(f"{folder / fname}: tensor(s) also stored in another shard (e.g. {dup[0]})")
+    extra = [n for n in names if weight_map.get(n) != fname]
+    if extra:
+        log.warning("%s holds %d tensor(s) its index does not list (e.g. %s)", fname, len(extra), extra[0])
+
+
+def _read_sharded(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
+    weight_map, shards = _shard_index(folder)
     state: dict[str, Tensor] = {}
     for fname in shards:
         tensors = read_safetensors(folder / fname, dtype)
-        listed = [n for n, f in weight_map.items() if f == fname]
-        absent = [n for n in listed if n not in tensors]
-        if absent:
-            raise RgMobileError(
-                f"{folder / fname}: {len(absent)} tensor(s) that {INDEX_NAME} places in this shard are absent "
-                f"from it (e.g. {', '.join(absent[:3])})"
-            )
-        dup = [n for n in tensors if n in state]
-        if dup:
-            raise RgMobileError(f"{folder / fname}: tensor(s) also stored in another shard (e.g. {dup[0]})")
-        extra = [n for n in tensors if weight_map.get(n) != fname]
-        if extra:
-            log.warning("%s holds %d tensor(s) its index does not list (e.g. %s)", fname, len(extra), extra[0])
+        _check_shard(folder, fname, list(tensors), weight_map, state)
         state.update(tensors)
     log.info("read %d tensors from %d shards in %s", len(state), len(shards), folder)
     return state
@@ -100,16 +113,49 @@ def _read_sharded(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
 
 def read_hf_weights(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
     """All tensors of an HF folder, HF names, cast to ``dtype``."""
+    if _layout(folder) == "single":
+        return read_safetensors(folder / SINGLE_NAME, dtype)
+    return _read_sharded(folder, dtype)
+
+
+def _layout(folder: Path) -> str:
+    """"single" (``model.safetensors``, which wins, as in transformers) or "sharded"; else a clear error."""
     if (folder / SINGLE_NAME).is_file():
         if (folder / INDEX_NAME).is_file():
             log.warning("%s has both %s and %s; reading %s (as transformers does)", folder, SINGLE_NAME,
                         INDEX_NAME, SINGLE_NAME)  # fmt: skip
-        return read_safetensors(folder / SINGLE_NAME, dtype)
+        return "single"
     if (folder / INDEX_NAME).is_file():
-        return _read_sharded(folder, dtype)
+        return "sharded"
     pickled = [p.name for p in folder.glob("pytorch_model*.bin")]
     hint = f"; found {pickled[0]}, which is a pickle and is not read: convert it to safetensors" if pickled else ""
     raise RgMobileError(f"{folder}: missing weights file: no {SINGLE_NAME} or {INDEX_NAME}{hint}")
+
+
+def hf_tensor_files(folder: Path) -> dict[str, Path]:
+    """Every tensor of an HF folder (HF names) -> the safetensors file that holds it, from the files'
+    headers only (the streamed export then reads one tensor at a time); the checks of the full read."""
+    if _layout(folder) == "single":
+        return dict.fromkeys(_tensor_names(folder / SINGLE_NAME), folder / SINGLE_NAME)
+    weight_map, shards = _shard_index(folder)
+    out: dict[str, Path] = {}
+    for fname in shards:
+        names = _tensor_names(folder / fname)
+        _check_shard(folder, fname, names, weight_map, out)
+        out.update(dict.fromkeys(names, folder / fname))
+    return out
+
+
+def _tensor_names(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return list(f.keys())
+    except SafetensorError as exc:
+        raise RgMobileError(
+            f"{path}: corrupt or truncated safetensors file ({first_line(exc)}); re-download or re-export it"
+        ) from None
+    except OSError as exc:
+        raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
 
 
 def load_hf_folder(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[GriffinConfig, dict[str, Tensor]]:

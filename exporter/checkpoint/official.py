@@ -48,10 +48,13 @@ _HF_KEYS = {
 }
 
 
-def read_official_state(path: Path, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
-    """The ``.pt`` state dict (official names), floating tensors cast to ``dtype``."""
+def read_official_state(path: Path, dtype: torch.dtype | None = torch.float32, mmap: bool = False) -> dict[str, Tensor]:
+    """The ``.pt`` state dict (official names), floating tensors cast to ``dtype`` (None: as stored).
+
+    ``mmap``: the tensors stay in the file until read (the streamed export reads one at a time).
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):
             raise RgMobileError(
@@ -73,7 +76,7 @@ def read_official_state(path: Path, dtype: torch.dtype = torch.float32) -> dict[
     for name, t in obj.items():
         if not t.is_floating_point():
             raise RgMobileError(f"{path}: tensor {name} has dtype {t.dtype}; model weights must be floating point")
-        out[name] = t.to(dtype)
+        out[name] = t if dtype is None else t.to(dtype)
     return out
 
 
@@ -152,6 +155,12 @@ def _check_sidecar(sidecar: GriffinConfig, fields: Mapping[str, Any], sidecar_pa
 def load_official(path: Path, dtype: torch.dtype = torch.float32) -> tuple[GriffinConfig, dict[str, Tensor]]:
     """(config, state dict with our names) from an official ``.pt``; not yet strictly checked."""
     raw = read_official_state(path, dtype)
+    return official_config(raw, path), from_official(raw)
+
+
+def official_config(raw: Mapping[str, Tensor], path: Path) -> GriffinConfig:
+    """The config of an official state dict: a ``config.json`` beside it (checked against the
+    tensors), or inferred from the tensors with RecurrentGemma's defaults for the rest."""
     fields = infer_shape_fields(raw, str(path))
     sidecar_path = path.parent / CONFIG_NAME
     if sidecar_path.is_file():
@@ -163,4 +172,4 @@ def load_official(path: Path, dtype: torch.dtype = torch.float32) -> tuple[Griff
         config = GriffinConfig(**fields, window=DEFAULT_WINDOW, name=path.stem)
         log.info("%s: config inferred from tensors; window=%d and other defaults are RecurrentGemma's "
                  "(put a config.json next to the file to override)", path, DEFAULT_WINDOW)  # fmt: skip
-    return config, from_official(raw)
+    return config

@@ -19,9 +19,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -104,20 +102,6 @@ def meta_model(config: GriffinConfig) -> Griffin:
     """The :class:`Griffin` skeleton on the meta device: shapes and names, no memory."""
     with torch.device("meta"):
         return Griffin(config).eval()
-
-
-def random_source(config: GriffinConfig, seed: int) -> Callable[[str], np.ndarray]:
-    """Parameter values of ``random_model(config, seed)`` one at a time, by the exported graph's
-    initializer name (``model.<parameter>``): the streamed ONNX export's source."""
-    shapes = {name: tuple(p.shape) for name, p in meta_model(config).named_parameters()}
-
-    def values(graph_name: str) -> np.ndarray:
-        name = graph_name.removeprefix("model.")
-        if name not in shapes:
-            raise RgMobileError(f"streamed export: {graph_name} is no parameter of the {config.name} model")
-        return random_tensor(config, seed, name, shapes[name]).numpy()
-
-    return values
 
 
 def random_config(name: str) -> GriffinConfig:

@@ -208,6 +208,23 @@ def from_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def official_tensor(state: Mapping[str, Tensor], name: str) -> Tensor:
+    """Our parameter ``name`` from an official state dict, that tensor only (the layouts of
+    :func:`from_official`); the streamed export reads a memory-mapped file so."""
+    i = _layer(name) if name.startswith("layers.") else ""
+    if name.endswith("temporal_block.conv_1d.weight"):
+        return state[_CONV_OFFICIAL.format(i=i)].t().unsqueeze(1)
+    for k, proj in enumerate(("gate_proj", "up_proj")):
+        if name.endswith(f"mlp_block.{proj}.weight"):
+            return state[_FFW_UP_W.format(i=i)][k].t()
+        if name.endswith(f"mlp_block.{proj}.bias"):
+            return state[_FFW_UP_B.format(i=i)][k].reshape(-1)
+    official = _rename(name, _OURS_TO_OFFICIAL)
+    if official is None:
+        raise RgMobileError(f"checkpoint: {name} has no official recurrentgemma name")
+    return state[official]
+
+
 def to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Ours -> official `recurrentgemma` torch names and layouts."""
     out: dict[str, Tensor] = {}

@@ -1,10 +1,12 @@
 """The export targets (after optimum-executorch's ``@register_recipe``): each format's
 ``export`` function, named by its entry in the format registry (exporter/formats.py).
 
-Each target is a function ``export(model, out_dir, options, source, given) -> TargetResult``
+Each target is a function ``export(model, out_dir, options, source, given, weights) -> TargetResult``
 (``options``: a :class:`TargetOptions`, what a target reads of ``rgmobile export``'s options;
 ``source``: the checkpoint path, for metadata; ``given``: the integers and scales of a
-quantized checkpoint, to ship as they are, or None to apply ``options.quant_recipe``) that writes its program files
+quantized checkpoint, to ship as they are, or None to apply ``options.quant_recipe``;
+``weights``: None, or each weight by name when ``model`` is a skeleton without them, the
+streamed export, which only the ONNX target implements) that writes its program files
 into ``out_dir`` (a temporary folder that :mod:`rgmobile.export` renames into
 place) and says which program is which.
 The orchestrator copies the tokenizer and writes the manifest; a target does not.
@@ -32,6 +34,8 @@ from exporter.artifact.manifest import Program
 from exporter.formats import check_format, format_names, get_format
 
 if TYPE_CHECKING:
+    import torch
+
     from exporter.model.griffin import Griffin
     from quantization.qweights import GivenQuantization
     from quantization.recipe import Recipe
@@ -59,10 +63,6 @@ class TargetOptions(Protocol):
     def accuracy_level(self) -> int: ...
     @property
     def quant_recipe(self) -> Recipe: ...
-    @property
-    def stream_weights(self) -> bool | None: ...  # ONNX: the model is a meta skeleton; weights from random init
-    @property
-    def seed(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,12 @@ class TargetResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-TargetFn = Callable[["Griffin", Path, "TargetOptions", str, "GivenQuantization | None"], TargetResult]
+# A weight of the model by parameter name, made or read now (fp32): given to a target instead of the
+# weights themselves when ``model`` is a skeleton on the meta device (``--stream-weights``, ONNX only).
+WeightsOf = Callable[[str], "torch.Tensor"]
+TargetFn = Callable[
+    ["Griffin", Path, "TargetOptions", str, "GivenQuantization | None", "WeightsOf | None"], TargetResult
+]
 
 
 def target_names() -> list[str]:

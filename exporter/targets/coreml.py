@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
 from exporter.artifact.manifest import Program
+from exporter.errors import RgMobileError
 from exporter.model.release import release_weights
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.targets import TargetResult
@@ -67,7 +68,7 @@ from exporter.upstream.coremltools_9_0 import lean_coremltools
 
 if TYPE_CHECKING:
     from exporter.model.griffin import Griffin
-    from exporter.targets import TargetOptions
+    from exporter.targets import TargetOptions, WeightsOf
     from quantization.coreml import QuantPlan
     from quantization.coreml_given import GivenPlan
     from quantization.qweights import GivenQuantization
@@ -95,9 +96,12 @@ def program_lengths(prefill_chunk: int) -> dict[str, int]:
 
 
 def export(
-    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None
+    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None,
+    weights: WeightsOf | None = None,
 ) -> TargetResult:
     """Write the Core ML package(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
+    if weights is not None:
+        raise RgMobileError("--stream-weights exports to onnx only; coreml needs the model's weights in memory")
     import coremltools as ct
 
     settings = settings_of(options)

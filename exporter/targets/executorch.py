@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
 
     from exporter.model.griffin import Griffin
-    from exporter.targets import TargetOptions
+    from exporter.targets import TargetOptions, WeightsOf
     from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
@@ -358,9 +358,12 @@ def _stage(stages: dict[str, int], name: str) -> None:
 
 
 def export(
-    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None
+    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None,
+    weights: WeightsOf | None = None,
 ) -> TargetResult:
     """Write ``model.pte`` (methods prefill + decode) for ``model`` (loaded from ``source``) into ``out_dir``."""
+    if weights is not None:
+        raise RgMobileError("--stream-weights exports to onnx only; executorch needs the model's weights in memory")
     if model.embed_tokens.weight.dtype != torch.float32:
         raise RgMobileError("the executorch target exports fp32 weights; load the checkpoint as float32")
     seq_lens = {PREFILL: options.prefill_chunk, DECODE: 1} if options.prefill_chunk > 1 else {DECODE: 1}

@@ -38,6 +38,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -51,7 +52,7 @@ from exporter.targets.onnx_external import external_bytes, external_span
 
 if TYPE_CHECKING:
     from exporter.model.griffin import Griffin
-    from exporter.targets import TargetOptions
+    from exporter.targets import TargetOptions, WeightsOf
     from exporter.targets.onnx_stream import Source
     from quantization.qweights import GivenQuantization
 
@@ -67,9 +68,11 @@ _EXAMPLE_BATCH = 2  # trace with batch 2: batch 1 would be specialised as a cons
 
 
 def export(
-    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None
+    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None,
+    weights: WeightsOf | None = None,
 ) -> TargetResult:
-    """Write the ONNX program(s) for ``model`` (loaded from ``source``) into ``out_dir``."""
+    """Write the ONNX program(s) for ``model`` (loaded from ``source``) into ``out_dir``; with ``weights``,
+    ``model`` is a skeleton and each weight is read from ``weights`` while the graph is written."""
     last = options.prefill_logits == "last"
     spec = build_iospec(model.config, last_logits=last)
     lens = {"decode": 1}
@@ -83,11 +86,12 @@ def export(
     mode = options.external_data
     recipe = given.recipe if given is not None else options.quant_recipe
     external = mode == "always" or (mode == "auto" and (weight_bytes > PROTO_LIMIT or recipe.is_quantized))
-    streamed: Source | None = None  # each weight by name, when ``model`` is a skeleton without them
-    if options.stream_weights:  # rgmobile.export allows it for random weights only
-        from exporter.checkpoint.random_init import random_source
+    streamed: Source | None = None
+    if weights is not None:  # the graph's initializers are the step module's: model.<parameter>
 
-        streamed = random_source(model.config, options.seed)
+        def streamed(graph_name: str) -> np.ndarray:
+            return weights(graph_name.removeprefix("model.")).float().numpy()
+
     protos: dict[str, onnx.ModelProto] = {}
     facts: dict[str, dict[str, Any]] = {}
     store = None
