@@ -9,9 +9,11 @@ shards, and every shard it names must exist and hold the tensors it lists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,13 +38,12 @@ def read_hf_config(path: Path) -> GriffinConfig:
     return config_from_hf(read_json(path), source=str(path))
 
 
-def read_raw_safetensors(path: Path) -> dict[str, Tensor]:
-    """Every tensor of one safetensors file as stored (any dtype); unreadable files are one clear error."""
-    out: dict[str, Tensor] = {}
+@contextlib.contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open(path)``; a missing, corrupt or unreadable file is one clear error."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                out[name] = f.get_tensor(name)
+            yield f
     except FileNotFoundError:
         raise RgMobileError(f"{path}: weights file not found") from None
     except SafetensorError as exc:
@@ -51,7 +52,12 @@ def read_raw_safetensors(path: Path) -> dict[str, Tensor]:
         ) from None
     except OSError as exc:
         raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
-    return out
+
+
+def read_raw_safetensors(path: Path) -> dict[str, Tensor]:
+    """Every tensor of one safetensors file as stored (any dtype); unreadable files are one clear error."""
+    with open_safetensors(path) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
 
 
 def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -147,15 +153,8 @@ def hf_tensor_files(folder: Path) -> dict[str, Path]:
 
 
 def _tensor_names(path: Path) -> list[str]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return list(f.keys())
-    except SafetensorError as exc:
-        raise RgMobileError(
-            f"{path}: corrupt or truncated safetensors file ({first_line(exc)}); re-download or re-export it"
-        ) from None
-    except OSError as exc:
-        raise RgMobileError(f"{path}: cannot read ({first_line(exc)})") from None
+    with open_safetensors(path) as f:
+        return list(f.keys())
 
 
 def load_hf_folder(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[GriffinConfig, dict[str, Tensor]]:
