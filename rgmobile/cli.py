@@ -190,8 +190,8 @@ def export(
         bool | None,
         typer.Option(
             "--stream-weights/--no-stream-weights",
-            help="onnx with --random-init: trace with fake weights and write each weight one at a time, so the "
-            "fp32 model never exists whole [default: only when it would not fit in memory, e.g. 9b]",
+            help="onnx: trace with fake weights and read (or make) each weight one at a time, so the fp32 model "
+            "never exists whole [default: only when it would not fit in memory, e.g. 9b]",
             show_default=False,
         ),
     ] = None,

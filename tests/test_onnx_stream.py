@@ -88,6 +88,7 @@ def _run(artifact: Path, seq: int) -> list[np.ndarray]:
     return session.run(None, feeds)
 
 
+@pytest.mark.slow
 def test_streamed_int4_export_is_the_in_memory_export(int4_pair: tuple[Path, Path]) -> None:
     memory, stream = int4_pair
     a, b = _graph(memory), _graph(stream)
@@ -96,12 +97,14 @@ def test_streamed_int4_export_is_the_in_memory_export(int4_pair: tuple[Path, Pat
     assert inits[0] == inits[1]
     ma, mb = read_manifest(memory), read_manifest(stream)
     assert ma.identity == mb.identity  # weights_sha256 computed one tensor at a time: the same weights
+    assert mb.format_details["streamed_weights"] and not ma.format_details["streamed_weights"]
     assert ma.quantization == mb.quantization
     for seq in (1, CHUNK):
         for x, y in zip(_run(memory, seq), _run(stream, seq), strict=True):
             assert np.array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_streamed_int4_export_matches_the_eager_reference(int4_pair: tuple[Path, Path], config_file: str) -> None:
     stream = int4_pair[1]
     m = read_manifest(stream)
@@ -114,6 +117,7 @@ def test_streamed_int4_export_matches_the_eager_reference(int4_pair: tuple[Path,
     assert errors["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_streamed_fp32_export_matches_the_eager_model(tmp_path_factory: pytest.TempPathFactory, config_file: str):
     stream = _export(tmp_path_factory.mktemp("stream-fp32"), "fp32", config_file, stream_weights=True)
     m = read_manifest(stream)
@@ -126,6 +130,7 @@ def test_streamed_fp32_export_matches_the_eager_model(tmp_path_factory: pytest.T
     assert errors["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_folded_head_transpose_is_found_and_quantized(tmp_path_factory: pytest.TempPathFactory) -> None:
     """``--random-init tiny`` (vocab 128 x width 64 = 8192 values): the optimizer folds the head's
     transpose into a copy of the table; the quantizer still ties the head to the embedding's integers."""
@@ -181,6 +186,7 @@ def _export_checkpoint(tmp: Path, checkpoint: Path, stream: bool) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hf", "official"])
 def test_streamed_checkpoint_export_is_the_in_memory_export(
     kind: str, tiny_checkpoint: Path, official_pt: Path, tmp_path: Path

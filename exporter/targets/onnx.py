@@ -150,6 +150,7 @@ def export(
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "onnx_version": onnx.__version__,
             "external_data": SHARED_WEIGHTS if external else None,
+            "streamed_weights": streamed is not None,  # traced with fake weights, each written one at a time
             "symbolic_dims": {
                 "batch": "dynamic",
                 "seq": f"1..{options.prefill_chunk}, one graph for every program"
