@@ -140,7 +140,7 @@ class ExportOptions:
             raise RgMobileError(f"--one-program is an onnx option; {self.format} exports one program per step length")
         if self.one_program and self.prefill_chunk < 2:
             raise RgMobileError("--one-program serves every step length up to --prefill-chunk, which must be >= 2")
-        self._resolve_stream_weights()
+        self._check_stream_weights()
         if self.external_data not in ("auto", "always", "never"):
             raise RgMobileError(f"--external-data must be auto, always or never, got {self.external_data!r}")
         check_out(Path(self.out))  # before any work: a refused --out must not cost a whole export
@@ -150,7 +150,7 @@ class ExportOptions:
         """The quantization recipe: ``quant`` loaded with the group size / embedding bits overrides."""
         return load_recipe(self.quant).with_options(self.group_size, self.embedding_bits)
 
-    def _resolve_stream_weights(self) -> None:
+    def _check_stream_weights(self) -> None:
         if self.stream_weights and self.format != "onnx":
             raise RgMobileError(f"--stream-weights exports to onnx only; --format {self.format} loads the model whole")
 
@@ -199,9 +199,12 @@ def streams(options: ExportOptions, config: GriffinConfig) -> bool:
 
 def _export_checkpoint(options: ExportOptions, monitor: ResourceMonitor) -> Manifest:
     from exporter.checkpoint.loader import default_checkpoint, load_checkpoint
+    from exporter.checkpoint.quantized import is_quantized_folder
 
     source = Path(options.checkpoint) if options.checkpoint is not None else default_checkpoint()
-    if options.format == "onnx" and options.stream_weights is not False and not _is_quantized(source, options):
+    # unset, a quantized checkpoint (small integers) is loaded; asked to stream one, open_streamed says why not
+    quantized = source.is_dir() and is_quantized_folder(source)
+    if options.format == "onnx" and (options.stream_weights or (options.stream_weights is None and not quantized)):
         from exporter.checkpoint.random_init import meta_model
         from exporter.checkpoint.streamed import open_streamed
 
@@ -264,17 +267,6 @@ def _export_random(options: ExportOptions, monitor: ResourceMonitor) -> Manifest
             write_placeholder_tokenizer(dest, config)
 
     return _write_artifact(options, monitor, model, label, source, tokenizer, weights_of=tensor)
-
-
-def _is_quantized(source: Path, options: ExportOptions) -> bool:
-    """A quantized checkpoint folder: exported from memory (``--stream-weights`` says why not)."""
-    from exporter.checkpoint.quantized import is_quantized_folder
-
-    quantized = source.is_dir() and is_quantized_folder(source)
-    if quantized and options.stream_weights:
-        raise RgMobileError(f"{source}: a quantized checkpoint is exported from memory (its integers are small); "
-                            "drop --stream-weights")  # fmt: skip
-    return quantized
 
 
 def _write_artifact(

@@ -98,17 +98,27 @@ def build_model(config: GriffinConfig, state: dict[str, torch.Tensor], source: s
     return model.eval()
 
 
+def checkpoint_kind(path: Path) -> tuple[CheckpointKind, Path]:
+    """(kind, default tokenizer path) of a checkpoint path: an HF folder ("hf") or an official
+    state dict file ("official"); a missing or other path is one clear error."""
+    if not path.exists():
+        raise RgMobileError(f"{path}: checkpoint path does not exist; expected {ACCEPTED}")
+    if path.is_dir():
+        return "hf", path / TOKENIZER_NAME
+    if path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
+        return "official", path.parent / TOKENIZER_NAME
+    hint = " (for a .safetensors file, pass the folder that holds it)" if path.suffix == ".safetensors" else ""
+    raise RgMobileError(f"{path}: not an accepted checkpoint{hint}; expected {ACCEPTED}")
+
+
 def load_checkpoint(path: Path, dtype: torch.dtype = torch.float32, tokenizer: Path | None = None) -> Checkpoint:
     """Load an HF folder or an official ``.pt`` into a checked :class:`Checkpoint`."""
     path = Path(path)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RgMobileError(f"dtype {dtype!r} is not a floating-point torch dtype (use float32, bfloat16, float16)")
-    if not path.exists():
-        raise RgMobileError(f"{path}: checkpoint path does not exist; expected {ACCEPTED}")
-    kind: CheckpointKind
+    kind, default_tok = checkpoint_kind(path)
     given: GivenQuantization | None = None
-    if path.is_dir():
-        kind = "hf"
+    if kind == "hf":
         from exporter.checkpoint.quantized import is_quantized_folder, read_quantized_checkpoint
 
         if is_quantized_folder(path):  # written by `rgmobile quantize` (docs/quantized-checkpoint.md)
@@ -116,14 +126,8 @@ def load_checkpoint(path: Path, dtype: torch.dtype = torch.float32, tokenizer: P
             config, state, given = folder.config, folder.state, folder.quantization
         else:
             config, state = load_hf_folder(path, dtype)
-        default_tok = path / TOKENIZER_NAME
-    elif path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
-        kind = "official"
-        config, state = load_official(path, dtype)
-        default_tok = path.parent / TOKENIZER_NAME
     else:
-        hint = " (for a .safetensors file, pass the folder that holds it)" if path.suffix == ".safetensors" else ""
-        raise RgMobileError(f"{path}: not an accepted checkpoint{hint}; expected {ACCEPTED}")
+        config, state = load_official(path, dtype)
     tok = Path(tokenizer) if tokenizer is not None else default_tok
     model = build_model(config, state, str(path))
     check_tokenizer(tok, config)

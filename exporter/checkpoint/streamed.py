@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 
 from exporter.checkpoint.hf import CONFIG_NAME, hf_tensor_files, read_hf_config
-from exporter.checkpoint.loader import ACCEPTED, OFFICIAL_SUFFIXES, TOKENIZER_NAME, CheckpointKind, check_tokenizer
+from exporter.checkpoint.loader import CheckpointKind, check_tokenizer, checkpoint_kind
 from exporter.checkpoint.weight_map import HF_IGNORED, HF_PREFIX, check_state_dict, from_official, official_tensor
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
@@ -56,9 +56,8 @@ class StreamedCheckpoint:
 def open_streamed(path: Path, tokenizer: Path | None = None) -> StreamedCheckpoint:
     """Open an HF folder or an official ``.pt`` for the streamed export (checks as ``load_checkpoint``)."""
     path = Path(path)
-    if not path.exists():
-        raise RgMobileError(f"{path}: checkpoint path does not exist; expected {ACCEPTED}")
-    if path.is_dir():
+    kind, default_tok = checkpoint_kind(path)
+    if kind == "hf":
         from exporter.checkpoint.quantized import is_quantized_folder
 
         if is_quantized_folder(path):
@@ -67,14 +66,8 @@ def open_streamed(path: Path, tokenizer: Path | None = None) -> StreamedCheckpoi
                 "drop --stream-weights"
             )
         config, read = _open_hf(path)
-        kind: CheckpointKind = "hf"
-        default_tok = path / TOKENIZER_NAME
-    elif path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
-        config, read = _open_official(path)
-        kind = "official"
-        default_tok = path.parent / TOKENIZER_NAME
     else:
-        raise RgMobileError(f"{path}: not an accepted checkpoint; expected {ACCEPTED}")
+        config, read = _open_official(path)
     tok = Path(tokenizer) if tokenizer is not None else default_tok
     check_tokenizer(tok, config)
     log.info("opened %s checkpoint %s for streaming: %d layers, width %d", kind, path, config.num_layers, config.width)
