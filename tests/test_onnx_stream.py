@@ -29,12 +29,14 @@ from exporter.checkpoint.random_init import random_model
 from exporter.checkpoint.weight_map import to_official
 from exporter.config import preset
 from exporter.errors import RgMobileError
+from exporter.model.griffin import positions
 from quantization.onnx import ort_reference
 from quantization.recipe import load_recipe
 from rgmobile.export import ExportOptions, export, streams
 from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.torch_backend import TorchBackend
 from runtime_py.validate import compare, summarize
+from tests.oracles import official_model
 
 SEED = 5
 CHUNK = 4
@@ -225,3 +227,29 @@ def test_streamed_checkpoint_errors(tmp_path: Path, tiny_checkpoint: Path) -> No
         open_streamed(untied)
     with pytest.raises(RgMobileError, match="does not exist"):
         open_streamed(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_streamed_official_export_matches_the_official_model(official_pt: Path, tmp_path: Path) -> None:
+    """The oracle: a streamed fp32 export of an official ``.pt`` (bf16 on disk), one token per step across
+    three windows, against Google DeepMind's ``recurrentgemma`` holding the same (bf16-valued) weights."""
+    out = tmp_path / "official-fp32"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loader, "load_checkpoint", _refuse)
+        export(ExportOptions(out=out, checkpoint=official_pt, prefill_chunk=CHUNK, stream_weights=True))
+    m = read_manifest(out)
+    model = load_checkpoint(official_pt).model  # the oracle's weights: the file's values in fp32
+    n = 3 * m.config.window + 5
+    ids = np.random.default_rng(4).integers(0, m.config.vocab_size, size=n)
+    with torch.no_grad():
+        want, _ = official_model(model.config, model.state_dict())(torch.tensor(ids[None]), positions(0, n))
+    session = ort.InferenceSession(str(out / "step.onnx"), providers=["CPUExecutionProvider"])
+    names = m.io.input_names
+    state = [np.zeros([1 if d == "batch" else d for d in i.shape], np.float32) for i in session.get_inputs()[2:]]
+    got = []
+    for pos in range(n):
+        feed = {names[0]: ids[None, pos : pos + 1], names[1]: np.array([[pos]])}
+        outs = session.run(None, {**feed, **dict(zip(names[2:], state, strict=True))})
+        got.append(outs[0][0, -1])
+        state = outs[1:]
+    assert float(np.abs(np.stack(got) - want[0].double().numpy()).max()) <= 1e-4
