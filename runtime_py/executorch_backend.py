@@ -30,9 +30,10 @@ import torch
 from exporter.artifact.manifest import Manifest
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
+from exporter.mapped_pages import release_pages
 from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec
-from exporter.upstream.executorch_runtime_1_5_1 import enable_weight_cache, unlock_mapped
+from exporter.upstream.executorch_runtime_1_5_1 import enable_weight_cache
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ExecuTorchBackend:
             self.methods[prog.seq_len] = program.load_method(entry)
         self._programs = programs  # keep the loaded programs alive as long as their methods
         # pages of the files stay resident only while steps read them, as in an app (no mlock)
-        unlock_mapped([*programs, *([Path(data)] if data else [])])
+        release_pages([*programs, *([Path(data)] if data else [])], unlock=True)
         log.info("executorch: methods %s", {n: p.seq_len for n, p in manifest.programs.items()})
 
     def _check_method(self, path: Path, entry: str, meta: Any, seq: int) -> None:

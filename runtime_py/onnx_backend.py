@@ -23,6 +23,7 @@ import onnxruntime as ort
 from exporter.artifact.manifest import Manifest
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
+from exporter.mapped_pages import release_pages
 from exporter.step.dtypes import DTYPES, dtype
 from exporter.step.iospec import IOSpec
 
@@ -73,6 +74,9 @@ class OnnxBackend:
                 by_file[prog.file] = sess
             self._check_session(name, sess)
             self.sessions[prog.seq_len] = sess
+        # onnxruntime maps the weights file and reads all of it to pack its kernels' layout; a step then
+        # reads a few rows of the embedding, so the pages read while loading go back to the kernel
+        release_pages(p for p in Path(artifact_dir).iterdir() if p.is_file())
         log.info("onnxruntime %s: programs %s", ort.__version__, {n: p.seq_len for n, p in manifest.programs.items()})
 
     def _check_session(self, program: str, sess: ort.InferenceSession) -> None:

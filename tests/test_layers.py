@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, int, str], ...] = (
     ("exporter.errors", 0, ""),
     ("exporter.config", 0, ""),
     ("exporter.fsio", 0, ""),
+    ("exporter.mapped_pages", 0, ""),
     ("exporter.quiet", 0, ""),
     ("exporter.resources", 0, ""),
     ("exporter.registry", 0, ""),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import mapping_kb
 from onnx_helpers import CHUNK, tiny_onnx_artifact
 from typer.testing import CliRunner
 
@@ -86,6 +87,20 @@ def test_cli_export_shares_external_weights(cli_artifact: Path, onnx_artifact: P
     inline = {f.path: f.size for f in read_manifest(onnx_artifact).files}
     assert sizes["weights.bin"] < 0.7 * (inline["decode.onnx"] + inline["prefill.onnx"])
     assert sizes["decode.onnx"] < 0.2 * inline["decode.onnx"]
+
+
+def test_backend_gives_back_the_pages_read_while_loading(cli_artifact: Path) -> None:
+    """onnxruntime maps the weights file and reads it whole to pack its kernels' layout; the
+    backend then lets the kernel drop those clean pages (exporter/mapped_pages.py): the file stays
+    mapped, nothing of it resident until a step reads it (the parity test above steps after it)."""
+    weights = cli_artifact / "weights.bin"
+    backend = open_artifact(cli_artifact, read_manifest(cli_artifact), threads=1)
+    assert mapping_kb(weights, "Size") > 0 and mapping_kb(weights, "Rss") == 0
+    state = backend.init_state(1)
+    for pos in range(3):
+        _, state = backend.step(np.array([[pos + 5]]), np.array([[pos]]), state)
+    assert mapping_kb(weights, "Rss") <= mapping_kb(weights, "Size")
+    del backend
 
 
 def _parity(artifact: Path, checkpoint: Path, decode_steps: int) -> tuple[float, float, int]:

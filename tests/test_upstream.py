@@ -9,15 +9,11 @@ against the original in tests/test_executorch.py and tests/test_coreml.py.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import logging
-import mmap
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mapping_kb
 
 from exporter.upstream import base_version, coremltools_9_0, executorch_1_5_1, executorch_runtime_1_5_1
 
@@ -91,25 +87,6 @@ def test_executorch_weight_cache_without_the_library_warns(
     with caplog.at_level(logging.WARNING):
         assert executorch_runtime_1_5_1.enable_weight_cache() is False
     assert "cannot reach ExecuTorch's set_option" in caplog.text
-
-
-def test_unlock_mapped_unlocks_and_drops_the_pages_of_a_mapped_file(tmp_path: Path) -> None:
-    """What the ExecuTorch loader leaves behind as root: a read-only mapping, locked and resident.
-    After ``unlock_mapped`` nothing is locked or resident, and the bytes still read back."""
-    path = tmp_path / "blob.bin"
-    data = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8).tobytes()  # under the lock limit
-    path.write_bytes(data)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
-        view = np.frombuffer(mapped, dtype=np.uint8)
-        address = view.ctypes.data
-        assert libc.mlock(address, len(data)) == 0, ctypes.get_errno()
-        assert mapping_kb(path, "Locked") == len(data) // 1024 == mapping_kb(path, "Rss")
-        assert executorch_runtime_1_5_1.unlock_mapped([path]) == len(data)
-        assert mapping_kb(path, "Locked") == 0 == mapping_kb(path, "Rss")
-        assert view.tobytes() == data  # read again from the file
-        del view
 
 
 def test_coremltools_patched_attributes_exist() -> None:

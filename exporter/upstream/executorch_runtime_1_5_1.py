@@ -10,17 +10,16 @@ Two things, both about memory while a program runs (not what it computes):
   ``executorch::runtime::set_option("XnnpackBackend", ...)`` with ctypes, because the Python
   bindings have no call for it. The ``BackendOption`` layout below is 1.5.1's
   (``runtime/backend/options.h``); every call is checked by reading the option back.
-* **mlocked pages** (:func:`unlock_mapped`). The bindings map program and data files with
-  ``MlockConfig::UseMlockIgnoreErrors``. In an ordinary process that lock fails for anything
-  above the lock limit (8 MB here, 64 KB on Android) and the pages load when they are read.
-  Running as root, the lock succeeds, and every mapped segment stays resident: the whole
-  tied-table of the embedding lookup (2.6 GB at 2B fp32), though a step reads a few rows.
-  :func:`unlock_mapped` unlocks the read-only mappings of the artifact's own files and tells
-  the kernel it may drop their pages. They are clean file pages, so a later read loads them
-  again from the file.
+* **mlocked pages** (undone by :func:`exporter.mapped_pages.release_pages`). The bindings map
+  program and data files with ``MlockConfig::UseMlockIgnoreErrors``. In an ordinary process
+  that lock fails for anything above the lock limit (8 MB here, 64 KB on Android) and the pages
+  load when they are read. Running as root, the lock succeeds, and every mapped segment stays
+  resident: the whole tied-table of the embedding lookup (2.6 GB at 2B fp32), though a step
+  reads a few rows. The backend unlocks the mappings of the artifact's own files and tells the
+  kernel it may drop their pages: clean file pages, which a later read loads again.
 
-Applies only on the pinned version (:func:`exporter.upstream.is_pinned`); on another one the
-runtime keeps its defaults. Guarded by tests/test_upstream.py (the symbols exist and the option
+The weight cache applies only on the pinned version (:func:`exporter.upstream.is_pinned`); on
+another one the runtime keeps its defaults. Guarded by tests/test_upstream.py (the symbols exist and the option
 reads back) and tests/test_executorch.py (the backend turns the cache on, holds no locked pages
 of its artifact, and still matches the eager model).
 """
@@ -30,8 +29,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +44,6 @@ WEIGHT_CACHE_KEY = b"weight_cache_enabled"
 _SET = "_ZN10executorch7runtime10set_optionEPKcNS0_4SpanINS0_13BackendOptionEEE"
 _GET = "_ZN10executorch7runtime10get_optionEPKcNS0_4SpanINS0_13BackendOptionEEE"
 _BOOL = 0  # index of bool in std::variant<bool, int, std::array<char, 256>>
-_MADV_DONTNEED = 4
 
 
 class _BackendOption(ctypes.Structure):
@@ -106,36 +102,3 @@ def enable_weight_cache() -> bool:
         log.warning("ExecuTorch refused XNNPACK's weight cache (error %d): each method packs its own weights", error)
         return False
     return True
-
-
-def _mappings(files: set[str]) -> list[tuple[int, int]]:
-    """Address ranges of this process's read-only mappings of ``files`` (``/proc/self/maps``)."""
-    ranges = []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            parts = line.split(maxsplit=5)
-            if len(parts) == 6 and parts[1].startswith("r-") and parts[5].strip() in files:
-                start, end = (int(x, 16) for x in parts[0].split("-"))
-                ranges.append((start, end))
-    return ranges
-
-
-def unlock_mapped(paths: Iterable[Path]) -> int:
-    """Unlock the read-only mappings of ``paths`` and let the kernel drop their pages; the bytes
-    of address space released (0 where /proc is unavailable)."""
-    files = {os.path.realpath(p) for p in paths}
-    try:
-        ranges = _mappings(files)
-    except OSError:
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = 0
-    for start, end in ranges:
-        # munlock of pages that were never locked is a no-op; madvise after it cannot fail on a lock
-        if libc.munlock(start, end - start) == 0 and libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
-            released += end - start
-        else:
-            log.debug("could not release %x-%x: errno %d", start, end, ctypes.get_errno())
-    return released
