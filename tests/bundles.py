@@ -11,6 +11,7 @@ exported once and each bundle is written once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,13 @@ def per_length_bundles(bundle_root: Path) -> dict[str, Path]:
     """{"android": bundle, "ios": bundle}: the bundled model exported to ONNX fp32 with
     ``--graph-per-length`` (``decode.onnx`` and ``prefill.onnx``), packaged for each app."""
     return {target: bundled_onnx_bundle(bundle_root, PER_LENGTH, target) for target in ("android", "ios")}
+
+
+def widen_a_state_dim(bundle: Path) -> None:
+    """Make the bundle's manifest disagree with its graph: one state tensor (the input and the
+    output that feeds it) one wider in the io spec than in the graph."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    spec = next(t for t in m["io"]["inputs"] if t["role"] == "state")
+    for t in (spec, next(o for o in m["io"]["outputs"] if o["name"] == spec["pair"])):
+        t["shape"][-1] += 1
+    (bundle / "manifest.json").write_text(json.dumps(m))

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from bundles import widen_a_state_dim
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +196,9 @@ def test_jar_exits_2_on_bad_bundles(
     shutil.copyfile(tiny_tokenizer, d / "tokenizer.model")  # a real SentencePiece model, 300 pieces
     _repin(d, "tokenizer.model")
     cases["tokenizer"] = (d, "wrong tokenizer")
+    d = _broken_copy(src, tmp_path / "io")
+    widen_a_state_dim(d)
+    cases["io"] = (d, "the manifest's io spec says")
     for name, (bundle, words) in cases.items():
         proc = run_jar(engine_jar, str(bundle), "--prompt", "Hi", "--max-new-tokens", "2")
         assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{proc.stderr}"

@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from bundles import widen_a_state_dim
 
 from runtime_py.generate import generate
 from runtime_py.open import open_path
@@ -164,7 +165,12 @@ def test_bad_bundle_exits_2_with_one_line(swift: Swift) -> None:
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    for target, why in ((bad, "sha256"), (swift.scratch, "no manifest.json")):  # corrupted file; not a bundle
+    io = swift.scratch / "io-bundle"  # a manifest whose io spec disagrees with the graph
+    shutil.rmtree(io, ignore_errors=True)
+    shutil.copytree(swift.bundles["fp32"], io)
+    widen_a_state_dim(io)
+    cases = ((bad, "sha256"), (swift.scratch, "no manifest.json"), (io, "the manifest's io spec says"))
+    for target, why in cases:  # corrupted file; not a bundle; a graph unlike its manifest
         proc = swift(CLI, str(target), "--prompt", "x", "--max-new-tokens", "4")
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2, proc.stderr

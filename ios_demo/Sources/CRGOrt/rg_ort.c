@@ -165,10 +165,9 @@ void *rg_ort_tensor_data(void *value) {
   return p;
 }
 
-size_t rg_ort_tensor_shape(void *value, int64_t *shape, size_t max, int *elem) {
-  OrtTensorTypeAndShapeInfo *info = NULL;
+// Rank, dims (up to max; -1 for a symbolic dim) and element type (RG_*, -1 for another) of info.
+static size_t type_and_shape(const OrtTensorTypeAndShapeInfo *info, int64_t *shape, size_t max, int *elem) {
   size_t rank = 0;
-  if (api->GetTensorTypeAndShape((OrtValue *)value, &info)) return 0;  // (status leaked only on failure)
   api->GetDimensionsCount(info, &rank);
   if (shape) api->GetDimensions(info, shape, rank < max ? rank : max);
   ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
@@ -176,7 +175,34 @@ size_t rg_ort_tensor_shape(void *value, int64_t *shape, size_t max, int *elem) {
   if (elem)
     *elem = t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? RG_F16 : t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? RG_I64
             : t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? RG_F32 : -1;
+  return rank;
+}
+
+size_t rg_ort_tensor_shape(void *value, int64_t *shape, size_t max, int *elem) {
+  OrtTensorTypeAndShapeInfo *info = NULL;
+  if (api->GetTensorTypeAndShape((OrtValue *)value, &info)) return 0;  // (status leaked only on failure)
+  size_t rank = type_and_shape(info, shape, max, elem);
   api->ReleaseTensorTypeAndShapeInfo(info);
+  return rank;
+}
+
+size_t rg_ort_session_io_shape(void *session, int outputs, size_t index, int64_t *shape, size_t max, int *elem) {
+  OrtTypeInfo *type = NULL;
+  const OrtTensorTypeAndShapeInfo *info = NULL;
+  if (elem) *elem = -1;
+  OrtStatus *st = outputs ? api->SessionGetOutputTypeInfo(session, index, &type)
+                          : api->SessionGetInputTypeInfo(session, index, &type);
+  if (st) {
+    api->ReleaseStatus(st);
+    return 0;
+  }
+  size_t rank = 0;
+  st = api->CastTypeInfoToTensorInfo(type, &info);  // info belongs to type; NULL when not a tensor
+  if (st)
+    api->ReleaseStatus(st);
+  else if (info)
+    rank = type_and_shape(info, shape, max, elem);
+  api->ReleaseTypeInfo(type);
   return rank;
 }
 

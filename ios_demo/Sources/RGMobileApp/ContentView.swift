@@ -14,6 +14,9 @@ final class AppModel: ObservableObject {
     @Published var status = "Pick a bundle"
     @Published var busy = false
     @Published var maxNewTokens = 128.0
+    /// onnxruntime's idle threads spin-wait by default; off, a decode keeps more of its speed when
+    /// another app holds a core (ONNX bundles only; applies when a bundle is opened)
+    @Published var spin = true
     private var engine: Engine?
     private var hasState = false
 
@@ -34,8 +37,9 @@ final class AppModel: ObservableObject {
         selected = url
         engine = nil
         hasState = FileManager.default.fileExists(atPath: stateURL.path)
+        let spin = spin
         work("Opening \(url.lastPathComponent)…") { [weak self] in
-            let e = try Engine.open(url)
+            let e = try Engine.open(url, spin: spin)
             await MainActor.run { self?.engine = e }
             return "\(url.lastPathComponent): \(e.bundle.manifest.format) \(e.bundle.manifest.precision), ready"
         }
@@ -86,6 +90,9 @@ struct ContentView: View {
                         ForEach(model.bundles, id: \.self) { Text($0.lastPathComponent).tag(URL?.some($0)) }
                     }
                     Button("Open from Files…") { importing = true }
+                    Toggle("Spin-wait threads (onnx)", isOn: $model.spin)
+                        .onChange(of: model.spin) { if let u = model.selected { model.open(u) } }
+                        .disabled(model.busy)
                 }
                 Section("Prompt") {
                     TextField("Prompt", text: $model.prompt, axis: .vertical)

@@ -74,7 +74,7 @@ public final class Engine {
             return try Engine(bundle: bundle, backend: OnnxBackend(bundle: bundle, threads: threads, spin: spin, libraryPath: ortLibrary))
         #if canImport(CoreML)
         case "coreml":
-            if !spin { throw RGError("--no-spin: Core ML runs on a thread pool this app cannot stop spinning; only onnx bundles can") }
+            if !spin { throw RGError("spin-wait off (--no-spin): Core ML runs on a thread pool this app cannot stop spinning; only onnx bundles can") }
             return try Engine(bundle: bundle, backend: CoreMLBackend(bundle: bundle))
         #endif
         default:

@@ -39,19 +39,24 @@ public final class OnnxBackend: Backend {
         }
         do {
             for (pname, prog) in manifest.programs.sorted(by: { $0.key < $1.key }) {
-                if let s = byFile[prog.file] { sessions[prog.seq_len] = s; continue }
-                var err = [CChar](repeating: 0, count: 1024)
-                let path = bundle.url(prog.file).path
-                guard let s = rg_ort_session_open(path, Int32(threads), spin ? 1 : 0, &err, err.count) else {
-                    throw RGError("\(path): onnxruntime cannot load program '\(pname)': \(String(cString: err))")
+                let s: UnsafeMutableRawPointer
+                if let open = byFile[prog.file] {
+                    s = open
+                } else {
+                    var err = [CChar](repeating: 0, count: 1024)
+                    let path = bundle.url(prog.file).path
+                    guard let opened = rg_ort_session_open(path, Int32(threads), spin ? 1 : 0, &err, err.count) else {
+                        throw RGError("\(path): onnxruntime cannot load program '\(pname)': \(String(cString: err))")
+                    }
+                    s = opened
+                    byFile[prog.file] = s
+                    let ins = OnnxBackend.names(s, outputs: false), outs = OnnxBackend.names(s, outputs: true)
+                    if ins != io.inputs.map(\.name) || outs != io.outputs.map(\.name) {
+                        throw RGError("program '\(pname)': graph I/O names differ from the manifest's io spec; re-export the artifact")
+                    }
                 }
-                byFile[prog.file] = s
+                try OnnxBackend.checkGraph(s, io: io, program: pname, seqLen: prog.seq_len)
                 sessions[prog.seq_len] = s
-                // Names only: the graph's token dim may be symbolic ("seq"), one session serving every t.
-                let ins = OnnxBackend.names(s, outputs: false), outs = OnnxBackend.names(s, outputs: true)
-                if ins != io.inputs.map(\.name) || outs != io.outputs.map(\.name) {
-                    throw RGError("program '\(pname)': graph I/O names differ from the manifest's io spec; re-export the artifact")
-                }
             }
         } catch {
             for s in byFile.values { rg_ort_session_close(s) }  // deinit does not run for a failed init
@@ -85,6 +90,33 @@ public final class OnnxBackend: Backend {
         var dims = [Int64](repeating: 0, count: rank)
         _ = rg_ort_tensor_shape(value, &dims, rank, nil)
         return dims.reduce(1) { $0 * Int($1) }
+    }
+
+    /// The graph's tensors must be the manifest's io spec (names checked before, in order): element types and
+    /// every static dim. A symbolic graph dim accepts anything (one session serving every t); the manifest's
+    /// "seq" is this program's t. The Python backend checks the same.
+    static func checkGraph(_ s: UnsafeMutableRawPointer, io: IOSpec, program: String, seqLen: Int) throws {
+        for (outputs, specs) in [(false, io.inputs), (true, io.outputs)] {
+            for (i, spec) in specs.enumerated() {
+                var dims = [Int64](repeating: 0, count: 8)
+                var type: Int32 = -1
+                let rank = rg_ort_session_io_shape(s, outputs ? 1 : 0, i, &dims, dims.count, &type)
+                let graph = Array(dims.prefix(min(rank, dims.count)))
+                let bound: [Int?] = spec.shape.map {
+                    switch $0 {
+                    case .fixed(let n): return n
+                    case .symbol(let name): return name == "seq" ? seqLen : nil
+                    }
+                }
+                let clash = rank != bound.count || zip(graph, bound).contains { g, m in g >= 0 && m != nil && Int(g) != m }
+                if type != elem(spec.dtype) || clash {
+                    let shown = bound.enumerated().map { $1.map(String.init) ?? spec.shape[$0].description }
+                    let names = [Int32(RG_F32): "float32", Int32(RG_F16): "float16", Int32(RG_I64): "int64"]
+                    throw RGError("program '\(program)': graph tensor \(spec.name) is \(names[type] ?? "another type") \(graph), "
+                        + "the manifest's io spec says \(spec.dtype) \(shown); re-export the artifact")
+                }
+            }
+        }
     }
 
     static func elem(_ dtype: String) -> Int32 {

@@ -28,6 +28,9 @@ void rg_ort_session_close(void *session);
 // freed by rg_ort_free_names) when names is not NULL and has room for max entries.
 size_t rg_ort_session_names(void *session, int outputs, char **names, size_t max);
 void rg_ort_free_names(char **names, size_t count);
+// Rank of graph input / output `index` (0 when it is not a tensor); its dims into shape (up to
+// max; -1 for a symbolic dim) and its element type into elem (RG_*, -1 for another type).
+size_t rg_ort_session_io_shape(void *session, int outputs, size_t index, int64_t *shape, size_t max, int *elem);
 
 // A CPU tensor owned by onnxruntime's allocator: copied from data (or zeros when data is NULL).
 void *rg_ort_tensor_new(int elem, const int64_t *shape, size_t rank, const void *data, char *err, size_t errlen);

@@ -5,6 +5,7 @@ import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtException
 import ai.onnxruntime.OrtSession
+import ai.onnxruntime.TensorInfo
 import java.io.File
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
@@ -12,6 +13,9 @@ import java.nio.LongBuffer
 
 /** onnxruntime's session option for its intra-op pool: "1" (its default) spin-waits between pieces of work. */
 const val SPIN_CONFIG_KEY = "session.intra_op.allow_spinning"
+
+/** The manifest's dtypes as onnxruntime's Java API names them. */
+private val ONNX_TYPES = mapOf("float32" to OnnxJavaType.FLOAT, "float16" to OnnxJavaType.FLOAT16, "int64" to OnnxJavaType.INT64)
 
 /**
  * onnxruntime backend (`ai.onnxruntime`, the same Java API on the desktop and in onnxruntime-android).
@@ -44,7 +48,9 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
         if (!spin) opts.addConfigEntry(SPIN_CONFIG_KEY, "0")
         try {
             for ((programName, prog) in manifest.programs) {
-                sessions[prog.seqLen] = byFile.getOrPut(prog.file) { openSession(bundle.file(prog.file), programName, opts) }
+                val sess = byFile.getOrPut(prog.file) { openSession(bundle.file(prog.file), programName, opts) }
+                checkGraph(sess, programName, prog.seqLen)
+                sessions[prog.seqLen] = sess
             }
         } catch (e: RgMobileException) { // the sessions opened before the failing one
             close()
@@ -75,6 +81,26 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
         return sess
     }
 
+    /**
+     * The graph's tensors must be the manifest's io spec: dtypes and every static dim (a symbolic graph
+     * dim accepts anything; the manifest's "seq" is [seqLen], this program's t), as the Python backend checks.
+     */
+    private fun checkGraph(sess: OrtSession, programName: String, seqLen: Int) {
+        val graph = sess.inputInfo + sess.outputInfo
+        for (spec in io.inputs + io.outputs) {
+            val info = graph[spec.name]?.info as? TensorInfo
+                ?: fail("program '$programName': graph tensor ${spec.name} is not a tensor; re-export the artifact")
+            val dims = info.shape.toList() // -1: symbolic
+            val bound = spec.shape.map { if (it == "seq") seqLen.toLong() else (it as? Number)?.toLong() }
+            val clash = dims.size != bound.size || dims.zip(bound).any { (g, m) -> g >= 0 && m != null && g != m }
+            if (ONNX_TYPES[spec.dtype] != info.type || clash) {
+                val shown = spec.shape.map { if (it == "seq") seqLen else it }
+                fail("program '$programName': graph tensor ${spec.name} is ${info.type} $dims, the manifest's io spec " +
+                    "says ${spec.dtype} $shown; re-export the artifact")
+            }
+        }
+    }
+
     /** A state: the tensors by IOSpec input name and what frees them (an OrtSession.Result or the tensors). */
     private class OnnxState(val tensors: Map<String, OnnxTensor>, val owner: AutoCloseable?) : State {
         private var closed = false
@@ -82,12 +108,8 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
             check(!closed) { "state used after close" }
             return tensors.mapValues { (_, t) ->
                 val info = t.info
-                val dtype = when (info.type) {
-                    OnnxJavaType.FLOAT -> "float32"
-                    OnnxJavaType.FLOAT16 -> "float16"
-                    OnnxJavaType.INT64 -> "int64"
-                    else -> fail("state tensor of unsupported type ${info.type}")
-                }
+                val dtype = ONNX_TYPES.entries.firstOrNull { it.value == info.type }?.key
+                    ?: fail("state tensor of unsupported type ${info.type}")
                 val bytes = t.byteBuffer.order(ByteOrder.nativeOrder()) // a copy
                 HostTensor(dtype, info.shape, toLittleEndian(bytes, dtype))
             }
