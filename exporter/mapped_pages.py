@@ -63,11 +63,14 @@ def mappings(files: Iterable[Path]) -> list[Mapping]:
 def release_pages(files: Iterable[Path], *, unlock: bool = False) -> int:
     """Let the kernel drop this process's resident pages of ``files`` (every mapping but those
     written to; ``unlock`` first undoes an ``mlock``); the bytes of address space released."""
+    found = mappings(files)
+    if not found:  # nothing mapped, or no /proc (not Linux)
+        return 0
     libc = ctypes.CDLL(None, use_errno=True)
     libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = 0
-    for m in mappings(files):
+    for m in found:
         size = m.end - m.start
         if m.written_kb:
             log.debug("kept %x-%x (%s): %d kB written to", m.start, m.end, m.perms, m.written_kb)
