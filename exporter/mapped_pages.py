@@ -2,12 +2,13 @@
 
 Runtimes map their weight files and read them whole while loading (onnxruntime repacks every
 `MatMulNBits` weight into its own layout; ExecuTorch's loader locks what it maps). Afterwards a
-step reads only a few rows of those files (the embedding lookup), yet every page read during
-loading stays in the process's resident set: 0.27 GB of a 2B int4 ONNX artifact's 1.95 GB
-after the weights were packed. They are clean pages of a file, so the kernel can drop them (``madvise(MADV_DONTNEED)``) and load a page again when a step reads
-it. A private mapping with pages the process wrote to (``Anonymous`` in smaps: copies made on
-write) is left alone: dropping it would lose the writes (a shared mapping loses nothing). Linux
-only (``/proc/self/smaps``); elsewhere nothing happens.
+step reads only part of those files (the embedding rows it looks up; ExecuTorch's float
+constants), yet every page read during loading stays in the process's resident set: 0.27 GB of
+a 2B int4 ONNX artifact's 1.95 GB after the weights were packed. They are clean pages of a
+file, so the kernel can drop them (``madvise(MADV_DONTNEED)``) and load a page again when a
+step reads it. A private mapping with pages the process wrote to (``Anonymous`` in smaps:
+copies made on write) is left alone: dropping it would lose the writes (a shared mapping loses
+nothing). Linux only (``/proc/self/smaps``); elsewhere nothing happens.
 """
 
 from __future__ import annotations
