@@ -76,7 +76,7 @@ class OnnxBackend:
             self.sessions[prog.seq_len] = sess
         # onnxruntime maps the weights file and reads all of it to pack its kernels' layout; a step then
         # reads a few rows of the embedding, so the pages read while loading go back to the kernel
-        release_pages(p for p in Path(artifact_dir).iterdir() if p.is_file())
+        release_pages(Path(artifact_dir) / f.path for f in manifest.files)
         log.info("onnxruntime %s: programs %s", ort.__version__, {n: p.seq_len for n, p in manifest.programs.items()})
 
     def _check_session(self, program: str, sess: ort.InferenceSession) -> None:

@@ -21,7 +21,7 @@ from exporter.step.iospec import build_iospec
 from exporter.targets import get_target
 from exporter.targets.onnx import read_metadata
 from rgmobile.cli import app
-from rgmobile.export import ExportOptions
+from rgmobile.export import ExportOptions, export
 from runtime_py.generate import generate
 from runtime_py.onnx_backend import open_artifact
 from runtime_py.tokenizer import Tokenizer
@@ -89,17 +89,19 @@ def test_cli_export_shares_external_weights(cli_artifact: Path, onnx_artifact: P
     assert sizes["decode.onnx"] < 0.2 * inline["decode.onnx"]
 
 
-def test_backend_gives_back_the_pages_read_while_loading(cli_artifact: Path) -> None:
-    """onnxruntime maps the weights file and reads it whole to pack its kernels' layout; the
-    backend then lets the kernel drop those clean pages (exporter/mapped_pages.py): the file stays
-    mapped, nothing of it resident until a step reads it (the parity test above steps after it)."""
-    weights = cli_artifact / "weights.bin"
-    backend = open_artifact(cli_artifact, read_manifest(cli_artifact), threads=1)
+def test_backend_gives_back_the_pages_read_while_loading(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """onnxruntime maps an int4 artifact's weights file and reads it to pack its kernels' layout;
+    pages it read and did not copy stay resident (72–76 kB of this tiny file without the release,
+    measured). The backend lets the kernel drop those clean pages (exporter/mapped_pages.py): the
+    file stays mapped, nothing of it resident until a step reads it. Steps after the release are
+    checked against the eager model with the graph's integers in tests/test_quant_onnx.py (its
+    backend releases the same pages)."""
+    out = tmp_path / "int4"
+    export(ExportOptions(out=out, checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, quant="int4",
+                         external_data="always"))  # fmt: skip
+    weights = out / "weights.bin"
+    backend = open_artifact(out, read_manifest(out), threads=1)
     assert mapping_kb(weights, "Size") > 0 and mapping_kb(weights, "Rss") == 0
-    state = backend.init_state(1)
-    for pos in range(3):
-        _, state = backend.step(np.array([[pos + 5]]), np.array([[pos]]), state)
-    assert mapping_kb(weights, "Rss") <= mapping_kb(weights, "Size")
     del backend
 
 
