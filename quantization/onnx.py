@@ -57,7 +57,9 @@ from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
 from exporter.targets.onnx_external import external_bytes, external_span
+from quantization import onnx_prefill8 as prefill8
 from quantization.onnx_mlas import ort_fake_quantize
+from quantization.onnx_prefill8 import dynamic_int8_node
 from quantization.onnx_store import QuantizedWeight, SpillStore, column_reader, digest, read_rows
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import weight_classes
@@ -296,9 +298,10 @@ def _quantize_gates(
 
 def _quantize_linears(
     graph: onnx.GraphProto, store: SpillStore, scheme: WeightScheme, accuracy_level: int, blocks: dict[int, int],
-    src: GivenIntegers | None = None,
+    src: GivenIntegers | None = None, int8_prefill: bool = False,
 ) -> tuple[int, int]:  # fmt: skip
-    """Every MatMul with a constant 2-D weight -> MatMulNBits. Returns (matmuls, params)."""
+    """Every MatMul with a constant 2-D weight -> MatMulNBits, or with ``int8_prefill`` DynamicQuantizeMatMul
+    over the same integers requantized (quantization/onnx_prefill8.py). Returns (matmuls, params)."""
     matmuls = params = 0
     for node, b in _matmul_weights(graph):
         w = read_rows(b)  # [K, N]
@@ -310,8 +313,11 @@ def _quantize_linears(
             q = src.weight(b.name[: -len("_t")], None, k, n, block)
         else:
             q = store.quantize(column_reader(w), k, n, scheme.bits, block, digest(b))
-        _replace(graph, node, [_nbits_node(graph, store, node.input[0], node.output[0], node.name, b.name, q,
-                                           accuracy_level)])  # fmt: skip
+        if int8_prefill:
+            new = dynamic_int8_node(graph, store, node.input[0], node.output[0], node.name, b.name, q)
+        else:
+            new = _nbits_node(graph, store, node.input[0], node.output[0], node.name, b.name, q, accuracy_level)
+        _replace(graph, node, [new])
         blocks[block] = blocks.get(block, 0) + 1
         matmuls += 1
         params += k * n
@@ -338,9 +344,13 @@ def load_external(proto: onnx.ModelProto) -> None:
 
 def quantize_graph(
     proto: onnx.ModelProto, model: Griffin, recipe: Recipe, store: SpillStore, accuracy_level: int = 0,
-    given: GivenQuantization | None = None,
+    given: GivenQuantization | None = None, int8_prefill: bool = False,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:  # fmt: skip
     """Quantize one exported program graph of ``model`` under ``recipe`` in place; returns (graph, facts).
+
+    ``int8_prefill`` (the prefill graph of ``--prefill-int8``): the block linears become int8
+    ``DynamicQuantizeMatMul`` over the integers the decode graph holds, requantized per output
+    column (quantization/onnx_prefill8.py); the facts then say so under ``prefill_int8``.
 
     Quantized weights go to ``store`` (shared by the graphs of one export); fp32 weights are read
     from wherever the graph keeps them (raw data or external files) one at a time. With ``given``
@@ -349,6 +359,8 @@ def quantize_graph(
     """
     if not 0 <= accuracy_level <= 4:
         raise RgMobileError(f"--accuracy-level must be 0..4, got {accuracy_level}")
+    if int8_prefill and recipe.linears is None:
+        raise RgMobileError(f"--prefill-int8 needs a recipe that quantizes the block linears; {recipe.name} does not")
     src = None
     if given is not None:
         from quantization.onnx_given import GivenIntegers
@@ -377,14 +389,19 @@ def quantize_graph(
                                       "op": "Einsum per head: Split -> MatMulNBits x heads -> Concat"}  # fmt: skip
     if recipe.linears is not None:
         blocks = {}
-        matmuls, params = _quantize_linears(graph, store, recipe.linears, accuracy_level, blocks, src)
+        matmuls, params = _quantize_linears(graph, store, recipe.linears, accuracy_level, blocks, src, int8_prefill)
         if matmuls:
             classes["linears"] = {"bits": recipe.linears.bits, "block_sizes": dict(sorted(blocks.items())),
                                   "matmuls": matmuls, "params": params, "op": "MatMulNBits"}  # fmt: skip
+            if int8_prefill:
+                classes["linears"]["op"] = f"{prefill8.OP} (int8, requantized from these integers)"
     _drop_unused(graph)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     facts = _facts(proto, classes, accuracy_level)
+    if int8_prefill and recipe.linears is not None and "linears" in classes:
+        facts["prefill_int8"] = prefill8.facts(classes["linears"]["matmuls"], classes["linears"]["params"],
+                                               recipe.linears.bits)  # fmt: skip
     if given is not None and src is not None:
         src.check_all_used()
         facts.update(_given_facts(given, len(src.used)))

@@ -26,7 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from exporter.errors import RgMobileError
-from quantization.onnx_mlas import unpack
+from quantization.onnx_mlas import dequantize, unpack
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import Recipe, WeightScheme
 from quantization.shipped import Shipped
@@ -99,13 +99,66 @@ def read_artifact_weights(artifact: Path) -> QuantizedWeights:
     from exporter.artifact.manifest import read_manifest
 
     programs = read_manifest(Path(artifact)).programs
-    read = {name: read_graph_weights(Path(artifact) / p.file) for name, p in programs.items()}
+    files = {name: Path(artifact) / p.file for name, p in programs.items()}
+    read = {name: read_graph_weights(path) for name, path in files.items()}
     first, *rest = read
     for name in rest:
-        diff = differences(read[first], read[name])
+        expected = read[first]
+        if _is_int8_prefill(files[name]):  # its linears are checked against the first graph's integers
+            check_int8_prefill(files[first], files[name])
+            expected = {k: v for k, v in expected.items() if k in read[name]}
+        diff = differences(expected, read[name])
         if diff:
             raise RgMobileError(f"{artifact}: {first} and {name} hold different weights: {diff[0]}")
     return read[first]
+
+
+def _is_int8_prefill(path: Path) -> bool:
+    proto = onnx.load_model(str(path), load_external_data=False)
+    return any(p.key == "rgmobile.prefill_int8" and p.value == "true" for p in proto.metadata_props)
+
+
+def check_int8_prefill(decode: Path, prefill: Path) -> int:
+    """Check that every int8 linear of an ``--prefill-int8`` graph is exactly the requantization of the
+    decode graph's integers for that weight (quantization/onnx_prefill8.py); returns how many were checked."""
+    from quantization.onnx_prefill8 import OP, SUFFIX, requantize
+
+    def graph(path: Path) -> tuple[onnx.ModelProto, Callable[[str], np.ndarray]]:
+        proto = onnx.load_model(str(path), load_external_data=False)
+        inits = {i.name: i for i in proto.graph.initializer}
+
+        def array(name: str) -> np.ndarray:
+            if name not in inits:
+                raise RgMobileError(f"{path.name}: {name} is not an initializer")
+            return numpy_helper.to_array(inits[name], base_dir=str(path.parent))
+
+        return proto, array
+
+    d_proto, d_array = graph(decode)
+    p_proto, p_array = graph(prefill)
+    nbits = {n.input[1]: n for n in d_proto.graph.node if n.op_type == "MatMulNBits"}
+    checked = 0
+    for node in p_proto.graph.node:
+        if node.op_type != OP:
+            continue
+        base = node.input[1].removesuffix(SUFFIX)
+        src = next((n for name, n in nbits.items() if name.removesuffix(f"_Q{_attrs(n)['bits']}") == base), None)
+        if src is None:
+            raise RgMobileError(f"{prefill.name}: int8 weight {node.input[1]} has no MatMulNBits in {decode.name}")
+        a = _attrs(src)
+        packed = d_array(src.input[1]).reshape(a["N"], -1, a["block_size"] * a["bits"] // 8)
+        q, scale = requantize(dequantize(packed, d_array(src.input[2]).reshape(a["N"], -1), a["bits"], a["K"]))
+        if not np.array_equal(p_array(node.input[1]), q) or not np.array_equal(p_array(node.input[2]), scale):
+            raise RgMobileError(
+                f"{prefill.name}: int8 weight {node.input[1]} is not the requantization of {src.input[1]} in "
+                f"{decode.name}"
+            )
+        if np.any(p_array(node.input[3])):
+            raise RgMobileError(f"{prefill.name}: {node.input[3]}: rgmobile writes zero points of 0")
+        checked += 1
+    if not checked:
+        raise RgMobileError(f"{prefill.name}: marked --prefill-int8 but holds no {OP}")
+    return checked
 
 
 def differences(expected: QuantizedWeights, actual: QuantizedWeights) -> list[str]:

@@ -54,6 +54,7 @@ class SpillStore:
         self.path = Path(path)
         self._file = open(self.path, "wb")  # noqa: SIM115  # closed by close()
         self._done: dict[tuple[str, int, int], QuantizedWeight] = {}
+        self._arrays: dict[str, tuple[int, int]] = {}
         self._model = model
         self._param_hashes: dict[str, str] | None = None
 
@@ -99,6 +100,20 @@ class SpillStore:
             spans = self._append(packed), self._append(np.ascontiguousarray(scales, np.float32))
             self._done[(key, bits, block)] = QuantizedWeight(k, n, bits, block, *spans)
         return self._done[(key, bits, block)]
+
+    def put_array(self, array: np.ndarray, key: str) -> tuple[int, int]:
+        """Store any array (e.g. the int8 prefill weights, quantization/onnx_prefill8.py) unless ``key`` was
+        stored; returns its span."""
+        if key not in self._arrays:
+            self._arrays[key] = self._append(array)
+        return self._arrays[key]
+
+    def read(self, span: tuple[int, int], dtype: type[np.generic], shape: tuple[int, ...]) -> np.ndarray:
+        """The bytes of ``span`` (written earlier) as an array."""
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            f.seek(span[0])
+            return np.frombuffer(f.read(span[1]), dtype).reshape(shape)
 
     def initializer(self, name: str, dtype: int, dims: tuple[int, ...], span: tuple[int, int]) -> onnx.TensorProto:
         """A tensor whose bytes are ``span`` of the spill file (inline below 1 KB, as the exporter does)."""

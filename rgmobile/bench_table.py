@@ -39,7 +39,11 @@ def contention_line(entry: dict[str, Any]) -> str:
 def print_bench(data: dict[str, Any], out: Console) -> None:
     """The measurements table, each artifact's time to first token, and the goals table."""
     bw, gemm = data["bandwidth"], data.get("int8_gemm")
-    peak = f"int8 GEMM {gemm['best_ops_per_s'] / 1e9:.0f} GOPS best" if gemm else "int8 GEMM not measured"
+    peak = (
+        f"int8 GEMM {gemm['best_ops_per_s'] / 1e9:.0f} GOPS best ({gemm['kernel'].split(' ')[0]})"
+        if gemm
+        else "int8 GEMM not measured"
+    )
     table = Table(
         title=f"bench: {data['settings']['threads']} thread(s); bandwidth {bw['best_gb_s']:.1f} GB/s best, "
         f"{bw['median_gb_s']:.1f} median; {peak}"

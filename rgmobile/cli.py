@@ -186,6 +186,15 @@ def export(
             "fast kernels; 8-bit weights have no other), 0 = fp32 activations (exact integers, slow for 8-bit)"
         ),
     ] = 4,
+    prefill_int8: Annotated[
+        bool,
+        typer.Option(
+            "--prefill-int8",
+            help="onnx, quantized: the prefill program's block linears as int8 per output column "
+            "(DynamicQuantizeMatMul, the decode integers requantized): faster prefill, a second copy of "
+            "those weights; writes decode.onnx and prefill.onnx",
+        ),
+    ] = False,
     stream_weights: Annotated[
         bool | None,
         typer.Option(
@@ -207,7 +216,7 @@ def export(
         ios=ios, compute_precision=compute_precision, coreml_state=coreml_state,
         random_init=random_init, seed=seed,
         quant=quant, group_size=group_size, embedding_bits=embedding_bits, accuracy_level=accuracy_level,
-        stream_weights=stream_weights,
+        stream_weights=stream_weights, prefill_int8=prefill_int8,
     )  # fmt: skip
     with err.status(f"exporting to {fmt}..."):
         manifest = run_export(options)

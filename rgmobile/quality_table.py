@@ -31,6 +31,10 @@ def print_quality(quality: dict[str, Any], failed: set[str], out: Console) -> No
         ("greedy match", f"mean {m['greedy_match_mean']:.1f}, min {m['greedy_match_min']:.0f} of "
          f"{quality['greedy']['tokens']} tokens", None),
     ]  # fmt: skip
+    if "ppl_increase_pct_after_prompt" in m:  # the second halves, scored after the first halves ran as prompts
+        rows.append(("after a prompt", f"perplexity {m['ppl_increase_pct_after_prompt']:+.2f}%, KL mean "
+                     f"{m['kl_mean_after_prompt']:.2e}, top-1 {fmt_metric(m['top1_agreement_text_after_prompt'])} "
+                     f"({m['tokens_after_prompt']:.0f} tokens)", None))  # fmt: skip
     for label, value, metric in rows:
         limit = quality["thresholds"].get(metric) if metric else None
         bound = QUALITY_METRICS.get(metric or "")

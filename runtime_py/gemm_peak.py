@@ -9,13 +9,22 @@ int8 GEMMs (uint8 or int8 activations times int8/int4 weights), so
 
 is how much of what the cores can do the prefill program gets.
 
-:func:`measure_int8_gemm` times onnxruntime's ``MatMulInteger`` (uint8
-activations [m, k] x int8 weights [k, n] -> int32 [m, n]; the weights are an
-initializer, as in an exported graph) on the CPU execution provider with the
-benchmark's thread count: warm-up runs, then timed repeats; ops/s =
-2·m·k·n / seconds (one multiply and one add per multiply-accumulate). The
-default shape is an MLP projection of RecurrentGemma-2B (width 2560, MLP width
-7680) on a 512-token chunk.
+:func:`measure_int8_gemm` times onnxruntime's two int8 GEMM kernels on the same
+product [m, k] x [k, n], the weights an initializer (prepacked, as in an exported graph),
+on the CPU execution provider with the benchmark's thread count, in alternating rounds:
+
+  MatMulInteger           uint8 activations x int8 weights -> int32;
+  DynamicQuantizeMatMul   float activations quantized per tensor to uint8 x int8 weights
+                          with a scale per output column -> float (what onnxruntime's
+                          dynamic quantization writes; it includes the activation
+                          quantization and the dequantization, so it is not flattered).
+
+The peak is the faster kernel's best run: on a host with AMX (Intel Sapphire Rapids and
+later) MLAS runs the second on the AMX tiles and the first did not reach it (measured
+2026-12-06: 1.2 against 3.5 TOPS at m = 512 on two cores), so a peak of ``MatMulInteger``
+alone understated what the cores can do three-fold. ops/s = 2·m·k·n / seconds (one
+multiply and one add per multiply-accumulate). The default shape is an MLP projection of
+RecurrentGemma-2B (width 2560, MLP width 7680) on a 512-token chunk.
 """
 
 from __future__ import annotations
@@ -35,15 +44,19 @@ log = logging.getLogger(__name__)
 DEFAULT_SHAPE = (512, 2560, 7680)  # (m, k, n)
 
 
+KERNELS = ("MatMulInteger", "DynamicQuantizeMatMul")
+
+
 @dataclass(frozen=True)
 class GemmPeak:
-    """int8 GEMM throughput of this machine.
+    """int8 GEMM throughput of this machine: the faster of onnxruntime's int8 kernels.
 
     Fields:
       threads: onnxruntime intra-op threads.
       m, k, n: the product [m, k] x [k, n] that was timed.
-      samples_seconds: seconds of each timed run.
-      kernel: what ran, with onnxruntime's version.
+      samples_seconds: seconds of each timed run of the faster kernel.
+      kernel: the faster kernel, with onnxruntime's version.
+      kernels: every kernel timed, as (op name, seconds of each timed run), in :data:`KERNELS` order.
     """
 
     threads: int
@@ -52,6 +65,7 @@ class GemmPeak:
     n: int
     samples_seconds: tuple[float, ...]
     kernel: str
+    kernels: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     @property
     def ops(self) -> int:
@@ -68,7 +82,9 @@ class GemmPeak:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": "onnxruntime MatMulInteger, uint8 activations x int8 weights -> int32; ops = 2*m*k*n",
+            "method": "the faster of onnxruntime's int8 GEMM kernels (MatMulInteger: uint8 x int8 -> int32; "
+            "DynamicQuantizeMatMul: float activations quantized per tensor to uint8 x int8 weights with a scale "
+            "per column -> float), timed in alternating rounds; ops = 2*m*k*n",
             "kernel": self.kernel,
             "threads": self.threads,
             "shape": {"m": self.m, "k": self.k, "n": self.n},
@@ -77,28 +93,54 @@ class GemmPeak:
             "best_ops_per_s": float(f"{self.best_ops_per_s:.4g}"),
             "median_ops_per_s": float(f"{self.median_ops_per_s:.4g}"),
             "samples_seconds": [round(s, 6) for s in self.samples_seconds],
+            "kernels": {
+                op: {
+                    "best_ops_per_s": float(f"{self.ops / min(xs):.4g}"),
+                    "median_ops_per_s": float(f"{self.ops / statistics.median(xs):.4g}"),
+                }
+                for op, xs in self.kernels
+            },
         }
 
 
-def _session(k: int, n: int, threads: int, seed: int) -> Any:
+def _session(op: str, k: int, n: int, threads: int, seed: int) -> Any:
+    """A one-node graph of ``op`` with int8 weights [k, n] as an initializer."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = np.random.default_rng(seed).integers(-128, 128, (k, n), dtype=np.int8)
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array(rng.integers(-128, 128, (k, n), dtype=np.int8), "w")]
+    if op == "MatMulInteger":
+        node = helper.make_node("MatMulInteger", ["a", "w"], ["y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:  # onnxruntime's contrib op: a per-tensor dynamic quantization of a, a scale per column of w
+        weights += [
+            numpy_helper.from_array((rng.random(n, dtype=np.float32) + 0.5) / 128, "w_scale"),
+            numpy_helper.from_array(np.zeros(n, np.int8), "w_zero"),
+        ]
+        node = helper.make_node("DynamicQuantizeMatMul", ["a", "w", "w_scale", "w_zero"], ["y"], domain="com.microsoft")
+        a_type = y_type = TensorProto.FLOAT
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
-        "int8_gemm_peak",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", k])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, ["m", n])],
-        [numpy_helper.from_array(weights, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        [node], "int8_gemm_peak",
+        [helper.make_tensor_value_info("a", a_type, ["m", k])],
+        [helper.make_tensor_value_info("y", y_type, ["m", n])],
+        weights,
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     onnx.checker.check_model(model)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _feed(op: str, m: int, k: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed + 1)
+    if op == "MatMulInteger":
+        return {"a": rng.integers(0, 256, (m, k), dtype=np.uint8)}
+    return {"a": rng.standard_normal((m, k), dtype=np.float32)}
 
 
 def measure_int8_gemm(
@@ -110,7 +152,8 @@ def measure_int8_gemm(
     warmup: int = 3,
     seed: int = 0,
 ) -> GemmPeak:
-    """Time ``repeats`` int8 products [m, k] x [k, n] after ``warmup`` untimed ones."""
+    """Time ``repeats`` int8 products [m, k] x [k, n] per kernel after ``warmup`` untimed ones,
+    the kernels alternating run by run (a shared machine's noise falls on both)."""
     if threads < 1 or repeats < 1 or warmup < 0 or min(m, k, n) < 1:
         raise RgMobileError(
             f"int8 GEMM peak: need threads >= 1, repeats >= 1, warmup >= 0 and a positive shape; "
@@ -122,19 +165,23 @@ def measure_int8_gemm(
         raise RgMobileError(
             "the int8 GEMM peak needs onnxruntime (pip install onnxruntime), or pass --gemm-m 0"
         ) from None
-    session = _session(k, n, threads, seed)
-    feed = {"a": np.random.default_rng(seed + 1).integers(0, 256, (m, k), dtype=np.uint8)}
+    sessions = {op: _session(op, k, n, threads, seed) for op in KERNELS}
+    feeds = {op: _feed(op, m, k, seed) for op in KERNELS}
     for _ in range(warmup):
-        session.run(None, feed)
-    samples = []
+        for op in KERNELS:
+            sessions[op].run(None, feeds[op])
+    samples: dict[str, list[float]] = {op: [] for op in KERNELS}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        samples.append(time.perf_counter() - t0)
-    kernel = f"MatMulInteger u8s8 (CPUExecutionProvider, onnxruntime {ort.__version__})"
-    result = GemmPeak(threads, m, k, n, tuple(samples), kernel)
+        for op in KERNELS:
+            t0 = time.perf_counter()
+            sessions[op].run(None, feeds[op])
+            samples[op].append(time.perf_counter() - t0)
+    best = min(KERNELS, key=lambda op: min(samples[op]))
+    kernel = f"{best} (CPUExecutionProvider, onnxruntime {ort.__version__})"
+    result = GemmPeak(threads, m, k, n, tuple(samples[best]), kernel, tuple((op, tuple(samples[op])) for op in KERNELS))
     log.info(
-        "int8 GEMM %dx%dx%d (%d threads): best %.3g ops/s, median %.3g ops/s",
-        m, k, n, threads, result.best_ops_per_s, result.median_ops_per_s,
+        "int8 GEMM %dx%dx%d (%d threads): best %.3g ops/s, median %.3g ops/s (%s); %s",
+        m, k, n, threads, result.best_ops_per_s, result.median_ops_per_s, best,
+        ", ".join(f"{op} best {result.ops / min(xs):.3g}" for op, xs in samples.items()),
     )  # fmt: skip
     return result

@@ -18,6 +18,11 @@ fed the same tokens (teacher forcing):
               run in the backend's own steps (prefill chunks, then t = 1), so every sequence
               crosses the attention window several times; ppl = exp(mean NLL), artifact and
               reference, and the increase in percent.
+  after a prompt  the first half of each sequence run as a prompt (whole prefill chunks through the
+              prefill program, as ``generate`` runs one), the second half teacher-forced after it:
+              perplexity increase, KL and top-1 there (``*_after_prompt``; reported, no threshold).
+              The metrics above run artifacts whose prefill returns the last position's logits
+              one position at a time, so only these score what the prefill program leaves in the state.
   greedy      from the first ``prompt_tokens`` of ``greedy_prompts`` pieces, both sides continue
               greedily for ``greedy_tokens``; the identical prefix length (mean and min).
 """
@@ -191,15 +196,37 @@ def text_metrics(artifact: Backend, reference: Backend, seqs: list[list[int]]) -
     """
     if not seqs:
         raise RgMobileError("quality: the held-out text has no tokens")
-    stats = _Stats()
+    stats, prefilled = _Stats(), _Stats()
     for k, seq in enumerate(seqs):
         # every position's logits, in each backend's own step lengths (t = 1 steps for an artifact
         # whose programs return the last position's logits only)
         la, _ = run_tokens(artifact, seq[:-1], artifact.init_state(1))
         lr, _ = run_tokens(reference, seq[:-1], reference.init_state(1))
         stats.add(la, lr, np.asarray(seq[1:], np.int64))
+        half = len(seq) // 2
+        if half >= 2:  # the first half as a prompt (prefill chunks), the second half scored after it
+            la, _ = _after_prompt(artifact, seq, half)
+            lr, _ = _after_prompt(reference, seq, half)
+            prefilled.add(la, lr, np.asarray(seq[half + 1 :], np.int64))
         log.info("quality: sequence %d/%d (%d tokens)", k + 1, len(seqs), len(seq) - 1)
-    return stats.metrics(), stats.n
+    metrics = stats.metrics()
+    if prefilled.n:
+        after = prefilled.metrics()
+        metrics.update({f"{m}{PREFILLED}": after[m] for m in PREFILLED_METRICS})
+        metrics[f"tokens{PREFILLED}"] = prefilled.n
+    return metrics, stats.n
+
+
+PREFILLED = "_after_prompt"
+PREFILLED_METRICS = ("ppl_increase_pct", "kl_mean", "top1_agreement_text")
+
+
+def _after_prompt(backend: Backend, seq: list[int], half: int) -> tuple[np.ndarray, Any]:
+    """Logits of seq[half:-1] teacher-forced after seq[:half] ran as a prompt: its whole prefill chunks
+    through the prefill program (the positions teacher forcing runs one at a time for an artifact
+    whose prefill returns the last logits only), so the prefill program's state is what gets scored."""
+    _, state = run_tokens(backend, seq[:half], backend.init_state(1), all_logits=False)
+    return run_tokens(backend, seq[half:-1], state, start=half)
 
 
 def quality_report(

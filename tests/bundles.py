@@ -4,7 +4,8 @@
 the default recipe) and packaged for android by ``rgmobile package``. ``ios_onnx_bundles``: the same
 artifacts packaged for ios (built only when a test asks for them). Both are exported with the defaults:
 one ``step.onnx`` for decode and prefill. ``per_length_bundles``: the fp32 export with
-``--graph-per-length`` (``decode.onnx`` and ``prefill.onnx``), packaged for each app. Exporting takes
+``--graph-per-length`` (``decode.onnx`` and ``prefill.onnx``), packaged for each app; ``prefill8_bundles``:
+the int4 export with ``--prefill-int8`` (its prefill graph's linears int8 DynamicQuantizeMatMul). Exporting takes
 ~35 s (int4 longer) and packaging validates each artifact and runs the reference for its self-test, so the artifacts are
 exported once and each bundle is written once.
 """
@@ -21,18 +22,23 @@ from rgmobile.package.bundle import PackageOptions, package
 
 PRECISIONS = {"fp32": "none", "int4": "int4"}
 PER_LENGTH = "per_length"  # the fp32 artifact exported with --graph-per-length (per_length_bundles)
+PREFILL8 = "prefill8"  # the int4 artifact exported with --prefill-int8 (prefill8_bundles)
 _ARTIFACTS: dict[str, Path] = {}
 _BUNDLES: dict[tuple[str, str], Path] = {}
 
 
 def bundled_onnx_artifact(root: Path, precision: str) -> Path:
-    """The bundled model exported to ONNX at ``precision`` ("fp32", "int4", or "per_length": fp32 with
-    ``--graph-per-length``, ``decode.onnx`` and ``prefill.onnx``), once per session."""
+    """The bundled model exported to ONNX at ``precision`` ("fp32", "int4", "per_length": fp32 with
+    ``--graph-per-length``, ``decode.onnx`` and ``prefill.onnx``, or "prefill8": int4 with ``--prefill-int8``),
+    once per session."""
     if precision not in _ARTIFACTS:
         out = root / f"brown-small-onnx-{precision}"
-        split = precision == PER_LENGTH
-        quant = "none" if split else PRECISIONS[precision]
-        export(ExportOptions(out=out, format="onnx", quant=quant, one_program=False if split else None))
+        if precision == PREFILL8:
+            export(ExportOptions(out=out, format="onnx", quant="int4", prefill_int8=True))
+        else:
+            split = precision == PER_LENGTH
+            quant = "none" if split else PRECISIONS[precision]
+            export(ExportOptions(out=out, format="onnx", quant=quant, one_program=False if split else None))
         _ARTIFACTS[precision] = out
     return _ARTIFACTS[precision]
 
@@ -73,6 +79,13 @@ def per_length_bundles(bundle_root: Path) -> dict[str, Path]:
     """{"android": bundle, "ios": bundle}: the bundled model exported to ONNX fp32 with
     ``--graph-per-length`` (``decode.onnx`` and ``prefill.onnx``), packaged for each app."""
     return {target: bundled_onnx_bundle(bundle_root, PER_LENGTH, target) for target in ("android", "ios")}
+
+
+@pytest.fixture(scope="session")
+def prefill8_bundles(bundle_root: Path) -> dict[str, Path]:
+    """{"android": bundle, "ios": bundle}: the bundled model exported to ONNX int4 with ``--prefill-int8``
+    (``decode.onnx`` with MatMulNBits, ``prefill.onnx`` with int8 DynamicQuantizeMatMul), packaged for each app."""
+    return {target: bundled_onnx_bundle(bundle_root, PREFILL8, target) for target in ("android", "ios")}
 
 
 def widen_a_state_dim(bundle: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundles import bundle_root, ios_onnx_bundles, onnx_bundles, per_length_bundles  # noqa: F401  # session fixtures (phone bundles)
+from bundles import bundle_root, ios_onnx_bundles, onnx_bundles, per_length_bundles, prefill8_bundles  # noqa: F401  # session fixtures (phone bundles)
 
 from exporter.checkpoint.save import save_hf_folder
 from exporter.config import GriffinConfig, preset

@@ -31,13 +31,15 @@ THREADS = "1"
 
 @pytest.fixture(scope="session")
 def android_bundles(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """{"fp32", "int4", "per_length"}: packaged android bundles ("per_length": fp32 with
-    ``--graph-per-length``; the shared session fixtures; RGMOBILE_BUNDLE_* reuse ready ones)."""
-    given = {p: os.environ.get(f"RGMOBILE_BUNDLE_{p.upper()}") for p in ("fp32", "int4", "per_length")}
+    """{"fp32", "int4", "per_length", "prefill8"}: packaged android bundles ("per_length": fp32 with
+    ``--graph-per-length``; "prefill8": int4 with ``--prefill-int8``; the shared session fixtures;
+    RGMOBILE_BUNDLE_* reuse ready ones)."""
+    given = {p: os.environ.get(f"RGMOBILE_BUNDLE_{p.upper()}") for p in ("fp32", "int4", "per_length", "prefill8")}
     if all(given.values()):
         return {p: Path(str(v)) for p, v in given.items()}
     per_length = request.getfixturevalue("per_length_bundles")["android"]
-    return {**request.getfixturevalue("onnx_bundles"), "per_length": per_length}
+    prefill8 = request.getfixturevalue("prefill8_bundles")["android"]
+    return {**request.getfixturevalue("onnx_bundles"), "per_length": per_length, "prefill8": prefill8}
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +79,7 @@ def python_backend(bundle: Path):  # noqa: ANN201
     return opened.backend, Tokenizer(opened.tokenizer_path)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length", "prefill8"])
 def test_jar_greedy_ids_equal_python(engine_jar: Path, android_bundles: dict[str, Path], precision: str) -> None:
     from runtime_py.generate import generate
 
@@ -85,7 +87,7 @@ def test_jar_greedy_ids_equal_python(engine_jar: Path, android_bundles: dict[str
     selftest = json.loads((bundle / "selftest.json").read_text())
     backend, tok = python_backend(bundle)
     # the default export names one step.onnx for decode and prefill: Python opens one session (JUnit checks Kotlin's)
-    assert len({id(s) for s in backend.sessions.values()}) == (2 if precision == "per_length" else 1)
+    assert len({id(s) for s in backend.sessions.values()}) == (2 if precision in ("per_length", "prefill8") else 1)
     for case in selftest["cases"]:
         n = case["max_new_tokens"]
         assert n >= 2 * selftest["window"]
@@ -111,7 +113,7 @@ def test_jar_without_spinning_threads_gives_the_same_ids(engine_jar: Path, andro
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length", "prefill8"])
 def test_jar_selftest_passes(engine_jar: Path, android_bundles: dict[str, Path], precision: str) -> None:
     bundle = android_bundles[precision]
     tolerances = json.loads((bundle / "selftest.json").read_text())["tolerances"]

@@ -73,11 +73,13 @@ def swift(
     swift_root: Path,
     ios_onnx_bundles: dict[str, Path],
     per_length_bundles: dict[str, Path],
+    prefill8_bundles: dict[str, Path],
     node_ort_lib: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Swift:
-    """The runner, after a release build of the package (CLI and tests); bundles "fp32", "int4", "per_length"."""
-    bundles = {**ios_onnx_bundles, "per_length": per_length_bundles["ios"]}
+    """The runner, after a release build of the package (CLI and tests); bundles "fp32", "int4", "per_length",
+    "prefill8"."""
+    bundles = {**ios_onnx_bundles, "per_length": per_length_bundles["ios"], "prefill8": prefill8_bundles["ios"]}
     run = Swift(bundles, tmp_path_factory.mktemp("swift"), node_ort_lib)
     build = run("swift", "build", *SWIFT_FLAGS, timeout=3600)
     assert build.returncode == 0, f"swift build failed:\n{build.stdout[-4000:]}\n{build.stderr[-2000:]}"
@@ -110,7 +112,8 @@ def test_swift_test_suite(swift: Swift) -> None:
 
 @pytest.mark.parametrize(
     ("precision", "library"),
-    [("fp32", "node"), ("fp32", "system"), ("int4", "node"), ("per_length", "node"), ("per_length", "system")],
+    [("fp32", "node"), ("fp32", "system"), ("int4", "node"), ("per_length", "node"), ("per_length", "system"),
+     ("prefill8", "node")],  # fmt: skip
 )
 def test_cli_greedy_ids_equal_python(swift: Swift, precision: str, library: str) -> None:
     bundle = swift.bundles[precision]
@@ -133,7 +136,7 @@ def test_cli_without_spinning_threads_gives_the_same_ids(swift: Swift) -> None:
     assert got == want
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "per_length", "prefill8"])
 def test_cli_selftest_passes(swift: Swift, precision: str) -> None:
     proc = swift(CLI, str(swift.bundles[precision]), "--selftest")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -113,9 +113,12 @@ def export(
             meta = metadata(model, options, source, name, lengths)
             if store is not None:
                 log.info("quantizing %s with recipe %s", name, recipe.name)
+                int8_prefill = options.prefill_int8 and name == "prefill"
                 protos[name], facts[name] = quantize_graph(
-                    protos[name], model, recipe, store, options.accuracy_level, given
+                    protos[name], model, recipe, store, options.accuracy_level, given, int8_prefill
                 )
+                if int8_prefill:
+                    meta["rgmobile.prefill_int8"] = "true"  # linears without MatMulNBits (onnx_readback)
                 meta["rgmobile.quantization"] = json.dumps(recipe.to_dict(), sort_keys=True)
                 if given is not None:  # the checkpoint's integers, not MLAS's (read back by onnx_readback)
                     meta["rgmobile.quantization.given"] = "true"
@@ -144,7 +147,7 @@ def export(
     return TargetResult(
         programs={name: Program(file_of[name], seq) for name, seq in lens.items()},
         precision=recipe.name if recipe.is_quantized else "fp32",
-        quantization={**recipe.to_dict(), "onnx": facts[next(iter(graphs))]} if recipe.is_quantized else None,
+        quantization=_quantization(recipe, facts, graphs) if recipe.is_quantized else None,
         details={
             "opset": OPSET,
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
@@ -159,6 +162,14 @@ def export(
             },
         },
     )
+
+
+def _quantization(recipe: Any, facts: dict[str, dict[str, Any]], graphs: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``quantization``: the recipe, the first graph's facts, and those of an int8 prefill graph."""
+    out = {**recipe.to_dict(), "onnx": facts[next(iter(graphs))]}
+    if "prefill_int8" in facts.get("prefill", {}):
+        out["onnx_prefill"] = facts["prefill"]
+    return out
 
 
 def _trace(model: Griffin, seq: int, spec: IOSpec, last_logits: bool, max_len: int | None, optimize: bool) -> Any:
