@@ -86,9 +86,9 @@ class ExportOptions:
         eager reference (tests use it to check the integers); 1..3 = fp32/fp16/bf16.
       prefill_int8: ONNX, quantized: the prefill program's block linears as int8 per output column
         (``DynamicQuantizeMatMul``: the decode program's integers requantized, activations quantized
-        per tensor at run time; quantization/onnx_prefill8.py). Prefill 2.7-3.5x faster (2B, two
-        cores with AMX, measured), at the price of a second copy of the block linears (int8) beside
-        the decode graph's. Writes one graph per step length (``decode.onnx``, ``prefill.onnx``).
+        per tensor at run time; quantization/onnx_prefill8.py). Prefill 3.4-3.7x faster (2B, chunk
+        128, two cores, measured 2026-12-06), at the price of a second copy of the block linears
+        (int8) beside the decode graph's, on disk and while the prefill session is open. Writes one graph per step length (``decode.onnx``, ``prefill.onnx``).
       stream_weights: ONNX: trace the step with fake weights and read or make each weight
         one at a time (exporter/targets/onnx_stream.py; a checkpoint through
         exporter/checkpoint/streamed.py), so the fp32 model never exists whole (9B: 34 GB).

@@ -19,11 +19,12 @@ on the CPU execution provider with the benchmark's thread count, in alternating 
                           dynamic quantization writes; it includes the activation
                           quantization and the dequantization, so it is not flattered).
 
-The peak is the faster kernel's best run: on a host with AMX (Intel Sapphire Rapids and
-later) MLAS runs the second on the AMX tiles and the first did not reach it (measured
-2026-12-06: 1.2 against 3.5 TOPS at m = 512 on two cores), so a peak of ``MatMulInteger``
-alone understated what the cores can do three-fold. ops/s = 2·m·k·n / seconds (one
-multiply and one add per multiply-accumulate). The default shape is an MLP projection of
+The peak is the faster kernel's best run. ``DynamicQuantizeMatMul`` is what an
+``--prefill-int8`` prefill program runs (quantization/onnx_prefill8.py); on the Intel Xeon
+with AMX of 2026-12-06 the two measured alike (best 1.7-2.9 against 1.3-2.1 TOPS, medians
+0.8-1.4 TOPS, two cores; the best and the median of one kernel differ by up to 2x on a shared
+host). ops/s = 2·m·k·n / seconds (one multiply and one add per multiply-accumulate).
+The default shape is an MLP projection of
 RecurrentGemma-2B (width 2560, MLP width 7680) on a 512-token chunk.
 """
 
