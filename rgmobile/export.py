@@ -88,7 +88,8 @@ class ExportOptions:
         (``DynamicQuantizeMatMul``: the decode program's integers requantized, activations quantized
         per tensor at run time; quantization/onnx_prefill8.py). Prefill 3.4-3.7x faster (2B, chunk
         128, two cores, measured 2026-12-06), at the price of a second copy of the block linears
-        (int8) beside the decode graph's, on disk and while the prefill session is open. Writes one graph per step length (``decode.onnx``, ``prefill.onnx``).
+        (int8) beside the decode graph's, on disk and while the prefill session is open. Writes
+        one graph per step length (``decode.onnx``, ``prefill.onnx``).
       stream_weights: ONNX: trace the step with fake weights and read or make each weight
         one at a time (exporter/targets/onnx_stream.py; a checkpoint through
         exporter/checkpoint/streamed.py), so the fp32 model never exists whole (9B: 34 GB).
@@ -163,7 +164,7 @@ class ExportOptions:
             return
         if self.format != "onnx":
             raise RgMobileError(f"--prefill-int8 is an onnx option; --format {self.format} has no int8 prefill program")
-        if self.quant_recipe.linears is None:
+        if self.quant_recipe.linears is None and self.checkpoint is None:  # a checkpoint may be quantized
             raise RgMobileError("--prefill-int8 requantizes the block linears' integers: pass --quant int4 or int8")
         if self.prefill_chunk < 2:
             raise RgMobileError("--prefill-int8 needs a prefill program: --prefill-chunk must be >= 2")

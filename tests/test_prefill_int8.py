@@ -180,3 +180,33 @@ def test_quality_after_a_prompt_scores_what_the_prefill_program_leaves(artifact:
     assert n == 3 * 40 and good["tokens_after_prompt"] == 3 * 20
     assert bad["kl_mean"] == good["kl_mean"] and bad["ppl_increase_pct"] == good["ppl_increase_pct"]
     assert bad["kl_mean_after_prompt"] > 3 * good["kl_mean_after_prompt"], (good, bad)
+
+
+def test_a_quantized_checkpoint_exports_with_an_int8_prefill_of_its_own_integers(
+    tmp_path: Path, tiny_tokenizer: Path
+) -> None:
+    """From ``rgmobile quantize`` integers (not round to nearest): the decode graph ships them, the
+    prefill graph their requantization (read-back checks both), through the CLI."""
+    from conftest import tiny_model
+    from given_weights import write_perturbed_checkpoint
+    from typer.testing import CliRunner
+
+    from quantization.onnx_readback import differences
+    from rgmobile.cli import app
+
+    qdir = write_perturbed_checkpoint(tmp_path / "q", tiny_model(), load_recipe("int4"), tiny_tokenizer, seed=7)
+    out = tmp_path / "artifact"
+    args = ["export", str(qdir), "--format", "onnx", "--out", str(out), "--prefill-chunk", str(CHUNK), "--prefill-int8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    given = load_checkpoint(qdir).quantization
+    assert given is not None
+    assert differences(given.weights, read_artifact_weights(out)) == []
+    assert read_manifest(out).quantization["onnx_prefill"]["prefill_int8"]["matmuls"] > 0
+
+
+def test_an_fp32_checkpoint_without_quant_is_refused_before_exporting(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The options cannot tell a quantized checkpoint from an fp32 one; the target refuses the latter."""
+    with pytest.raises(RgMobileError, match="checkpoint is not quantized"):
+        export(ExportOptions(out=tmp_path / "a", checkpoint=tiny_checkpoint, prefill_chunk=CHUNK, prefill_int8=True))
+    assert not (tmp_path / "a").exists()

@@ -44,6 +44,7 @@ import torch
 
 from exporter import __version__
 from exporter.artifact.manifest import Program
+from exporter.errors import RgMobileError
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule, any_length, example_inputs
 from exporter.targets import TargetResult
@@ -85,6 +86,8 @@ def export(
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     mode = options.external_data
     recipe = given.recipe if given is not None else options.quant_recipe
+    if options.prefill_int8 and recipe.linears is None:  # an fp32 checkpoint without --quant
+        raise RgMobileError("--prefill-int8: the checkpoint is not quantized and --quant is none; pass --quant int4")
     external = mode == "always" or (mode == "auto" and (weight_bytes > PROTO_LIMIT or recipe.is_quantized))
     streamed: Source | None = None
     if weights is not None:  # the graph's initializers are the step module's: model.<parameter>
