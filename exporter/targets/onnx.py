@@ -25,7 +25,9 @@ exporter's external data, so a 2B export never holds an fp32 copy; from a quanti
 checkpoint, its own integers and scales unchanged instead), and keep their weights
 in the shared ``weights.bin`` by default (``external_data="auto"``): tensors with the
 same bytes are stored once, including the embedding and the head, which read the same
-quantized integers through differently shaped initializers.
+quantized integers through differently shaped initializers. ``--prefill-int8`` (two graphs) gives
+the prefill graph int8 ``DynamicQuantizeMatMul`` linears over the decode integers requantized
+(quantization/onnx_prefill8.py); the manifest then records its facts as ``quantization.onnx_prefill``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from exporter.targets import TargetOptions, WeightsOf
     from exporter.targets.onnx_stream import Source
     from quantization.qweights import GivenQuantization
+    from quantization.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +170,7 @@ def export(
     )
 
 
-def _quantization(recipe: Any, facts: dict[str, dict[str, Any]], graphs: dict[str, Any]) -> dict[str, Any]:
+def _quantization(recipe: Recipe, facts: dict[str, dict[str, Any]], graphs: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``quantization``: the recipe, the first graph's facts, and those of an int8 prefill graph."""
     out = {**recipe.to_dict(), "onnx": facts[next(iter(graphs))]}
     if "prefill_int8" in facts.get("prefill", {}):
