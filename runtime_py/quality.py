@@ -18,8 +18,9 @@ fed the same tokens (teacher forcing):
               run in the backend's own steps (prefill chunks, then t = 1), so every sequence
               crosses the attention window several times; ppl = exp(mean NLL), artifact and
               reference, and the increase in percent.
-  after a prompt  the first half of each sequence run as a prompt (whole prefill chunks through the
-              prefill program, as ``generate`` runs one), the second half teacher-forced after it:
+  after a prompt  the first half of each of the first ``after_prompt`` sequences (default 2) run as
+              a prompt (whole prefill chunks through the prefill program, as ``generate`` runs
+              one), the second half teacher-forced after it:
               perplexity increase, KL and top-1 there (``*_after_prompt``; reported, no threshold).
               The metrics above run artifacts whose prefill returns the last position's logits
               one position at a time, so only these score what the prefill program leaves in the state.
@@ -59,6 +60,8 @@ class QualityOptions:
       greedy_prompts: sequences whose start is continued greedily on both sides.
       prompt_tokens: tokens of each greedy prompt (BOS included).
       greedy_tokens: length of each greedy continuation.
+      after_prompt: sequences also scored after a prompt (their first half run through the prefill
+        program), from the first; each costs half a sequence of teacher forcing more.
     """
 
     text: Path | None = None
@@ -67,6 +70,7 @@ class QualityOptions:
     greedy_prompts: int = 4
     prompt_tokens: int = 16
     greedy_tokens: int = 32
+    after_prompt: int = 2
 
     def __post_init__(self) -> None:
         if self.max_tokens < 2 or self.seq_len < 2:
@@ -189,10 +193,13 @@ def _greedy(backend: Backend, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def text_metrics(artifact: Backend, reference: Backend, seqs: list[list[int]]) -> tuple[dict[str, float], int]:
+def text_metrics(
+    artifact: Backend, reference: Backend, seqs: list[list[int]], after_prompt: int = 2
+) -> tuple[dict[str, float], int]:
     """(logits, agreement and perplexity metrics, scored positions) of teacher-forced ``seqs`` on both sides.
 
-    ``seqs``: token sequences from :func:`sequences` (each starts with BOS).
+    ``seqs``: token sequences from :func:`sequences` (each starts with BOS); the first ``after_prompt``
+    of them are also scored after a prompt (``*_after_prompt``).
     """
     if not seqs:
         raise RgMobileError("quality: the held-out text has no tokens")
@@ -204,7 +211,7 @@ def text_metrics(artifact: Backend, reference: Backend, seqs: list[list[int]]) -
         lr, _ = run_tokens(reference, seq[:-1], reference.init_state(1))
         stats.add(la, lr, np.asarray(seq[1:], np.int64))
         half = len(seq) // 2
-        if half >= 2:  # the first half as a prompt (prefill chunks), the second half scored after it
+        if half >= 2 and k < after_prompt:  # the first half as a prompt (prefill chunks), the second scored
             la, _ = _after_prompt(artifact, seq, half)
             lr, _ = _after_prompt(reference, seq, half)
             prefilled.add(la, lr, np.asarray(seq[half + 1 :], np.int64))
@@ -240,7 +247,7 @@ def quality_report(
 ) -> QualityReport:
     """Score ``ids`` (held-out text tokens, no BOS) on both backends; see the module docstring."""
     seqs = sequences(ids, manifest.config.bos_id, options.seq_len, options.max_tokens)
-    metrics, scored = text_metrics(artifact, reference, seqs)
+    metrics, scored = text_metrics(artifact, reference, seqs, options.after_prompt)
     matches = []
     for seq in seqs[: options.greedy_prompts]:
         prompt = seq[: options.prompt_tokens]
