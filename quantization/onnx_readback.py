@@ -41,20 +41,27 @@ EMBEDDING = "embed_tokens.weight"
 _GATE = re.compile(r"(?:model\.)?(.+)\.head(\d+)")  # <param>.head<h> (MLAS exports keep the "model." prefix)
 
 
-def read_graph_weights(path: Path) -> QuantizedWeights:
-    """Every quantized weight one ``.onnx`` file (and its external data) holds, by our parameter name."""
-    path = Path(path)
+def _graph(path: Path) -> tuple[onnx.ModelProto, Callable[[str], np.ndarray]]:
+    """(the graph without its external data, a reader of one initializer with its data by name)."""
     proto = onnx.load_model(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if "rgmobile.quantization" not in meta:
-        raise RgMobileError(f"{path.name}: not a quantized rgmobile ONNX graph (no rgmobile.quantization metadata)")
-    recipe = Recipe.from_dict(json.loads(meta["rgmobile.quantization"]), f"{path.name} metadata")
     inits = {i.name: i for i in proto.graph.initializer}
 
     def array(name: str) -> np.ndarray:
         if name not in inits:
             raise RgMobileError(f"{path.name}: {name} is not an initializer")
         return numpy_helper.to_array(inits[name], base_dir=str(path.parent))
+
+    return proto, array
+
+
+def read_graph_weights(path: Path) -> QuantizedWeights:
+    """Every quantized weight one ``.onnx`` file (and its external data) holds, by our parameter name."""
+    path = Path(path)
+    proto, array = _graph(path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "rgmobile.quantization" not in meta:
+        raise RgMobileError(f"{path.name}: not a quantized rgmobile ONNX graph (no rgmobile.quantization metadata)")
+    recipe = Recipe.from_dict(json.loads(meta["rgmobile.quantization"]), f"{path.name} metadata")
 
     out: QuantizedWeights = {}
     heads: dict[str, dict[int, tuple[np.ndarray, np.ndarray, WeightScheme]]] = {}
@@ -123,19 +130,8 @@ def check_int8_prefill(decode: Path, prefill: Path) -> int:
     decode graph's integers for that weight (quantization/onnx_prefill8.py); returns how many were checked."""
     from quantization.onnx_prefill8 import OP, SUFFIX, requantize
 
-    def graph(path: Path) -> tuple[onnx.ModelProto, Callable[[str], np.ndarray]]:
-        proto = onnx.load_model(str(path), load_external_data=False)
-        inits = {i.name: i for i in proto.graph.initializer}
-
-        def array(name: str) -> np.ndarray:
-            if name not in inits:
-                raise RgMobileError(f"{path.name}: {name} is not an initializer")
-            return numpy_helper.to_array(inits[name], base_dir=str(path.parent))
-
-        return proto, array
-
-    d_proto, d_array = graph(decode)
-    p_proto, p_array = graph(prefill)
+    d_proto, d_array = _graph(decode)
+    p_proto, p_array = _graph(prefill)
     nbits = {n.input[1]: n for n in d_proto.graph.node if n.op_type == "MatMulNBits"}
     checked = 0
     for node in p_proto.graph.node:
