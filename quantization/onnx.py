@@ -387,6 +387,7 @@ def quantize_graph(
             classes["rglru_gates"] = {"bits": recipe.rglru_gates.bits, "block_sizes": dict(sorted(blocks.items())),
                                       "matmuls": matmuls, "params": params,
                                       "op": "Einsum per head: Split -> MatMulNBits x heads -> Concat"}  # fmt: skip
+    biases = 0
     if recipe.linears is not None:
         blocks = {}
         matmuls, params = _quantize_linears(graph, store, recipe.linears, accuracy_level, blocks, src, int8_prefill)
@@ -395,13 +396,14 @@ def quantize_graph(
                                   "matmuls": matmuls, "params": params, "op": "MatMulNBits"}  # fmt: skip
             if int8_prefill:
                 classes["linears"]["op"] = f"{prefill8.OP} (int8, requantized from these integers)"
+                biases = prefill8.fold_biases(graph)
     _drop_unused(graph)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     facts = _facts(proto, classes, accuracy_level)
     if int8_prefill and recipe.linears is not None and "linears" in classes:
         facts["prefill_int8"] = prefill8.facts(classes["linears"]["matmuls"], classes["linears"]["params"],
-                                               recipe.linears.bits)  # fmt: skip
+                                               recipe.linears.bits, biases)  # fmt: skip
     if given is not None and src is not None:
         src.check_all_used()
         facts.update(_given_facts(given, len(src.used)))

@@ -102,12 +102,27 @@ def test_rewrites_make_the_program_convertible_and_keep_its_values() -> None:
     exported = export_step(tiny_model(small_config()), 1)
     raw = exported.run_decompositions({})
     assert "aten.alias.default" in coreml_rewrites.unsupported_ops(raw)
-    assert "aten.where.ScalarOther" in coreml_rewrites.unsupported_ops(raw)
     with pytest.raises(RgMobileError, match="no converter"):
         coreml_rewrites.check_convertible(raw)
     program, counts = coreml_rewrites.rewrite_program(exported)
-    assert counts["aten.where.ScalarOther"] == 1 and counts["aten.alias.default"] >= 1
+    assert counts["aten.alias.default"] >= 1
     assert coreml_rewrites.unsupported_ops(program) == []
+
+
+class _SelectScalar(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, -1e30)  # aten.where.ScalarOther: no converter in coremltools 9.0
+
+
+@torch.no_grad()
+def test_where_with_a_scalar_other_is_rewritten_to_the_same_values() -> None:
+    x = torch.tensor([[-2.0, 0.0, 3.0]])
+    exported = torch.export.export(_SelectScalar(), (x,))
+    assert "aten.where.ScalarOther" in coreml_rewrites.unsupported_ops(exported.run_decompositions({}))
+    program, counts = coreml_rewrites.rewrite_program(exported)
+    assert counts == {"aten.where.ScalarOther": 1}
+    assert coreml_rewrites.unsupported_ops(program) == []
+    assert torch.equal(program.module()(x), _SelectScalar()(x))
 
 
 def test_bf16_weights_are_cast_to_fp32() -> None:
@@ -281,13 +296,12 @@ def _program_parity(model, lens: dict[str, int], state: str, steps: int) -> dict
 
 
 def test_pre_conversion_parity_catches_a_broken_rewrite(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parity check can fail: a where-rewrite that forgets to negate the mask is caught."""
+    """The parity check can fail: a reciprocal rewrite that forgets the sign of the power is caught."""
     model = tiny_model(small_config())
 
-    def wrong(graph, node):  # where(c, x, s) -> where(c, s, x): the mask is not inverted
-        cond, x, scalar = node.args
+    def wrong(graph, node):  # reciprocal(x) -> pow(x, 1): x, not 1 / x
         with graph.inserting_before(node):
-            new = graph.call_function(torch.ops.aten.where.ScalarSelf, (cond, scalar, x))
+            new = graph.call_function(torch.ops.aten.pow.Tensor_Scalar, (node.args[0], 1.0))
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
@@ -295,7 +309,7 @@ def test_pre_conversion_parity_catches_a_broken_rewrite(monkeypatch: pytest.Monk
     good = _program_parity(model, {"decode": 1}, "explicit", steps=model.config.window)
     assert good["positions"] > model.config.window  # the ring buffer wraps
     assert good["max_abs_logits"] <= 1e-5 and good["max_state_abs"] <= 1e-5
-    monkeypatch.setitem(coreml_rewrites.REWRITES, torch.ops.aten.where.ScalarOther, wrong)
+    monkeypatch.setitem(coreml_rewrites.REWRITES, torch.ops.aten.reciprocal.default, wrong)
     bad = _program_parity(model, {"decode": 1}, "explicit", steps=2)
     assert bad["max_abs_logits"] > 1e-2
 

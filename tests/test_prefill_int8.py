@@ -80,14 +80,19 @@ def test_the_prefill_graph_holds_int8_linears_the_decode_graph_int4(artifact: Pa
     assert m.precision == "int4" and m.programs["prefill"].seq_len == CHUNK
     model = load_checkpoint(Path(m.source_checkpoint)).model
     linears = len(weight_classes(model)["linears"])
-    ops = {}
+    ops, protos = {}, {}
     for name in ("decode", "prefill"):
-        proto = onnx.load(str(artifact / f"{name}.onnx"), load_external_data=False)
-        ops[name] = [n.op_type for n in proto.graph.node]
+        protos[name] = onnx.load(str(artifact / f"{name}.onnx"), load_external_data=False)
+        ops[name] = [n.op_type for n in protos[name].graph.node]
     assert ops["decode"].count(OP) == 0 and ops["prefill"].count(OP) == linears
+    facts = m.quantization["onnx_prefill"]["prefill_int8"]
+    # the int8 linears add their biases themselves (the op's fifth input), as many as have one
+    modules = dict(model.named_modules())
+    biased = sum(modules[w.removesuffix(".weight")].bias is not None for w in weight_classes(model)["linears"])
+    fifth = sum(len(n.input) == 5 for n in protos["prefill"].graph.node if n.op_type == OP)
+    assert 0 < biased < linears and fifth == biased == facts["biases_in_op"]
     # the head and the gates keep MatMulNBits in both graphs; the linears only in decode
     assert ops["decode"].count("MatMulNBits") == ops["prefill"].count("MatMulNBits") + linears
-    facts = m.quantization["onnx_prefill"]["prefill_int8"]
     assert facts["op"] == OP and facts["bits"] == 8 and facts["matmuls"] == linears
     assert "prefill_int8" not in m.quantization["onnx"]  # the decode graph's facts
     # read-back: the int8 weights are exactly the decode integers requantized; the rest is shared
@@ -118,7 +123,8 @@ def test_the_prefill_program_matches_the_eager_model_with_its_maths(artifact: Pa
     backend = OnnxBackend(artifact, m)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, m.config.vocab_size, (1, 2 * CHUNK))
-    errors: dict[str, list[float]] = {k: [] for k in refs}
+    logits: dict[str, list[float]] = {k: [] for k in refs}
+    states: dict[str, list[float]] = {k: [] for k in refs}
     for label, ref in refs.items():
         sa, sr = backend.init_state(1), ref.init_state(1)
         for c in range(2):
@@ -126,11 +132,17 @@ def test_the_prefill_program_matches_the_eager_model_with_its_maths(artifact: Pa
             pos = np.arange(c * CHUNK, (c + 1) * CHUNK)[None, :]
             la, sa = backend.step(chunk, pos, sa)
             lr, sr = ref.step(chunk, pos, sr)
-            errors[label].append(float(np.abs(la[0, -1] - lr[0, -1]).max()))
+            logits[label].append(float(np.abs(la[0, -1] - lr[0, -1]).max()))
             arrays_a, arrays_r = backend.state_arrays(sa), ref.state_arrays(sr)
-            errors[label].append(max(float(np.abs(arrays_a[k] - arrays_r[k]).max()) for k in arrays_r))
-    assert max(errors["int8"]) < 1e-4, errors  # float rounding (measured ~1e-6)
-    assert min(errors["int4"]) > 10 * max(errors["int8"]), errors  # the reference is the int8 maths, not int4
+            states[label].append(max(float(np.abs(arrays_a[k] - arrays_r[k]).max()) for k in arrays_r))
+    assert max(states["int8"]) < 1e-4, states  # float rounding (measured ~1e-6)
+    # Logits: float rounding too (~1e-6), unless a last-position value lands on the other side of a
+    # per-tensor activation rounding in the last layers (which feed only the head): one step of that
+    # scale moved them by 5e-3 when the graph summed the scan in another order than eager (seen),
+    # still 20x below the int4 maths' distance.
+    assert max(logits["int8"]) < 1e-2, logits
+    assert min(states["int4"]) > 1000 * max(states["int8"]), states  # the reference is the int8 maths, not int4
+    assert min(logits["int4"]) > 0.05, logits
 
 
 def test_validate_passes_the_recipe_thresholds(artifact: Path) -> None:

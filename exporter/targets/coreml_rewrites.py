@@ -10,8 +10,9 @@ program that is handed to ``coremltools.convert``:
   bf16 constants; fp16 compute is applied by coremltools itself, afterwards).
 * ``aten.alias`` (torch 2.13 emits it for no-op slices such as
   ``positions[:, :1]`` at t = 1) -> its input: an identity with no converter.
-* ``aten.where.ScalarOther(c, x, s)`` (``torch.where(mask, scores, -inf)``)
-  has no converter; ``where.ScalarSelf(~c, s, x)`` does and is the same value.
+* ``aten.where.ScalarOther(c, x, s)`` (``torch.where(mask, x, -inf)``; the attention mask
+  was one until it became an additive mask) has no converter; ``where.ScalarSelf(~c, s, x)``
+  does and is the same value.
 * ``aten.gelu(x, approximate="tanh")`` is decomposed (``torch._decomp``) into its
   tanh formula: coremltools 9.0's converter reads ``approximate`` only as a
   positional input, torch.export passes it as a keyword (and a positional string
