@@ -123,8 +123,7 @@ def test_the_prefill_program_matches_the_eager_model_with_its_maths(artifact: Pa
     backend = OnnxBackend(artifact, m)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, m.config.vocab_size, (1, 2 * CHUNK))
-    logits: dict[str, list[float]] = {k: [] for k in refs}
-    states: dict[str, list[float]] = {k: [] for k in refs}
+    errors: dict[str, list[float]] = {k: [] for k in refs}
     for label, ref in refs.items():
         sa, sr = backend.init_state(1), ref.init_state(1)
         for c in range(2):
@@ -132,17 +131,11 @@ def test_the_prefill_program_matches_the_eager_model_with_its_maths(artifact: Pa
             pos = np.arange(c * CHUNK, (c + 1) * CHUNK)[None, :]
             la, sa = backend.step(chunk, pos, sa)
             lr, sr = ref.step(chunk, pos, sr)
-            logits[label].append(float(np.abs(la[0, -1] - lr[0, -1]).max()))
+            errors[label].append(float(np.abs(la[0, -1] - lr[0, -1]).max()))
             arrays_a, arrays_r = backend.state_arrays(sa), ref.state_arrays(sr)
-            states[label].append(max(float(np.abs(arrays_a[k] - arrays_r[k]).max()) for k in arrays_r))
-    assert max(states["int8"]) < 1e-4, states  # float rounding (measured ~1e-6)
-    # Logits: float rounding too (~1e-6), unless a last-position value lands on the other side of a
-    # per-tensor activation rounding in the last layers (which feed only the head): one step of that
-    # scale moved them by 5e-3 when the graph summed the scan in another order than eager (seen),
-    # still 20x below the int4 maths' distance.
-    assert max(logits["int8"]) < 1e-2, logits
-    assert min(states["int4"]) > 1000 * max(states["int8"]), states  # the reference is the int8 maths, not int4
-    assert min(logits["int4"]) > 0.05, logits
+            errors[label].append(max(float(np.abs(arrays_a[k] - arrays_r[k]).max()) for k in arrays_r))
+    assert max(errors["int8"]) < 1e-4, errors  # float rounding (measured ~1e-6)
+    assert min(errors["int4"]) > 10 * max(errors["int8"]), errors  # the reference is the int8 maths, not int4
 
 
 def test_validate_passes_the_recipe_thresholds(artifact: Path) -> None:
