@@ -194,7 +194,7 @@ def _greedy(backend: Backend, prompt: list[int], n: int) -> list[int]:
 
 
 def text_metrics(
-    artifact: Backend, reference: Backend, seqs: list[list[int]], after_prompt: int = 2
+    artifact: Backend, reference: Backend, seqs: list[list[int]], after_prompt: int = QualityOptions.after_prompt
 ) -> tuple[dict[str, float], int]:
     """(logits, agreement and perplexity metrics, scored positions) of teacher-forced ``seqs`` on both sides.
 
