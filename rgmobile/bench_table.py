@@ -72,7 +72,9 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
         if s.get("error") is None and ttft:
             out.print(
                 f"TTFT {s['name']}: {ttft['seconds']:.3g} s for a {ttft['tokens']}-token prompt "
-                f"({ttft.get('prefill_steps', 0)} prefill chunks, {ttft.get('decode_steps', 0)} decode steps)",
+                f"({ttft.get('prefill_steps', 0)} prefill chunks, "
+                + (f"a {ttft['tail_tokens']}-token tail, " if ttft.get("tail_tokens") else "")
+                + f"{ttft.get('decode_steps', 0)} decode steps)",
                 highlight=False,
             )
     for s in data["subjects"]:

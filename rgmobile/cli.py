@@ -154,7 +154,8 @@ def export(
         typer.Option(
             "--one-program/--graph-per-length",
             help="onnx: one graph for every step length up to the chunk (one session, weights packed once; "
-            "the default), or one graph per step length (decode.onnx, prefill.onnx)",
+            "the default), or one graph per step length with a fixed t (decode.onnx, prefill.onnx; "
+            "with --prefill-int8 its prefill graph then runs the chunk only, the remainder as decode steps)",
             show_default=False,
         ),
     ] = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -62,6 +62,11 @@ class ExportOptions:
         session and one packed copy of the weights. False: one graph per step length
         (``decode.onnx``, ``prefill.onnx``). None (default): True for ONNX with a prefill
         program, else False; resolved in ``__post_init__``, so it is a bool afterwards.
+      prefill_any_length: resolved, not set: whether the ONNX prefill program takes any t from 2 to
+        ``prefill_chunk`` (its graph's token dimension symbolic; manifest ``min_seq_len`` 2), so a
+        prompt's remainder after its last whole chunk is one call instead of decode steps. True for
+        ONNX with a prefill program (``step.onnx``, or ``--prefill-int8``'s ``prefill.onnx``)
+        unless ``one_program`` is False (``--graph-per-length``: fixed t per graph).
       tokenizer: SentencePiece model to ship, if not beside the checkpoint.
       external_data: keep weights outside the graph files: "auto" when a graph
         would pass the 2 GB protobuf limit, or "always" / "never" (ONNX).
@@ -89,7 +94,8 @@ class ExportOptions:
         per tensor at run time; quantization/onnx_prefill8.py). Prefill 3.4-3.7x faster (2B, chunk
         128, two cores, measured 2026-12-06), at the price of a second copy of the block linears
         (int8) beside the decode graph's, on disk and while the prefill session is open. Writes
-        one graph per step length (``decode.onnx``, ``prefill.onnx``).
+        two graphs: ``decode.onnx`` (t = 1) and ``prefill.onnx`` (t = 2..chunk, or the chunk
+        alone with ``--graph-per-length``).
       stream_weights: ONNX: trace the step with fake weights and read or make each weight
         one at a time (exporter/targets/onnx_stream.py; a checkpoint through
         exporter/checkpoint/streamed.py), so the fp32 model never exists whole (9B: 34 GB).
@@ -116,6 +122,7 @@ class ExportOptions:
     accuracy_level: int = 4
     stream_weights: bool | None = None
     prefill_int8: bool = False
+    prefill_any_length: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         check_target(self.format)
@@ -142,6 +149,8 @@ class ExportOptions:
                 "Core ML packages return every position's logits"
             )
         self._check_prefill_int8()
+        any_length = self.format == "onnx" and self.prefill_chunk >= 2 and self.one_program is not False
+        object.__setattr__(self, "prefill_any_length", any_length)
         if self.one_program is None:  # the default: one graph wherever there is a choice
             one = self.format == "onnx" and self.prefill_chunk >= 2 and not self.prefill_int8
             object.__setattr__(self, "one_program", one)

@@ -188,27 +188,44 @@ def _settle(subject: Subject, spec: WorkerSpec, swaps: int = 3) -> None:
         subject.decode(token)
 
 
-def _ttft_plan(spec: WorkerSpec) -> tuple[int, int]:
-    """(prefill steps of ``spec.prefill_chunk`` tokens, decode steps) of a ``ttft_tokens``
-    prompt, split as the generation loop splits it (:func:`runtime_py.backend.plan_chunks`:
-    the prefill program's chunks, then decode steps for the remainder)."""
-    if spec.subject != "artifact" or spec.ttft_tokens < 1:
-        return 0, 0
-    steps = plan_chunks(spec.ttft_tokens, (spec.prefill_chunk, 1))
-    chunks = sum(1 for n in steps if n > 1)  # every step longer than 1 is a whole prefill chunk
-    return chunks, len(steps) - chunks
+@dataclass(frozen=True)
+class TtftPlan:
+    """How the generation loop runs a ``ttft_tokens`` prompt (:func:`runtime_py.backend.plan_chunks`):
+    whole prefill chunks, then the remainder as one prefill call (``tail`` tokens, when the prefill
+    program runs that many: a manifest ``min_seq_len``) or as ``steps`` decode steps."""
+
+    chunks: int = 0
+    tail: int = 0
+    steps: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.chunks + self.tail + self.steps == 0
 
 
-def _ttft(spec: WorkerSpec, seconds: dict[str, float]) -> dict[str, Any] | None:
-    chunks, steps = _ttft_plan(spec)
-    if chunks + steps == 0:
+def _ttft_plan(spec: WorkerSpec) -> TtftPlan:
+    if spec.subject != "artifact" or spec.ttft_tokens < 1 or spec.path is None:
+        return TtftPlan()
+    from exporter.artifact.manifest import read_manifest
+
+    programs = read_manifest(Path(spec.path), verify=False).programs.values()
+    prefill = [p.lengths for p in programs if p.seq_len == spec.prefill_chunk]
+    steps = plan_chunks(spec.ttft_tokens, tuple({1, *(prefill[0] if prefill else ())}))
+    chunks = sum(1 for n in steps if n == spec.prefill_chunk > 1)
+    tail = next((n for n in steps if 1 < n < spec.prefill_chunk), 0)
+    return TtftPlan(chunks, tail, len(steps) - chunks - (1 if tail else 0))
+
+
+def _ttft(spec: WorkerSpec, plan: TtftPlan, seconds: dict[str, float]) -> dict[str, Any] | None:
+    if plan.empty:
         return None
     return {
         "tokens": spec.ttft_tokens, "seconds": seconds["prefill"] + seconds["decode"],
-        "prefill_chunk": spec.prefill_chunk, "prefill_steps": chunks, "prefill_seconds": seconds["prefill"],
-        "decode_steps": steps, "decode_seconds": seconds["decode"],
-        "method": "from position 0: the prefill chunks from the empty state, then the remainder's decode steps "
-        "from a synthesised state at their position (one program loaded at a time); model loading excluded",
+        "prefill_chunk": spec.prefill_chunk, "prefill_steps": plan.chunks, "tail_tokens": plan.tail,
+        "prefill_seconds": seconds["prefill"], "decode_steps": plan.steps, "decode_seconds": seconds["decode"],
+        "method": "from position 0: the prefill chunks (and the remainder as one prefill call when the prefill "
+        "program runs its length) from the empty state, then any remainder's decode steps from a synthesised "
+        "state at their position (one program loaded at a time); model loading excluded",
     }  # fmt: skip
 
 
@@ -221,7 +238,7 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
         return {"together": _together(spec)}
     rows: list[dict[str, Any]] = [{"position": p, "prefill": None} for p in spec.positions]
     info: dict[str, Any] = {}
-    chunk, (ttft_chunks, ttft_steps) = spec.prefill_chunk, _ttft_plan(spec)
+    chunk, plan = spec.prefill_chunk, _ttft_plan(spec)
     ttft_ids: np.ndarray | None = None
     ttft_seconds = {"prefill": 0.0, "decode": 0.0}
     phases = _phases(spec)
@@ -256,20 +273,21 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                 log.info("%s at %d: %.3g tok/s decode", spec.subject, p, row["decode"]["tokens_per_s"])
             if do_prefill:
                 row["prefill"] = _prefill(subject, spec, rng)
-        if ttft_chunks + ttft_steps and isinstance(subject, BackendSubject):
+        if not plan.empty and isinstance(subject, BackendSubject):
             if ttft_ids is None:
                 v = subject.config.vocab_size
                 ttft_ids = np.random.default_rng(spec.seed + 1).integers(min(4, v - 1), v, spec.ttft_tokens)
-            prefilled = chunk * ttft_chunks
-            if do_decode and ttft_steps:  # the remainder after the last whole chunk
+            prefilled = chunk * plan.chunks + plan.tail
+            if do_decode and plan.steps:  # a remainder the prefill program does not run
                 subject.set_position(prefilled, spec.seed)
-                ttft_seconds["decode"] = subject.run_steps(ttft_ids[prefilled:], [1] * ttft_steps)
-            if do_prefill and ttft_chunks:
+                ttft_seconds["decode"] = subject.run_steps(ttft_ids[prefilled:], [1] * plan.steps)
+            if do_prefill and prefilled:
                 subject.set_position(0, spec.seed)  # position 0: the empty state
-                ttft_seconds["prefill"] = subject.run_steps(ttft_ids[:prefilled], [chunk] * ttft_chunks)
+                lengths = [chunk] * plan.chunks + ([plan.tail] if plan.tail else [])
+                ttft_seconds["prefill"] = subject.run_steps(ttft_ids[:prefilled], lengths)
         del subject
         gc.collect()
-    ttft = _ttft(spec, ttft_seconds)
+    ttft = _ttft(spec, plan, ttft_seconds)
     if ttft is not None:
         log.info("%s: first token after %d prompt tokens in %.3g s", spec.subject, ttft["tokens"], ttft["seconds"])
     return {**info, "peak_rss_bytes": max_rss_bytes(), "positions": rows, "ttft": ttft}

@@ -1,7 +1,8 @@
 """onnxruntime backend: runs an ONNX artifact from its manifest alone.
 
-One InferenceSession per program file (decode t = 1, prefill t = chunk; one
-session for both when they name one file, ``export --one-program``); programs
+One InferenceSession per program file (decode t = 1, prefill t = chunk, or every t
+from the program's ``min_seq_len`` up; one session for both when they name one file,
+``export --one-program``); programs
 share nothing but the state, which is a dict of OrtValues keyed by IOSpec
 input name. With IO binding the ``present.*`` OrtValues a step returns are
 bound as the next step's ``past_key_values.*`` directly: the state never goes
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from exporter.artifact.manifest import Manifest
+from exporter.artifact.manifest import Manifest, describe_lengths
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.mapped_pages import release_pages
@@ -73,7 +74,8 @@ class OnnxBackend:
                     raise RgMobileError(f"{path}: onnxruntime cannot load program {name!r}: {exc}") from None
                 by_file[prog.file] = sess
             self._check_session(name, sess)
-            self.sessions[prog.seq_len] = sess
+            for t in prog.lengths:  # one t, or every t from the program's min_seq_len (a symbolic token dim)
+                self.sessions[t] = sess
         # onnxruntime maps the weights file and reads all of it to pack its kernels' layout; a step then
         # reads a few rows of the embedding, so the pages read while loading go back to the kernel
         release_pages(Path(artifact_dir) / f.path for f in manifest.files)
@@ -119,7 +121,7 @@ class OnnxBackend:
         t = int(input_ids.shape[1])
         sess = self.sessions.get(t)
         if sess is None:
-            raise RgMobileError(f"onnx artifact runs {self.seq_lens()} tokens per step, not {t}")
+            raise RgMobileError(f"onnx artifact runs {describe_lengths(self.sessions)} tokens per step, not {t}")
         try:
             binding = sess.io_binding()
             binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))

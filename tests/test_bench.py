@@ -8,6 +8,7 @@ one result. Benchmarks are not timed tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ runner = CliRunner()
 SEED = 3
 CHUNK = 4
 POSITIONS = [0, 5, 40]  # fresh, inside the window (16), past a ring wrap
-TTFT = 10  # two prefill chunks of CHUNK, then two decode steps
+TTFT = 10  # two prefill chunks of CHUNK, then the remainder (2) as one prefill call
 
 
 @pytest.fixture(scope="session")
@@ -335,6 +336,26 @@ def test_bench_measures_the_int8_gemm_peak_and_the_prefill_share_of_it(
         assert all(r["prefill_gemm_fraction"] is None for r in subjects[name]["positions"])
 
 
+def test_the_first_token_plan_follows_the_programs_lengths(random_artifact: Path, tmp_path: Path) -> None:
+    """The TTFT prompt splits as generate splits it: whole chunks, then the remainder as one call when the
+    prefill program runs its length (manifest min_seq_len), else decode steps."""
+    from runtime_py.bench_worker import TtftPlan, WorkerSpec, _ttft_plan
+
+    def plan(path: Path, tokens: int) -> TtftPlan:
+        spec = WorkerSpec(subject="artifact", path=str(path), threads=1, positions=(0,), steps=1, warmup=0,
+                          prefill_chunk=CHUNK, prefill_repeats=1, ttft_tokens=tokens)  # fmt: skip
+        return _ttft_plan(spec)
+
+    assert plan(random_artifact, 10) == TtftPlan(chunks=2, tail=2, steps=0)
+    assert plan(random_artifact, 9) == TtftPlan(chunks=2, tail=0, steps=1)  # t = 1 is decode's
+    assert plan(random_artifact, 3) == TtftPlan(chunks=0, tail=3, steps=0)
+    fixed = Path(shutil.copytree(random_artifact, tmp_path / "fixed"))  # as exported before min_seq_len
+    manifest = json.loads((fixed / "manifest.json").read_text())
+    assert manifest["programs"]["prefill"].pop("min_seq_len") == 2
+    (fixed / "manifest.json").write_text(json.dumps(manifest))
+    assert plan(fixed, 10) == TtftPlan(chunks=2, tail=0, steps=2)
+
+
 def test_linear_ops_per_token_of_2b_match_its_published_parameter_count() -> None:
     """2B: 2.68B parameters, 0.66B of them the tied table; nearly all the rest are weight matmuls."""
     from runtime_py.bench import linear_ops_per_token
@@ -355,8 +376,9 @@ def test_bench_times_the_first_token_of_a_long_prompt(
     subjects = {x["name"]: x for x in data["subjects"]}
     ttft = subjects[random_artifact.name]["ttft"]
     assert ttft["tokens"] == TTFT and ttft["prefill_chunk"] == CHUNK
-    assert ttft["prefill_steps"] == TTFT // CHUNK and ttft["decode_steps"] == TTFT % CHUNK  # as generate splits it
-    assert ttft["prefill_seconds"] > 0 and ttft["decode_seconds"] > 0
+    # as generate splits it: the default export's prefill program runs 2..CHUNK, so the remainder is one call
+    assert ttft["prefill_steps"] == TTFT // CHUNK and ttft["tail_tokens"] == TTFT % CHUNK and ttft["decode_steps"] == 0
+    assert ttft["prefill_seconds"] > 0 and ttft["decode_seconds"] == 0
     assert ttft["seconds"] == pytest.approx(ttft["prefill_seconds"] + ttft["decode_seconds"])
     assert all(subjects[b]["ttft"] is None for b in ("transformers", "eager", "gemma"))
     assert f"TTFT {random_artifact.name}" in stdout and "int8 GEMM" in stdout

@@ -13,6 +13,7 @@ from exporter.artifact.manifest import (
     SCHEMA_VERSION,
     Manifest,
     Program,
+    describe_lengths,
     file_entries,
     read_manifest,
     write_manifest,
@@ -103,6 +104,10 @@ def test_directory_programs_are_hashed_file_by_file(tmp_path: Path) -> None:
         (lambda d: d["format_details"].update(data_file=3), "data_file 3 is not listed"),
         (lambda d: d["files"][0].update(sha256="abc"), "64-hex-digit"),
         (lambda d: d.update(prefill_chunk=8), "not the largest program seq_len"),
+        (lambda d: d["programs"]["prefill"].update(min_seq_len=0), "'min_seq_len' must be an integer from 1"),
+        (lambda d: d["programs"]["prefill"].update(min_seq_len=33), "'min_seq_len' must be an integer from 1"),
+        (lambda d: d["programs"]["prefill"].update(min_seq_len=True), "'min_seq_len' must be an integer from 1"),
+        (lambda d: d["programs"]["prefill"].update(min_seq_len=1), "'decode' and 'prefill' both run 1 tokens"),
         (lambda d: d["special_tokens"].pop("eos_id"), "special_tokens needs integer"),
         (lambda d: d["io"]["inputs"][2].update(pair="present.9.key"), "not paired"),
         (lambda d: d["io"]["outputs"][0].update(shape=["batch", "seq", 7]), "logits width 7"),
@@ -113,6 +118,20 @@ def test_schema_errors(tmp_path: Path, change, message: str) -> None:
     _edit(root, change)
     with pytest.raises(RgMobileError, match=message):
         read_manifest(root)
+
+
+def test_a_program_may_run_a_range_of_lengths(tmp_path: Path) -> None:
+    """``min_seq_len``: the prefill program runs any t from it to its seq_len; the manifest lists every
+    length once and finds the program of each; a reader of the older schema sees seq_len as before."""
+    root = _artifact(tmp_path / "r")
+    _edit(root, lambda d: d["programs"]["prefill"].update(min_seq_len=2))
+    m = read_manifest(root)
+    assert m.programs["prefill"] == Program("prefill.onnx", 32, min_seq_len=2)
+    assert m.seq_lens() == tuple(range(32, 0, -1)) and describe_lengths(m.seq_lens()) == "32..1"
+    assert m.program_for(5)[0] == "prefill" and m.program_for(1)[0] == "decode"
+    assert describe_lengths([32, 1]) == "32, 1" and describe_lengths([9, 8, 7, 3, 1]) == "9..7, 3, 1"
+    assert Manifest.from_dict(m.to_dict()) == m
+    assert m.to_dict()["programs"]["prefill"] == {"file": "prefill.onnx", "seq_len": 32, "min_seq_len": 2}
 
 
 def test_not_json_and_missing(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from exporter.model.state import flatten_state
 from exporter.step.step import StepModule, any_length
 from rgmobile.cli import app
 from rgmobile.export import ExportOptions, export
+from runtime_py.backend import plan_chunks
 from runtime_py.open import open_artifact_backend as open_artifact
 from runtime_py.validate import ValidateOptions, validate
 from tests.conftest import tiny_model
@@ -31,7 +32,7 @@ TOL = 1e-4
 
 
 @pytest.mark.parametrize("max_len", [1, 5, 8])
-def test_doubling_scan_equals_the_loop_for_every_length(max_len: int) -> None:
+def test_one_graph_scans_equal_the_loop_for_every_length(max_len: int) -> None:
     gen = torch.Generator().manual_seed(max_len)
     for t in range(1, max_len + 1):
         a = torch.rand(2, t, 6, generator=gen)
@@ -39,6 +40,8 @@ def test_doubling_scan_equals_the_loop_for_every_length(max_len: int) -> None:
         u, h0 = torch.randn(2, t, 6, generator=gen), torch.randn(2, 6, generator=gen)
         want = linear_scan(a, u, h0, None)
         torch.testing.assert_close(linear_scan(a, u, h0, max_len), want, atol=1e-6, rtol=1e-6)
+        # padded to max_len with the identity and unrolled: the loop's sums exactly
+        assert torch.equal(linear_scan(a, u, h0, max_len, padded=True), want)
 
 
 def test_any_length_step_equals_the_per_length_step() -> None:
@@ -79,6 +82,18 @@ def test_one_program_is_the_onnx_default(tmp_path: Path) -> None:
     assert ExportOptions(out=tmp_path / "c", one_program=False).one_program is False  # --graph-per-length
     for fmt in ("executorch", "coreml"):
         assert ExportOptions(out=tmp_path / fmt, format=fmt).one_program is False
+        assert ExportOptions(out=tmp_path / fmt, format=fmt).prefill_any_length is False  # one method per t
+
+
+def test_the_onnx_prefill_program_runs_any_length_unless_graph_per_length(tmp_path: Path) -> None:
+    """The prefill graph's token dimension is symbolic by default (step.onnx, or --prefill-int8's
+    prefill.onnx); --graph-per-length keeps fixed t."""
+    assert ExportOptions(out=tmp_path / "a").prefill_any_length is True
+    assert ExportOptions(out=tmp_path / "b", quant="int4", prefill_int8=True).prefill_any_length is True
+    split = ExportOptions(out=tmp_path / "c", quant="int4", prefill_int8=True, one_program=False)
+    assert split.prefill_any_length is False
+    assert ExportOptions(out=tmp_path / "d", one_program=False).prefill_any_length is False
+    assert ExportOptions(out=tmp_path / "e", prefill_chunk=1).prefill_any_length is False
 
 
 _ARTIFACTS: dict[str, Path] = {}
@@ -104,13 +119,14 @@ def one_artifact(request: pytest.FixtureRequest, one_root: Path, tiny_checkpoint
 
 def test_both_programs_name_one_file_and_share_one_session(one_artifact: Path) -> None:
     manifest = read_manifest(one_artifact)
-    assert {n: (p.file, p.seq_len) for n, p in manifest.programs.items()} == {
-        "decode": ("step.onnx", 1),
-        "prefill": ("step.onnx", CHUNK),
+    assert {n: (p.file, p.seq_len, p.min_seq_len) for n, p in manifest.programs.items()} == {
+        "decode": ("step.onnx", 1, None),
+        "prefill": ("step.onnx", CHUNK, 2),  # any t from 2: a prompt's remainder is one call
     }
     assert not (one_artifact / "decode.onnx").exists() and not (one_artifact / "prefill.onnx").exists()
     backend = open_artifact(one_artifact, manifest)
-    assert backend.seq_lens() == (CHUNK, 1)
+    assert backend.seq_lens() == tuple(range(CHUNK, 0, -1))
+    assert plan_chunks(2 * CHUNK + 3, backend.seq_lens()) == [CHUNK, CHUNK, 3]
     assert len({id(s) for s in backend.sessions.values()}) == 1
     ids_input = backend.sessions[1].get_inputs()[0]
     assert ids_input.shape[1] == "seq"  # symbolic: one graph for every length

@@ -114,26 +114,28 @@ def test_read_back_catches_an_int8_weight_that_is_not_the_requantization(artifac
 
 
 def test_the_prefill_program_matches_the_eager_model_with_its_maths(artifact: Path) -> None:
-    """Two chunks from the empty state: the int8 reference (decode integers requantized, activations per
-    tensor) matches to float rounding; the decode maths (int4, fp32 activations) is measurably further."""
+    """Two chunks and a shorter remainder from the empty state: the int8 reference (decode integers
+    requantized, activations per tensor) matches to float rounding; the decode maths (int4, fp32
+    activations) is measurably further."""
     m = read_manifest(artifact)
     model = load_checkpoint(Path(m.source_checkpoint)).model
     int4 = ort_reference(model, load_recipe("int4"))
     refs = {"int8": TorchBackend(dynamic_int8_reference(int4)), "int4": TorchBackend(int4)}
     backend = OnnxBackend(artifact, m)
+    assert m.programs["prefill"].lengths == range(2, CHUNK + 1)  # its graph runs any t from 2 (padded scan)
     rng = np.random.default_rng(0)
-    ids = rng.integers(3, m.config.vocab_size, (1, 2 * CHUNK))
+    ids = rng.integers(3, m.config.vocab_size, (1, 3 * CHUNK))
     errors: dict[str, list[float]] = {k: [] for k in refs}
     for label, ref in refs.items():
-        sa, sr = backend.init_state(1), ref.init_state(1)
-        for c in range(2):
-            chunk = ids[:, c * CHUNK : (c + 1) * CHUNK]
-            pos = np.arange(c * CHUNK, (c + 1) * CHUNK)[None, :]
+        sa, sr, start = backend.init_state(1), ref.init_state(1), 0
+        for n in (CHUNK, CHUNK, CHUNK - 3):  # two whole chunks, then a remainder as one call
+            chunk, pos = ids[:, start : start + n], np.arange(start, start + n)[None, :]
             la, sa = backend.step(chunk, pos, sa)
             lr, sr = ref.step(chunk, pos, sr)
             errors[label].append(float(np.abs(la[0, -1] - lr[0, -1]).max()))
             arrays_a, arrays_r = backend.state_arrays(sa), ref.state_arrays(sr)
             errors[label].append(max(float(np.abs(arrays_a[k] - arrays_r[k]).max()) for k in arrays_r))
+            start += n
     assert max(errors["int8"]) < 1e-4, errors  # float rounding (measured ~1e-6)
     assert min(errors["int4"]) > 10 * max(errors["int8"]), errors  # the reference is the int8 maths, not int4
 

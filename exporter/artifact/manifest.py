@@ -22,9 +22,13 @@ Schema (``schema_version`` 1), all keys required unless marked optional:
   io               IOSpec.to_dict(): names, dtypes, symbolic shapes ("batch", "seq"),
                    roles, state pairs (input <-> output) and init ("zeros").
   programs         {name: {"file": relative path, "seq_len": t, "entry": optional
-                   method/function inside the file}}; "decode" (t = 1) always,
-                   "prefill" (t = prefill_chunk) when prefill_chunk > 1. "seq_len"
-                   binds the symbolic "seq" of the IOSpec for that program.
+                   method/function inside the file, "min_seq_len": optional}}; "decode"
+                   (t = 1) always, "prefill" (t = prefill_chunk) when prefill_chunk > 1.
+                   "seq_len" binds the symbolic "seq" of the IOSpec for that program; with
+                   "min_seq_len" the program runs any t from it to "seq_len" (a graph with a
+                   symbolic token dimension), so a prompt's remainder after the last whole
+                   chunk is one call. No two programs run the same t. Readers that ignore
+                   "min_seq_len" stay correct: they run the remainder as decode steps.
   files            [{"path", "size", "sha256"}] for every file of the artifact except
                    manifest.json itself; a directory (e.g. .mlpackage) is listed
                    file by file.
@@ -44,6 +48,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -97,17 +102,37 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Program:
-    """One exported step: ``seq_len`` tokens per call, read from ``file`` (``entry`` inside it)."""
+    """One exported step: ``seq_len`` tokens per call (with ``min_seq_len``, any t from it to
+    ``seq_len``), read from ``file`` (``entry`` inside it)."""
 
     file: str
     seq_len: int
     entry: str | None = None
+    min_seq_len: int | None = None  # None: seq_len tokens only
+
+    @property
+    def lengths(self) -> range:
+        """Every t this program runs."""
+        return range(self.min_seq_len or self.seq_len, self.seq_len + 1)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.file, "seq_len": self.seq_len}
         if self.entry is not None:
             out["entry"] = self.entry
+        if self.min_seq_len is not None:
+            out["min_seq_len"] = self.min_seq_len
         return out
+
+
+def describe_lengths(lengths: Iterable[int]) -> str:
+    """Step lengths as runs, longest first: "128..2, 1"."""
+    runs: list[list[int]] = []
+    for t in sorted(set(lengths), reverse=True):
+        if runs and runs[-1][1] == t + 1:
+            runs[-1][1] = t
+        else:
+            runs.append([t, t])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
 
 
 @dataclass(frozen=True)
@@ -155,12 +180,15 @@ class Manifest:
 
     def program_for(self, seq_len: int) -> tuple[str, Program]:
         for name, prog in self.programs.items():
-            if prog.seq_len == seq_len:
+            if seq_len in prog.lengths:
                 return name, prog
-        raise RgMobileError(f"manifest: no program runs {seq_len} tokens per step; have {self.seq_lens()}")
+        raise RgMobileError(
+            f"manifest: no program runs {seq_len} tokens per step; have {describe_lengths(self.seq_lens())}"
+        )
 
     def seq_lens(self) -> tuple[int, ...]:
-        return tuple(sorted({p.seq_len for p in self.programs.values()}, reverse=True))
+        """Every step length some program runs, longest first."""
+        return tuple(sorted({t for p in self.programs.values() for t in p.lengths}, reverse=True))
 
     def program_files(self) -> list[str]:
         """The artifact's distinct program files, sorted (one ``step.onnx`` may serve both programs)."""
@@ -263,6 +291,11 @@ class Manifest:
             raise RgMobileError(f"{where}: no program with seq_len 1 (decode)")
         if self.prefill_chunk < 1 or self.prefill_chunk != max(p.seq_len for p in self.programs.values()):
             raise RgMobileError(f"{where}: prefill_chunk {self.prefill_chunk} is not the largest program seq_len")
+        owner: dict[int, str] = {}
+        for name, prog in self.programs.items():
+            for t in prog.lengths:
+                if owner.setdefault(t, name) != name:
+                    raise RgMobileError(f"{where}: programs {owner[t]!r} and {name!r} both run {t} tokens per step")
         for name, prog in self.programs.items():
             if not _covered(prog.file, listed):
                 raise RgMobileError(f"{where}: program {name!r} file {prog.file!r} is not listed in 'files'")
@@ -298,9 +331,13 @@ def _program(name: str, data: Any, where: str) -> Program:
     entry = data.get("entry")
     if entry is not None and not isinstance(entry, str):
         raise RgMobileError(f"{where}: program {name!r} 'entry' must be a string")
+    low = data.get("min_seq_len")
+    if low is not None and (not isinstance(low, int) or isinstance(low, bool) or not 1 <= low <= data["seq_len"]):
+        raise RgMobileError(f"{where}: program {name!r} 'min_seq_len' must be an integer from 1 to its seq_len")
     return Program(
-        file=_safe_relpath(data.get("file"), where, f"program {name!r}"), seq_len=data["seq_len"], entry=entry
-    )
+        file=_safe_relpath(data.get("file"), where, f"program {name!r}"), seq_len=data["seq_len"], entry=entry,
+        min_seq_len=low,
+    )  # fmt: skip
 
 
 def _file_entry(data: Any, where: str) -> FileEntry:

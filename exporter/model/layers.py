@@ -78,6 +78,7 @@ class RGLRU(nn.Module):
         self.recurrent_gate_weight = nn.Parameter(torch.zeros(num_heads, bw, bw))
         self.recurrent_gate_bias = nn.Parameter(torch.zeros(num_heads, bw))
         self.max_len: int | None = None  # see linear_scan; set by exporter.step.step.any_length
+        self.padded_scan = False  # see linear_scan; set by exporter.step.step.any_length
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [b, t, l], positions [b, t], h0 [b, l] fp32 -> (y [b, t, l], h [b, l] fp32)."""
@@ -91,25 +92,34 @@ class RGLRU(nn.Module):
         multiplier = torch.sqrt(1.0 - torch.exp(2.0 * log_a) * keep)
         normalized = (x * gate_x * multiplier).float()
         a = a.float()
-        h = linear_scan(a, normalized, h0, self.max_len)
+        h = linear_scan(a, normalized, h0, self.max_len, self.padded_scan)
         return h.to(x.dtype), h[:, -1]
 
 
-def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor, max_len: int | None) -> torch.Tensor:
+def linear_scan(
+    a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor, max_len: int | None, padded: bool = False
+) -> torch.Tensor:
     """Every h_i = a_i * h_(i-1) + u_i, from h_(-1) = h0: a, u [b, t, l], h0 [b, l] -> [b, t, l].
 
     ``max_len`` None: unrolled over t, which is static when traced (one program per t). An
-    int: a doubling (Hillis-Steele) scan of ceil(log2(max_len)) steps, each composing every
-    position with the one d before it; the same graph serves any t from 1 to ``max_len``.
-    Where t is static the loop is the faster graph: in onnxruntime (2 threads, t = 128,
-    width 2560) the unrolled scan took 0.77 ms, the doubling scan 4.2 ms and a blocked
-    form of it 2.3 ms (measured 2026-12-07): t steps on one row each cost less than a few
-    whole-chunk passes.
+    int: one graph for any t from 1 to ``max_len``, in one of two forms. ``padded``: a and u
+    padded to ``max_len`` (with the identity, a = 1 and u = 0), unrolled over ``max_len``
+    steps and cut back to t: the unrolled scan's sums exactly, at its cost for every t, so
+    for a prefill graph (its t is mostly ``max_len``), not for decode (t = 1 would pay
+    ``max_len`` steps). Otherwise a doubling (Hillis-Steele) scan of ceil(log2(max_len))
+    steps, each composing every position with the one d before it: cheap at t = 1.
+    In onnxruntime (2 threads, t = 128, width 2560) the unrolled scan took 0.77 ms, the
+    doubling scan 4.2 ms and a blocked form of it 2.3 ms (measured 2026-12-07): t steps on
+    one row each cost less than a few whole-chunk passes.
     """
     t = u.shape[1]
+    if max_len is not None and padded:
+        a = nn.functional.pad(a, (0, 0, 0, max_len - t), value=1.0)
+        u = nn.functional.pad(u, (0, 0, 0, max_len - t))
+        return linear_scan(a, u, h0, None)[:, :t]
     if max_len is None:
         h, hs = h0, []
-        for i in range(t):
+        for i in range(u.shape[1]):
             h = a[:, i] * h + u[:, i]
             hs.append(h)
         return torch.stack(hs, dim=1)

@@ -31,19 +31,24 @@ def head_positions(hidden: torch.Tensor, last_logits: bool) -> torch.Tensor:
 
 
 @contextmanager
-def any_length(model: Griffin, max_len: int) -> Iterator[None]:
+def any_length(model: Griffin, max_len: int, padded_scan: bool = False) -> Iterator[None]:
     """Within this block ``model`` computes any step length t from 1 to ``max_len`` with one
-    graph (``layers.linear_scan``, and the ring written by gather at t = 1 as well)."""
+    graph (``layers.linear_scan``, and the ring written by gather at t = 1 as well).
+    ``padded_scan``: the scan unrolled over ``max_len`` steps (a prefill graph's form)."""
     if max_len < 1:
         raise ValueError(f"max_len must be positive, not {max_len}")
     layers = [m for m in model.modules() if isinstance(m, RGLRU | LocalAttention)]
     for m in layers:
         m.max_len = max_len
+        if isinstance(m, RGLRU):
+            m.padded_scan = padded_scan
     try:
         yield
     finally:
         for m in layers:
             m.max_len = None
+            if isinstance(m, RGLRU):
+                m.padded_scan = False
 
 
 class StepModule(nn.Module):

@@ -52,6 +52,8 @@ class TargetOptions(Protocol):
     @property
     def one_program(self) -> bool | None: ...  # ExportOptions resolves its default (None) to a bool
     @property
+    def prefill_any_length(self) -> bool: ...  # the ONNX prefill program runs t = 2..prefill_chunk
+    @property
     def external_data(self) -> str: ...
     @property
     def ios(self) -> int: ...

@@ -28,6 +28,9 @@ same bytes are stored once, including the embedding and the head, which read the
 quantized integers through differently shaped initializers. ``--prefill-int8`` (two graphs) gives
 the prefill graph int8 ``DynamicQuantizeMatMul`` linears over the decode integers requantized
 (quantization/onnx_prefill8.py); the manifest then records its facts as ``quantization.onnx_prefill``.
+That prefill graph serves t = 2..chunk (unless ``--graph-per-length``): its scan is padded to the
+chunk and unrolled, so a whole chunk costs what the fixed-t graph costs and a prompt's remainder
+is one call (manifest ``min_seq_len``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import hashlib
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,10 +86,11 @@ def export(
     lens = {"decode": 1}
     if options.prefill_chunk > 1:
         lens["prefill"] = options.prefill_chunk
-    # graph name -> the t it is traced with, and the largest t it serves (None: that t only)
-    graphs: dict[str, tuple[int, int | None]] = {name: (seq, None) for name, seq in lens.items()}
-    if options.one_program:
-        graphs = {ONE_PROGRAM: (options.prefill_chunk, options.prefill_chunk)}
+    graphs = {name: GraphLengths(seq) for name, seq in lens.items()}
+    if "prefill" in lens and options.prefill_any_length:  # a prefill graph never runs t = 1: the padded scan
+        graphs["prefill"] = GraphLengths(options.prefill_chunk, options.prefill_chunk, padded_scan=True)
+    if options.one_program:  # decode runs through it too: the doubling scan, cheap at t = 1
+        graphs = {ONE_PROGRAM: GraphLengths(options.prefill_chunk, options.prefill_chunk)}
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     mode = options.external_data
     recipe = given.recipe if given is not None else options.quant_recipe
@@ -106,15 +111,15 @@ def export(
 
         store = SpillStore(out_dir / ".quantized.bin", model)
     try:
-        for name, (seq, max_len) in graphs.items():
-            lengths = str(seq) if max_len is None else f"1..{max_len}"  # the step lengths the graph serves
+        for name, graph in graphs.items():
+            lengths = graph.describe()
             log.info("exporting %s (t=%s) to ONNX opset %d", name, lengths, OPSET)
             # quantized graphs always start from external data: the quantizer memory-maps the weights
             raw = out_dir / f".{name}.raw"
             if streamed is not None:
-                protos[name] = _export_graph_streamed(model, seq, spec, raw, last, max_len, streamed)
+                protos[name] = _export_graph_streamed(model, graph, spec, raw, last, streamed)
             else:
-                protos[name] = _export_graph(model, seq, spec, raw, external or store is not None, last, max_len)
+                protos[name] = _export_graph(model, graph, spec, raw, external or store is not None, last)
             _strip_node_metadata(protos[name])
             meta = metadata(model, options, source, name, lengths)
             if store is not None:
@@ -150,8 +155,10 @@ def export(
     for name in protos:
         _check(out_dir / f"{name}.onnx", spec)
     file_of = {name: f"{ONE_PROGRAM if options.one_program else name}.onnx" for name in lens}
+    # a prefill graph with a symbolic t also runs a prompt's remainder (2..chunk); t = 1 stays decode's
+    low = {"prefill": 2} if "prefill" in lens and options.prefill_any_length else {}
     return TargetResult(
-        programs={name: Program(file_of[name], seq) for name, seq in lens.items()},
+        programs={name: Program(file_of[name], seq, min_seq_len=low.get(name)) for name, seq in lens.items()},
         precision=recipe.name if recipe.is_quantized else "fp32",
         quantization=_quantization(recipe, facts, graphs) if recipe.is_quantized else None,
         details={
@@ -160,14 +167,17 @@ def export(
             "onnx_version": onnx.__version__,
             "external_data": SHARED_WEIGHTS if external else None,
             "streamed_weights": streamed is not None,  # traced with fake weights, each written one at a time
-            "symbolic_dims": {
-                "batch": "dynamic",
-                "seq": f"1..{options.prefill_chunk}, one graph for every program"
-                if options.one_program
-                else "fixed per program (programs[*].seq_len)",
-            },
+            "symbolic_dims": {"batch": "dynamic", "seq": _seq_dims(options)},
         },
     )
+
+
+def _seq_dims(options: TargetOptions) -> str:
+    if options.one_program:
+        return f"1..{options.prefill_chunk}, one graph for every program"
+    if options.prefill_chunk > 1 and options.prefill_any_length:
+        return f"decode 1, prefill 2..{options.prefill_chunk} (programs[*].min_seq_len..seq_len)"
+    return "fixed per program (programs[*].seq_len)"
 
 
 def _quantization(recipe: Recipe, facts: dict[str, dict[str, Any]], graphs: dict[str, Any]) -> dict[str, Any]:
@@ -178,17 +188,34 @@ def _quantization(recipe: Recipe, facts: dict[str, dict[str, Any]], graphs: dict
     return out
 
 
-def _trace(model: Griffin, seq: int, spec: IOSpec, last_logits: bool, max_len: int | None, optimize: bool) -> Any:
-    """torch's ONNXProgram of the step at ``seq`` tokens: for that t only, or (``max_len``) for every t up to it."""
+@dataclass(frozen=True)
+class GraphLengths:
+    """The step lengths one graph serves: traced at ``seq`` tokens, for that t only (``max_len``
+    None) or for every t up to ``max_len`` (its token dim symbolic), the RG-LRU scan then padded
+    to ``max_len`` and unrolled (``padded_scan``: a prefill graph) or doubling (a graph decode runs
+    too; exporter.model.layers.linear_scan)."""
+
+    seq: int
+    max_len: int | None = None
+    padded_scan: bool = False
+
+    def describe(self) -> str:
+        return str(self.seq) if self.max_len is None else f"1..{self.max_len}"
+
+
+def _trace(model: Griffin, graph: GraphLengths, spec: IOSpec, last_logits: bool, optimize: bool) -> Any:
+    """torch's ONNXProgram of the step for ``graph``'s step lengths."""
     step = StepModule(model.eval(), last_logits).eval()
-    inputs = example_inputs(model, seq, batch=_EXAMPLE_BATCH)
+    inputs = example_inputs(model, graph.seq, batch=_EXAMPLE_BATCH)
     batch = torch.export.Dim("batch", min=1, max=1024)
     tokens: dict[int, Any] = {0: batch}
-    if max_len is not None:
+    if graph.max_len is not None:
         # traced at t = max_len >= 2: an example of 1 would be specialised as a constant
-        tokens[1] = torch.export.Dim("seq", min=1, max=max_len)
+        tokens[1] = torch.export.Dim("seq", min=1, max=graph.max_len)
     dynamic = (tokens, tokens, tuple({0: batch} for _ in inputs[2:]))
-    lengths = any_length(model, max_len) if max_len is not None else contextlib.nullcontext()
+    lengths = (
+        any_length(model, graph.max_len, graph.padded_scan) if graph.max_len is not None else contextlib.nullcontext()
+    )
     with torch.no_grad(), warnings.catch_warnings(), lengths:
         # Known, harmless: torch's pytree deprecation and the duplicate "batch" axis rename notice.
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -209,10 +236,10 @@ def _trace(model: Griffin, seq: int, spec: IOSpec, last_logits: bool, max_len: i
 
 
 def _export_graph(
-    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, external: bool, last_logits: bool, max_len: int | None
+    model: Griffin, graph: GraphLengths, spec: IOSpec, raw_dir: Path, external: bool, last_logits: bool
 ) -> onnx.ModelProto:
-    """The step traced at ``seq`` tokens (``max_len``: every t up to it), with the model's weights."""
-    program = _trace(model, seq, spec, last_logits, max_len, optimize=True)
+    """The step traced for ``graph``'s step lengths, with the model's weights."""
+    program = _trace(model, graph, spec, last_logits, optimize=True)
     if not external:
         return program.model_proto
     # Let torch write the weights beside the graph, then load the graph without them:
@@ -229,7 +256,7 @@ def _export_graph(
 
 
 def _export_graph_streamed(
-    model: Griffin, seq: int, spec: IOSpec, raw_dir: Path, last_logits: bool, max_len: int | None, source: Source
+    model: Griffin, graph: GraphLengths, spec: IOSpec, raw_dir: Path, last_logits: bool, source: Source
 ) -> onnx.ModelProto:
     """The same graph traced with fake weights; each weight then read from ``source`` and written to
     ``raw_dir`` one at a time (exporter/targets/onnx_stream.py)."""
@@ -240,7 +267,7 @@ def _export_graph_streamed(
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = Griffin(model.config).eval()
-        program = _trace(fake, seq, spec, last_logits, max_len, optimize=False)
+        program = _trace(fake, graph, spec, last_logits, optimize=False)
     weights = optimize_without_weights(program)
     proto = serialize(program)
     del program, fake

@@ -49,10 +49,29 @@ public struct IOSpec: Codable, Equatable {
     public var stateOutputs: [TensorSpec] { outputs.filter { $0.role == "state" } }
 }
 
+/// One program: `seq_len` tokens per call, or with `min_seq_len` any t from it to `seq_len` (a
+/// symbolic token dim, so a prompt's remainder after its last whole chunk is one call).
 public struct Program: Codable, Equatable {
     public let file: String
     public let seq_len: Int
     public let entry: String?
+    public let min_seq_len: Int?
+
+    public init(file: String, seq_len: Int, entry: String? = nil, min_seq_len: Int? = nil) {
+        self.file = file; self.seq_len = seq_len; self.entry = entry; self.min_seq_len = min_seq_len
+    }
+
+    /// Every t this program runs (empty for an invalid min_seq_len, which the manifest check refuses).
+    public var lengths: [Int] { let low = min_seq_len ?? seq_len; return low <= seq_len ? Array(low...seq_len) : [] }
+}
+
+/// Step lengths as runs, longest first: "128..2, 1" (exporter/artifact/manifest.py describe_lengths).
+public func describeLengths(_ lengths: [Int]) -> String {
+    var runs: [(Int, Int)] = []
+    for t in Set(lengths).sorted(by: >) {
+        if let last = runs.last, last.1 == t + 1 { runs[runs.count - 1].1 = t } else { runs.append((t, t)) }
+    }
+    return runs.map { $0.0 == $0.1 ? "\($0.0)" : "\($0.0)..\($0.1)" }.joined(separator: ", ")
 }
 
 public struct FileEntry: Codable, Equatable {
@@ -113,8 +132,8 @@ public struct Manifest: Decodable {
     public var bosId: Int { special_tokens["bos_id"] ?? config.bos_id }
     public var eosId: Int { special_tokens["eos_id"] ?? config.eos_id }
     public var vocabSize: Int { config.vocab_size }
-    /// Step lengths of the programs, largest first.
-    public var seqLens: [Int] { Array(Set(programs.values.map(\.seq_len))).sorted(by: >) }
+    /// Every step length some program runs, largest first.
+    public var seqLens: [Int] { Array(Set(programs.values.flatMap(\.lengths))).sorted(by: >) }
 
     /// Parse and check: refuses a newer schema_version and inconsistent programs/files/io.
     public static func parse(_ data: Data, where path: String) throws -> Manifest {
@@ -140,6 +159,16 @@ public struct Manifest: Decodable {
         }
         if prefill_chunk != programs.values.map(\.seq_len).max() {
             throw RGError("\(path): prefill_chunk \(prefill_chunk) is not the largest program seq_len")
+        }
+        var owner: [Int: String] = [:]
+        for (name, p) in programs.sorted(by: { $0.key < $1.key }) {
+            if let low = p.min_seq_len, !(1...p.seq_len).contains(low) {
+                throw RGError("\(path): program '\(name)' 'min_seq_len' must be an integer from 1 to its seq_len")
+            }
+            for t in p.lengths {
+                if let other = owner[t] { throw RGError("\(path): programs '\(other)' and '\(name)' both run \(t) tokens per step") }
+                owner[t] = name
+            }
         }
         for (name, p) in programs {
             try Manifest.checkRelative(p.file, path)

@@ -21,7 +21,7 @@ public final class OnnxBackend: Backend {
     public let seqLens: [Int]
     public let runtimeVersion: String
     private var byFile: [String: UnsafeMutableRawPointer] = [:]  // program file -> its one session (deinit closes these)
-    private var sessions: [Int: UnsafeMutableRawPointer] = [:]  // seq_len -> the session of its program's file
+    private var sessions: [Int: UnsafeMutableRawPointer] = [:]  // t -> the session of the program file that runs it
     private let io: IOSpec
     private let pairs: [String: String]  // output name -> the input it feeds
 
@@ -56,7 +56,7 @@ public final class OnnxBackend: Backend {
                     }
                 }
                 try OnnxBackend.checkGraph(s, io: io, program: pname, seqLen: prog.seq_len)
-                sessions[prog.seq_len] = s
+                for t in prog.lengths { sessions[t] = s }  // one t, or every t from the program's min_seq_len
             }
         } catch {
             for s in byFile.values { rg_ort_session_close(s) }  // deinit does not run for a failed init
@@ -140,7 +140,7 @@ public final class OnnxBackend: Backend {
 
     public func step(ids: [Int64], positions: [Int64], state: ModelState) throws -> ([Float], ModelState) {
         let t = ids.count
-        guard let session = sessions[t] else { throw RGError("onnx bundle runs \(seqLens) tokens per step, not \(t)") }
+        guard let session = sessions[t] else { throw RGError("onnx bundle runs \(describeLengths(seqLens)) tokens per step, not \(t)") }
         guard let st = state as? OnnxState else { throw RGError("not an onnxruntime state") }
         let idsValue = try ids.withUnsafeBytes { try OnnxBackend.tensor("int64", [1, t], $0.baseAddress) }
         let posValue = try positions.withUnsafeBytes { try OnnxBackend.tensor("int64", [1, t], $0.baseAddress) }

@@ -88,6 +88,37 @@ final class BundleTests: XCTestCase {
         return try JSONSerialization.data(withJSONObject: m)
     }
 
+    private func withMinSeqLen(_ m: [String: Any], _ low: Any?) throws -> Data {
+        var m = m
+        var programs = m["programs"] as! [String: [String: Any]]
+        programs["prefill"]!["min_seq_len"] = low
+        m["programs"] = programs
+        return try JSONSerialization.data(withJSONObject: m)
+    }
+
+    func testAPrefillProgramThatRunsARangeOfLengths() throws {
+        let m = try manifestJSON(try Fixtures.bundle("fp32"))
+        let ranged = try Manifest.parse(withMinSeqLen(m, 2), where: "m")
+        let chunk = ranged.prefill_chunk
+        XCTAssertEqual(ranged.seqLens, Array((1...chunk).reversed()))
+        XCTAssertEqual(planChunks(chunk + 3, seqLens: ranged.seqLens), [chunk, 3])  // the remainder is one call
+        XCTAssertEqual(planChunks(chunk + 3, seqLens: try Manifest.parse(withMinSeqLen(m, nil), where: "m").seqLens),
+                       [chunk, 1, 1, 1])
+        XCTAssertEqual(describeLengths(ranged.seqLens), "\(chunk)..1")
+        XCTAssertEqual(describeLengths([1, 3, 7, 8, 9]), "9..7, 3, 1")
+        for bad: Any in [0, chunk + 1, "2"] {
+            XCTAssertThrowsError(try Manifest.parse(withMinSeqLen(m, bad), where: "m"), "min_seq_len \(bad)")
+        }
+        XCTAssertThrowsError(try Manifest.parse(withMinSeqLen(m, 0), where: "m")) {
+            let msg = ($0 as? RGError)?.message ?? "\($0)"
+            XCTAssertTrue(msg.contains("'min_seq_len' must be an integer from 1 to its seq_len"), msg)
+        }
+        XCTAssertThrowsError(try Manifest.parse(withMinSeqLen(m, 1), where: "m")) {
+            let msg = ($0 as? RGError)?.message ?? "\($0)"
+            XCTAssertTrue(msg.contains("programs 'decode' and 'prefill' both run 1 tokens per step"), msg)
+        }
+    }
+
     func testLogitsOfEveryPositionOrTheLastOnly() throws {
         let m = try manifestJSON(try Fixtures.bundle("fp32"))
         XCTAssertEqual(try Manifest.parse(withLogitsDim(m, "seq"), where: "m").io.outputs[0].shape[1], .symbol("seq"))

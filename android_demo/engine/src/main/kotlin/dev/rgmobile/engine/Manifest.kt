@@ -29,7 +29,20 @@ data class IOSpec(val inputs: List<TensorSpec>, val outputs: List<TensorSpec>) {
     val stateOutputs: List<TensorSpec> get() = outputs.filter { it.role == "state" }
 }
 
-data class Program(val file: String, val seqLen: Int, val entry: String?)
+/** One program: [seqLen] tokens per call, or with [minSeqLen] any t from it to [seqLen] (a symbolic token dim). */
+data class Program(val file: String, val seqLen: Int, val entry: String?, val minSeqLen: Int? = null) {
+    /** Every t this program runs. */
+    val lengths: IntRange get() = (minSeqLen ?: seqLen)..seqLen
+}
+
+/** Step lengths as runs, longest first: "128..2, 1" (exporter/artifact/manifest.py describe_lengths). */
+fun describeLengths(lengths: Collection<Int>): String {
+    val runs = ArrayList<IntArray>()
+    for (t in lengths.distinct().sortedDescending()) {
+        if (runs.isNotEmpty() && runs.last()[1] == t + 1) runs.last()[1] = t else runs.add(intArrayOf(t, t))
+    }
+    return runs.joinToString(", ") { (a, b) -> if (a == b) "$a" else "$a..$b" }
+}
 
 data class FileEntry(val path: String, val size: Long, val sha256: String)
 
@@ -57,7 +70,8 @@ data class Manifest(
     val selftestFile: String?,
     val validationStatus: String?,
 ) {
-    val seqLens: List<Int> get() = programs.values.map { it.seqLen }.distinct().sortedDescending()
+    /** Every step length some program runs, longest first. */
+    val seqLens: List<Int> get() = programs.values.flatMap { it.lengths }.distinct().sortedDescending()
 
     companion object {
         const val SCHEMA_VERSION = 1
@@ -84,7 +98,11 @@ data class Manifest(
                     val o = p.obj(name)
                     val seq = o.int("seq_len")
                     if (seq < 1) fail("$where: program '$name' needs a positive seq_len")
-                    Program(safePath(o.str("file"), where), seq, o.strOrNull("entry"))
+                    val low = o.map["min_seq_len"]?.let { v ->
+                        (v as? Long)?.toInt()?.takeIf { it in 1..seq }
+                            ?: fail("$where: program '$name' 'min_seq_len' must be an integer from 1 to its seq_len")
+                    }
+                    Program(safePath(o.str("file"), where), seq, o.strOrNull("entry"), low)
                 }
             }
             val files = root.objs("files").map { f ->
@@ -159,6 +177,13 @@ data class Manifest(
         if (listed.size != files.size) fail("$where: a file is listed twice in 'files'")
         if (programs.values.none { it.seqLen == 1 }) fail("$where: no program with seq_len 1 (decode)")
         if (prefillChunk != programs.values.maxOf { it.seqLen }) fail("$where: prefill_chunk $prefillChunk is not the largest program seq_len")
+        val owner = HashMap<Int, String>()
+        for ((name, p) in programs) {
+            for (t in p.lengths) {
+                val other = owner.putIfAbsent(t, name)
+                if (other != null) fail("$where: programs '$other' and '$name' both run $t tokens per step")
+            }
+        }
         for ((name, p) in programs) {
             if (p.file !in listed && listed.none { it.startsWith(p.file.trimEnd('/') + "/") }) {
                 fail("$where: program '$name' file '${p.file}' is not listed in 'files'")

@@ -33,7 +33,7 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
     private val io = manifest.io
     private val env: OrtEnvironment = OrtEnvironment.getEnvironment()
     private val byFile = LinkedHashMap<String, OrtSession>() // program file -> its one session (close() closes these)
-    private val sessions = HashMap<Int, OrtSession>() // seq_len -> the session of its program's file
+    private val sessions = HashMap<Int, OrtSession>() // t -> the session of the program file that runs it
     private val outputToInput = io.stateInputs.associate { it.pair!! to it.name }
     private val vocab = manifest.vocabSize
 
@@ -50,7 +50,7 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
             for ((programName, prog) in manifest.programs) {
                 val sess = byFile.getOrPut(prog.file) { openSession(bundle.file(prog.file), programName, opts) }
                 checkGraph(sess, programName, prog.seqLen)
-                sessions[prog.seqLen] = sess
+                for (t in prog.lengths) sessions[t] = sess // one t, or every t from the program's min_seq_len
             }
         } catch (e: RgMobileException) { // the sessions opened before the failing one
             close()
@@ -159,7 +159,7 @@ class OnnxBackend(bundle: Bundle, threads: Int? = null, spin: Boolean = true) : 
 
     override fun step(inputIds: LongArray, positionIds: LongArray, state: State): StepOutput {
         val t = inputIds.size
-        val sess = sessions[t] ?: fail("onnx bundle runs $seqLens tokens per step, not $t")
+        val sess = sessions[t] ?: fail("onnx bundle runs ${describeLengths(seqLens)} tokens per step, not $t")
         require(positionIds.size == t) { "position_ids length ${positionIds.size} != $t" }
         val st = state as? OnnxState ?: fail("state from another backend")
         val shape = longArrayOf(1, t.toLong())

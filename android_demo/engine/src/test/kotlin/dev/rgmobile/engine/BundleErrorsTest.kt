@@ -118,6 +118,32 @@ class BundleErrorsTest {
         }
     }
 
+    /** The fp32 bundle's manifest.json with the prefill program's min_seq_len set to [low] (null: absent). */
+    private fun manifestWithMinSeqLen(low: Any?): String {
+        @Suppress("UNCHECKED_CAST")
+        val m = Json.parse(File(TestBundles.dir("RGMOBILE_BUNDLE_FP32"), Manifest.NAME).readText(), "test") as Map<String, Any?>
+        @Suppress("UNCHECKED_CAST")
+        val prefill = (m["programs"] as Map<String, MutableMap<String, Any?>>)["prefill"]!!
+        if (low == null) prefill.remove("min_seq_len") else prefill["min_seq_len"] = low
+        return Json.write(m)
+    }
+
+    @Test fun `a prefill program that runs a range of lengths`() {
+        val m = Manifest.parse(manifestWithMinSeqLen(2L), "m")
+        val chunk = m.prefillChunk
+        assertEquals((chunk downTo 1).toList(), m.seqLens)
+        assertEquals(listOf(chunk, 3), planChunks(chunk + 3, m.seqLens)) // the remainder is one call
+        assertEquals(listOf(chunk, 1, 1, 1), planChunks(chunk + 3, Manifest.parse(manifestWithMinSeqLen(null), "m").seqLens))
+        assertEquals("$chunk..1", describeLengths(m.seqLens))
+        assertEquals("9..7, 3, 1", describeLengths(listOf(1, 3, 7, 8, 9)))
+        for (bad in listOf<Any>(0L, chunk + 1L, "2", true)) {
+            val e = assertThrows<RgMobileException> { Manifest.parse(manifestWithMinSeqLen(bad), "m") }
+            assertTrue(e.message!!.contains("'min_seq_len' must be an integer from 1 to its seq_len"), e.message)
+        }
+        val e = assertThrows<RgMobileException> { Manifest.parse(manifestWithMinSeqLen(1L), "m") }
+        assertTrue(e.message!!.contains("programs 'decode' and 'prefill' both run 1 tokens per step"), e.message)
+    }
+
     @Test fun `not a bundle`() {
         expect(tmp, "no manifest.json")
     }
