@@ -227,7 +227,10 @@ def export(
     for f in manifest.files:
         table.add_row(f.path, _fmt_bytes(f.size))
     out.print(table)
-    programs = ", ".join(f"{n} t={p.seq_len} ({p.file})" for n, p in manifest.programs.items())
+    programs = ", ".join(
+        f"{n} t={p.seq_len if p.min_seq_len is None else f'{p.min_seq_len}..{p.seq_len}'} ({p.file})"
+        for n, p in manifest.programs.items()
+    )
     out.print(f"programs: {programs}", highlight=False)
     stats = manifest.format_details.get("export_stats")
     if stats:

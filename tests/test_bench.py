@@ -39,6 +39,7 @@ def random_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
         app, ["export", "--random-init", "tiny", "--seed", str(SEED), "--prefill-chunk", str(CHUNK), "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
+    assert f"prefill t=2..{CHUNK} (step.onnx)" in res.output  # the remainder of a prompt runs through it too
     return out
 
 
