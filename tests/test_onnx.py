@@ -22,6 +22,7 @@ from exporter.targets import get_target
 from exporter.targets.onnx import read_metadata
 from rgmobile.cli import app
 from rgmobile.export import ExportOptions, export
+from runtime_py.backend import plan_chunks
 from runtime_py.generate import generate
 from runtime_py.onnx_backend import open_artifact
 from runtime_py.tokenizer import Tokenizer
@@ -112,8 +113,10 @@ def _parity(artifact: Path, checkpoint: Path, decode_steps: int) -> tuple[float,
     chunk, window = manifest.prefill_chunk, manifest.config.window
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, manifest.config.vocab_size, size=2 * chunk + 3).tolist()
-    plan = [chunk, chunk, 1, 1, 1] + [1] * decode_steps  # two chunks, a remainder, then decode
-    assert onnx_be.seq_lens() == (chunk, 1)
+    # two chunks, a remainder of 3 (one call where the prefill program runs t = 2..chunk, else 3 steps), then decode
+    prompt_plan = plan_chunks(len(prompt), onnx_be.seq_lens())
+    assert prompt_plan in ([chunk, chunk, 3], [chunk, chunk, 1, 1, 1]), prompt_plan
+    plan = prompt_plan + [1] * decode_steps
     tokens = prompt + rng.integers(3, manifest.config.vocab_size, size=decode_steps).tolist()
     sa, sr = onnx_be.init_state(1), ref.init_state(1)
     pos, worst_logits, worst_state = 0, 0.0, 0.0
