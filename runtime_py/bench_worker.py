@@ -208,9 +208,8 @@ def _ttft_plan(spec: WorkerSpec) -> TtftPlan:
         return TtftPlan()
     from exporter.artifact.manifest import read_manifest
 
-    programs = read_manifest(Path(spec.path), verify=False).programs.values()
-    prefill = [p.lengths for p in programs if p.seq_len == spec.prefill_chunk]
-    steps = plan_chunks(spec.ttft_tokens, tuple({1, *(prefill[0] if prefill else ())}))
+    # the lengths the artifact's programs run, as generate plans a prompt (spec.prefill_chunk is its chunk)
+    steps = plan_chunks(spec.ttft_tokens, read_manifest(Path(spec.path), verify=False).seq_lens())
     chunks = sum(1 for n in steps if n == spec.prefill_chunk > 1)
     tail = next((n for n in steps if 1 < n < spec.prefill_chunk), 0)
     return TtftPlan(chunks, tail, len(steps) - chunks - (1 if tail else 0))

@@ -119,7 +119,7 @@ def linear_scan(
         return linear_scan(a, u, h0, None)[:, :t]
     if max_len is None:
         h, hs = h0, []
-        for i in range(u.shape[1]):
+        for i in range(t):
             h = a[:, i] * h + u[:, i]
             hs.append(h)
         return torch.stack(hs, dim=1)

@@ -86,8 +86,9 @@ def export(
     lens = {"decode": 1}
     if options.prefill_chunk > 1:
         lens["prefill"] = options.prefill_chunk
+    any_t = "prefill" in lens and options.prefill_any_length  # the prefill program runs t = 2..chunk
     graphs = {name: GraphLengths(seq) for name, seq in lens.items()}
-    if "prefill" in lens and options.prefill_any_length:  # a prefill graph never runs t = 1: the padded scan
+    if any_t:  # a prefill graph never runs t = 1: the padded scan
         graphs["prefill"] = GraphLengths(options.prefill_chunk, options.prefill_chunk, padded_scan=True)
     if options.one_program:  # decode runs through it too: the doubling scan, cheap at t = 1
         graphs = {ONE_PROGRAM: GraphLengths(options.prefill_chunk, options.prefill_chunk)}
@@ -156,7 +157,7 @@ def export(
         _check(out_dir / f"{name}.onnx", spec)
     file_of = {name: f"{ONE_PROGRAM if options.one_program else name}.onnx" for name in lens}
     # a prefill graph with a symbolic t also runs a prompt's remainder (2..chunk); t = 1 stays decode's
-    low = {"prefill": 2} if "prefill" in lens and options.prefill_any_length else {}
+    low = {"prefill": 2} if any_t else {}
     return TargetResult(
         programs={name: Program(file_of[name], seq, min_seq_len=low.get(name)) for name, seq in lens.items()},
         precision=recipe.name if recipe.is_quantized else "fp32",
