@@ -73,7 +73,8 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
             out.print(
                 f"TTFT {s['name']}: {ttft['seconds']:.3g} s for a {ttft['tokens']}-token prompt "
                 f"({ttft.get('prefill_steps', 0)} prefill chunks, "
-                + (f"a {ttft['tail_tokens']}-token tail, " if ttft.get("tail_tokens") else "")
+                + (f"a {ttft['tail_tokens']}-token tail in {len(ttft.get('tail_calls') or [0])} calls, "
+                   if ttft.get("tail_tokens") else "")
                 + f"{ttft.get('decode_steps', 0)} decode steps)",
                 highlight=False,
             )

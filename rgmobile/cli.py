@@ -196,6 +196,13 @@ def export(
             "those weights; writes decode.onnx and prefill.onnx",
         ),
     ] = False,
+    prefill_lengths: Annotated[
+        str,
+        typer.Option(
+            help="executorch: more prefill step lengths beside the chunk, comma-separated (e.g. 16,8,4,2), each "
+            "a method sharing the weights, so a prompt's remainder runs in a few calls instead of decode steps",
+        ),
+    ] = "",
     stream_weights: Annotated[
         bool | None,
         typer.Option(
@@ -218,6 +225,7 @@ def export(
         random_init=random_init, seed=seed,
         quant=quant, group_size=group_size, embedding_bits=embedding_bits, accuracy_level=accuracy_level,
         stream_weights=stream_weights, prefill_int8=prefill_int8,
+        prefill_lengths=_int_list(prefill_lengths, "--prefill-lengths"),
     )  # fmt: skip
     with err.status(f"exporting to {fmt}..."):
         manifest = run_export(options)

@@ -96,6 +96,13 @@ class ExportOptions:
         (int8) beside the decode graph's, on disk and while the prefill session is open. Writes
         two graphs: ``decode.onnx`` (t = 1) and ``prefill.onnx`` (t = 2..chunk, or the chunk
         alone with ``--graph-per-length``).
+      prefill_lengths: ExecuTorch: more prefill step lengths beside the chunk, each a method of its
+        own in the same .pte (``prefill_<t>``; the methods share one copy of the weights). Its
+        methods are traced for one t each, so without them a prompt's remainder after its last
+        whole chunk runs as decode steps; with, e.g., 16, 8, 4, 2 beside a chunk of 32 it runs as at
+        most five calls (the runtimes split a prompt greedily, largest length first). Each in
+        2..``prefill_chunk`` - 1. Empty (default): the chunk and decode only. ONNX's prefill program
+        already runs any t; Core ML's packages have not got them (not built).
       stream_weights: ONNX: trace the step with fake weights and read or make each weight
         one at a time (exporter/targets/onnx_stream.py; a checkpoint through
         exporter/checkpoint/streamed.py), so the fp32 model never exists whole (9B: 34 GB).
@@ -122,6 +129,7 @@ class ExportOptions:
     accuracy_level: int = 4
     stream_weights: bool | None = None
     prefill_int8: bool = False
+    prefill_lengths: tuple[int, ...] = ()
     prefill_any_length: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -149,6 +157,7 @@ class ExportOptions:
                 "Core ML packages return every position's logits"
             )
         self._check_prefill_int8()
+        self._check_prefill_lengths()
         any_length = self.format == "onnx" and self.prefill_chunk >= 2 and self.one_program is not False
         object.__setattr__(self, "prefill_any_length", any_length)
         if self.one_program is None:  # the default: one graph wherever there is a choice
@@ -182,6 +191,30 @@ class ExportOptions:
                 "--prefill-int8 writes one graph per step length (the prefill graph holds other weights); "
                 "drop --one-program"
             )
+
+    def _check_prefill_lengths(self) -> None:
+        lengths = self.prefill_lengths
+        if not lengths:
+            return
+        if self.format != "executorch":
+            why = (
+                "onnx's prefill program already runs any t from 2 to the chunk"
+                if self.format == "onnx"
+                else f"{self.format} exports the chunk and decode programs only"
+            )
+            raise RgMobileError(f"--prefill-lengths is an executorch option; {why}")
+        if self.prefill_chunk < 3:
+            chunk = self.prefill_chunk
+            raise RgMobileError(f"--prefill-lengths lie in 2..chunk - 1; --prefill-chunk {chunk} leaves none")
+        bad = [t for t in lengths if not isinstance(t, int) or not 2 <= t < self.prefill_chunk]
+        if bad:
+            raise RgMobileError(
+                f"--prefill-lengths must be integers in 2..{self.prefill_chunk - 1} (below --prefill-chunk "
+                f"{self.prefill_chunk}), got {', '.join(map(str, bad))}"
+            )
+        if len(set(lengths)) != len(lengths):
+            raise RgMobileError(f"--prefill-lengths lists a length twice: {', '.join(map(str, lengths))}")
+        object.__setattr__(self, "prefill_lengths", tuple(sorted(lengths, reverse=True)))
 
     def _check_stream_weights(self) -> None:
         if self.stream_weights and self.format != "onnx":

@@ -50,10 +50,11 @@ subject:
   fp32_weights_bytes  4 x the config's parameters (tied table once) for artifacts | null
   ttft            time to first token of a long prompt (artifacts; null for baselines or
                   --ttft-tokens 0): {"tokens", "seconds", "prefill_chunk", "prefill_steps",
-                  "tail_tokens" (optional: the remainder run as one prefill call, 0: none),
+                  "tail_tokens" (optional: the remainder run as prefill calls, 0: none),
+                  "tail_calls" (optional: those calls' lengths, e.g. [16, 8] or [31]),
                   "prefill_seconds", "decode_steps", "decode_seconds", "method"}; split as
-                  the generation loop splits a prompt (prefill chunks, the remainder as one
-                  call where the prefill program runs its length, else decode steps)
+                  the generation loop splits a prompt (prefill chunks, the remainder as calls
+                  of the lengths the programs run, longest first, else decode steps)
   contention      (optional; absent from earlier version 2 files) null, or with --busy-core
                   (artifacts; runtime_py.bench_contention): {"position" (the first), "hog" (what kept
                   a core busy), "rows": [{"spin", "busy" (bools), "busy_cores_before" (load sample

@@ -191,16 +191,21 @@ def _settle(subject: Subject, spec: WorkerSpec, swaps: int = 3) -> None:
 @dataclass(frozen=True)
 class TtftPlan:
     """How the generation loop runs a ``ttft_tokens`` prompt (:func:`runtime_py.backend.plan_chunks`):
-    whole prefill chunks, then the remainder as one prefill call (``tail`` tokens, when the prefill
-    program runs that many: a manifest ``min_seq_len``) or as ``steps`` decode steps."""
+    whole prefill chunks, then the remainder as prefill calls shorter than the chunk (``tail``, their
+    lengths: one call where the prefill program runs any t, a manifest ``min_seq_len``; a few where an
+    ExecuTorch export has ``--prefill-lengths``) and ``steps`` decode steps for what is left."""
 
     chunks: int = 0
-    tail: int = 0
+    tail: tuple[int, ...] = ()
     steps: int = 0
 
     @property
     def empty(self) -> bool:
-        return self.chunks + self.tail + self.steps == 0
+        return self.chunks + len(self.tail) + self.steps == 0
+
+    @property
+    def tail_tokens(self) -> int:
+        return sum(self.tail)
 
 
 def _ttft_plan(spec: WorkerSpec) -> TtftPlan:
@@ -211,8 +216,8 @@ def _ttft_plan(spec: WorkerSpec) -> TtftPlan:
     # the lengths the artifact's programs run, as generate plans a prompt (spec.prefill_chunk is its chunk)
     steps = plan_chunks(spec.ttft_tokens, read_manifest(Path(spec.path), verify=False).seq_lens())
     chunks = sum(1 for n in steps if n == spec.prefill_chunk > 1)
-    tail = next((n for n in steps if 1 < n < spec.prefill_chunk), 0)
-    return TtftPlan(chunks, tail, len(steps) - chunks - (1 if tail else 0))
+    tail = tuple(n for n in steps if 1 < n < spec.prefill_chunk)
+    return TtftPlan(chunks, tail, len(steps) - chunks - len(tail))
 
 
 def _ttft(spec: WorkerSpec, plan: TtftPlan, seconds: dict[str, float]) -> dict[str, Any] | None:
@@ -220,10 +225,11 @@ def _ttft(spec: WorkerSpec, plan: TtftPlan, seconds: dict[str, float]) -> dict[s
         return None
     return {
         "tokens": spec.ttft_tokens, "seconds": seconds["prefill"] + seconds["decode"],
-        "prefill_chunk": spec.prefill_chunk, "prefill_steps": plan.chunks, "tail_tokens": plan.tail,
+        "prefill_chunk": spec.prefill_chunk, "prefill_steps": plan.chunks,
+        "tail_tokens": plan.tail_tokens, "tail_calls": list(plan.tail),
         "prefill_seconds": seconds["prefill"], "decode_steps": plan.steps, "decode_seconds": seconds["decode"],
-        "method": "from position 0: the prefill chunks (and the remainder as one prefill call when the prefill "
-        "program runs its length) from the empty state, then any remainder's decode steps from a synthesised "
+        "method": "from position 0: the prefill chunks (and the remainder as prefill calls of the lengths the "
+        "programs run) from the empty state, then any remainder's decode steps from a synthesised "
         "state at their position (one program loaded at a time); model loading excluded",
     }  # fmt: skip
 
@@ -276,13 +282,13 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
             if ttft_ids is None:
                 v = subject.config.vocab_size
                 ttft_ids = np.random.default_rng(spec.seed + 1).integers(min(4, v - 1), v, spec.ttft_tokens)
-            prefilled = chunk * plan.chunks + plan.tail
+            prefilled = chunk * plan.chunks + plan.tail_tokens
             if do_decode and plan.steps:  # a remainder the prefill program does not run
                 subject.set_position(prefilled, spec.seed)
                 ttft_seconds["decode"] = subject.run_steps(ttft_ids[prefilled:], [1] * plan.steps)
             if do_prefill and prefilled:
                 subject.set_position(0, spec.seed)  # position 0: the empty state
-                lengths = [chunk] * plan.chunks + ([plan.tail] if plan.tail else [])
+                lengths = [chunk] * plan.chunks + list(plan.tail)
                 ttft_seconds["prefill"] = subject.run_steps(ttft_ids[:prefilled], lengths)
         del subject
         gc.collect()

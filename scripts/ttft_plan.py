@@ -1,9 +1,10 @@
 """Time to first token of prompts of several lengths, with a prompt's remainder as decode steps
-or as one prefill call, alternating in one process.
+or through the prefill programs, alternating in one process.
 
 A prompt runs as whole prefill chunks and then a remainder. An artifact whose prefill program runs
-any t from 2 to the chunk (manifest ``min_seq_len``) runs the remainder as one call; before, and for
-fixed-length programs, it ran as decode steps. On one loaded artifact each round times both plans
+any t from 2 to the chunk (ONNX, manifest ``min_seq_len``) runs the remainder as one call, an
+ExecuTorch export with ``--prefill-lengths`` as a few calls of those lengths; before, and for
+fixed-length programs without them, it ran as decode steps. On one loaded artifact each round times both plans
 for every length, alternating their order (the first round is warm-up): only the plan differs.
 Prints medians and writes every sample as JSON. Usage:
 
@@ -53,7 +54,7 @@ def main() -> None:
     lengths = [int(x) for x in args.lengths.split(",")]
     plans = {
         "remainder as decode steps": lambda n: plan_chunks(n, (chunk, 1)),
-        "remainder as one call": lambda n: plan_chunks(n, backend.seq_lens()),
+        "remainder through the prefill programs": lambda n: plan_chunks(n, backend.seq_lens()),
     }
     ids = np.random.default_rng(0).integers(3, manifest.config.vocab_size, max(lengths)).astype(np.int64)
     samples: dict[str, dict[str, list[float]]] = {str(n): {p: [] for p in plans} for n in lengths}
@@ -70,6 +71,7 @@ def main() -> None:
             s = samples[str(n)][name]
             steps = plan(n)
             rows.append({"tokens": n, "plan": name, "steps": len(steps), "longest_steps": sorted(steps)[-2:],
+                         "tail_calls": [t for t in steps if 1 < t < chunk],
                          "median_seconds": float(np.median(s)), "seconds": s})  # fmt: skip
             runs = ", ".join(f"{x:.2f}" for x in s)
             print(f"{n} tokens, {name} ({len(steps)} calls): {np.median(s):.2f} s (runs {runs})")

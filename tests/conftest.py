@@ -66,17 +66,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Pa
 
 @pytest.fixture(scope="session")
 def tiny_et_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    """The tiny checkpoint exported with ``rgmobile export --format executorch --prefill-chunk 8``.
+    """The tiny checkpoint exported with ``rgmobile export --format executorch --prefill-chunk 8
+    --prefill-lengths 4,2`` (methods t = 8, 4, 2, 1).
 
-    Lowering takes 1-2 minutes: built once per session, shared by every module that runs a .pte.
+    Lowering takes 2-3 minutes: built once per session, shared by every module that runs a .pte.
     """
     from typer.testing import CliRunner
 
     from rgmobile.cli import app
 
     out = tmp_path_factory.mktemp("et") / "tiny-et"
+    # every position's logits: the tests compare prefill row by row
     args = ["export", str(tiny_checkpoint), "--format", "executorch", "--out", str(out), "--prefill-chunk", "8",
-            "--prefill-logits", "all"]  # every position's logits: the tests compare prefill row by row
+            "--prefill-lengths", "4,2", "--prefill-logits", "all"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out

@@ -347,14 +347,19 @@ def test_the_first_token_plan_follows_the_programs_lengths(random_artifact: Path
                           prefill_chunk=CHUNK, prefill_repeats=1, ttft_tokens=tokens)  # fmt: skip
         return _ttft_plan(spec)
 
-    assert plan(random_artifact, 10) == TtftPlan(chunks=2, tail=2, steps=0)
-    assert plan(random_artifact, 9) == TtftPlan(chunks=2, tail=0, steps=1)  # t = 1 is decode's
-    assert plan(random_artifact, 3) == TtftPlan(chunks=0, tail=3, steps=0)
+    assert plan(random_artifact, 10) == TtftPlan(chunks=2, tail=(2,), steps=0)
+    assert plan(random_artifact, 9) == TtftPlan(chunks=2, tail=(), steps=1)  # t = 1 is decode's
+    assert plan(random_artifact, 3) == TtftPlan(chunks=0, tail=(3,), steps=0)
     fixed = Path(shutil.copytree(random_artifact, tmp_path / "fixed"))  # as exported before min_seq_len
     manifest = json.loads((fixed / "manifest.json").read_text())
     assert manifest["programs"]["prefill"].pop("min_seq_len") == 2
     (fixed / "manifest.json").write_text(json.dumps(manifest))
-    assert plan(fixed, 10) == TtftPlan(chunks=2, tail=0, steps=2)
+    assert plan(fixed, 10) == TtftPlan(chunks=2, tail=(), steps=2)
+    # fixed lengths beside the chunk, as ExecuTorch's --prefill-lengths: the remainder in a few calls
+    manifest["programs"]["prefill_2"] = {**manifest["programs"]["prefill"], "seq_len": 2}
+    (fixed / "manifest.json").write_text(json.dumps(manifest))
+    assert plan(fixed, 4 * CHUNK - 1) == TtftPlan(chunks=3, tail=(2,) * ((CHUNK - 1) // 2), steps=(CHUNK - 1) % 2)
+    assert plan(fixed, 4 * CHUNK - 1).tail_tokens == 2 * ((CHUNK - 1) // 2)
 
 
 def test_linear_ops_per_token_of_2b_match_its_published_parameter_count() -> None:

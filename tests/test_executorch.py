@@ -1,4 +1,5 @@
-"""ExecuTorch target and backend: one .pte with prefill + decode methods, explicit state.
+"""ExecuTorch target and backend: one .pte with prefill methods (the chunk and ``--prefill-lengths``) and
+a decode method, explicit state.
 
 Lowering takes 1-2 minutes per .pte on a 2-core machine, so the tiny
 artifact is built once per session (through the CLI) and every test reads it;
@@ -29,6 +30,7 @@ from runtime_py.thresholds import thresholds_for
 from runtime_py.torch_backend import TorchBackend
 
 CHUNK = 8  # prefill chunk of the test artifact (window 16: prompts cross it)
+LENGTHS = (CHUNK, 4, 2, 1)  # its methods' t: the chunk, --prefill-lengths 4,2, decode
 WINDOW = 16
 LIMITS = thresholds_for("executorch", "fp32")
 
@@ -70,8 +72,11 @@ def test_layout_methods_and_constant_methods(et_artifact: Path) -> None:
     assert m.format == "executorch" and m.precision == "fp32" and m.prefill_chunk == CHUNK
     assert {n: (p.file, p.seq_len, p.entry) for n, p in m.programs.items()} == {
         "prefill": ("model.pte", CHUNK, "prefill"),
+        "prefill_4": ("model.pte", 4, "prefill_4"),
+        "prefill_2": ("model.pte", 2, "prefill_2"),
         "decode": ("model.pte", 1, "decode"),
     }
+    assert m.seq_lens() == LENGTHS
     assert sorted(f.path for f in m.files) == ["model.ptd", "model.pte", "tokenizer.model"]
     program = Runtime.get().load_program(str(et_artifact / "model.pte"), data_path=str(et_artifact / "model.ptd"))
     meta = {name: program.load_method(name).execute([])[0] for name in m.format_details["constant_methods"]}
@@ -86,8 +91,8 @@ def test_layout_methods_and_constant_methods(et_artifact: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_methods_share_one_copy_of_the_weights(et_artifact: Path, tiny_checkpoint: Path) -> None:
-    """Prefill and decode read the same weights, and the tied table is stored once: the portable lookup
+def test_the_methods_share_one_copy_of_the_weights(et_artifact: Path, tiny_checkpoint: Path) -> None:
+    """The four methods read the same weights, and the tied table is stored once: the portable lookup
     and XNNPACK's head share it in model.ptd (see the target doc)."""
     m = read_manifest(et_artifact)
     assert m.data_file == m.format_details["data_file"] == "model.ptd" and "model.ptd" in {f.path for f in m.files}
@@ -108,7 +113,7 @@ def test_backend_shares_packed_weights_and_locks_no_pages(et_backend: ExecuTorch
     root, is undone (exporter/upstream/executorch_runtime_1_5_1.py)."""
     from exporter.upstream.executorch_runtime_1_5_1 import weight_cache_enabled
 
-    assert et_backend.seq_lens() == (CHUNK, 1) and weight_cache_enabled()
+    assert et_backend.seq_lens() == LENGTHS and weight_cache_enabled()
     files = [et_artifact / "model.pte", et_artifact / "model.ptd"]
     mapped, locked = (sum(mapping_kb(f, field) for f in files) for field in ("Size", "Locked"))
     assert mapped > 0 and locked == 0, (mapped, locked)
@@ -125,23 +130,24 @@ def test_a_missing_data_file_is_one_clear_error(et_artifact: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_validate_passes_over_three_windows(et_artifact: Path, tmp_path: Path) -> None:
-    """``rgmobile validate``: prefill chunks + t=1 remainder + 3 x window decode steps, logits and states."""
+    """``rgmobile validate``: prefill chunks + a 3-token remainder (the t=2 method, then t=1) + 3 x window
+    decode steps, logits and states."""
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(app, ["validate", str(et_artifact), "--report", str(report_path)])
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     s = report["summary"]
     assert report["decode_steps"] == 3 * WINDOW and s["positions"] >= 3 * WINDOW + 2 * CHUNK
-    assert {step["t"] for step in report["steps"]} == {CHUNK, 1}
+    assert {step["t"] for step in report["steps"]} == {CHUNK, 2, 1}
     assert s["max_abs_logits"] <= LIMITS["max_abs_logits"] and s["max_state_abs"] <= LIMITS["max_state_abs"]
     assert s["greedy_match"] == 1.0
 
 
 @pytest.mark.slow
 def test_prompt_longer_than_a_chunk_equals_token_by_token(et_backend: ExecuTorchBackend) -> None:
-    """2 chunks + 5 tokens run as [8, 8, 1, 1, 1, 1, 1] (no padding) and match 21 decode steps."""
-    assert et_backend.seq_lens() == (CHUNK, 1)
-    ids = [2, *np.random.default_rng(0).integers(3, 300, size=2 * CHUNK + 4).tolist()]
+    """2 chunks + 7 tokens run as [8, 8, 4, 2, 1] (every method, no padding) and match 23 decode steps."""
+    assert et_backend.seq_lens() == LENGTHS
+    ids = [2, *np.random.default_rng(0).integers(3, 300, size=2 * CHUNK + 6).tolist()]
     calls: list[int] = []
     step = et_backend.step
 
@@ -154,7 +160,7 @@ def test_prompt_longer_than_a_chunk_equals_token_by_token(et_backend: ExecuTorch
         chunked, s_chunked = run_tokens(et_backend, ids, et_backend.init_state())
     finally:
         del et_backend.step
-    assert calls == [CHUNK, CHUNK, 1, 1, 1, 1, 1] == plan_chunks(len(ids), et_backend.seq_lens())
+    assert calls == [CHUNK, CHUNK, 4, 2, 1] == plan_chunks(len(ids), et_backend.seq_lens())
     state = et_backend.init_state()
     rows = []
     for i, token in enumerate(ids):
@@ -166,6 +172,30 @@ def test_prompt_longer_than_a_chunk_equals_token_by_token(et_backend: ExecuTorch
     assert np.abs(chunked - single).max() <= LIMITS["max_abs_logits"]
     a, b = et_backend.state_arrays(s_chunked), et_backend.state_arrays(state)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= LIMITS["max_state_abs"]
+
+
+def test_every_method_across_three_windows_matches_official(
+    et_backend: ExecuTorchBackend, tiny_checkpoint: Path
+) -> None:
+    """The methods t = 8, 4, 2, 1 in turn, from position 0 past three windows (every ring offset a method
+    starts at differs), against the official ``recurrentgemma`` model over the whole sequence."""
+    from exporter.model.griffin import positions
+    from tests.oracles import official_model
+
+    model = load_checkpoint(tiny_checkpoint).model
+    n = 3 * WINDOW + 5
+    ids = np.random.default_rng(2).integers(0, 300, size=n)
+    with torch.no_grad():
+        want, _ = official_model(model.config, model.state_dict())(torch.tensor(ids[None]), positions(0, n))
+    state, pos, lengths, got = et_backend.init_state(), 0, [], []
+    while pos < n:
+        t = next(s for s in LENGTHS[len(lengths) % len(LENGTHS) :] + (1,) if s <= n - pos)
+        logits, state = et_backend.step(ids[None, pos : pos + t], np.arange(pos, pos + t)[None], state)
+        got.append(logits[0])
+        pos += t
+        lengths.append(t)
+    assert set(lengths) == set(LENGTHS)
+    assert float(np.abs(np.concatenate(got) - want[0].double().numpy()).max()) <= LIMITS["max_abs_logits"]
 
 
 @pytest.mark.slow
@@ -428,3 +458,36 @@ def _greedy_ids(backend: Backend, ids: list[int], n: int) -> list[int]:
         step_logits, state = backend.step(np.array([[out[-1]]], np.int64), np.array([[pos]], np.int64), state)
         last = step_logits[0, -1]
     return out
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"format": "onnx"}, "already runs any t"),
+        ({"format": "coreml", "prefill_logits": "all"}, "chunk and decode programs only"),
+        ({"prefill_lengths": (8,)}, r"integers in 2\.\.7 .*got 8"),
+        ({"prefill_lengths": (4, 1)}, "got 1"),
+        ({"prefill_lengths": (4, 4)}, "a length twice"),
+        ({"prefill_chunk": 2}, "--prefill-chunk 2 leaves none"),
+    ],
+)
+def test_prefill_lengths_refuses_what_it_cannot_do(tmp_path: Path, changes: dict, match: str) -> None:
+    from rgmobile.export import ExportOptions
+
+    options = {"format": "executorch", "prefill_chunk": CHUNK, "prefill_lengths": (4, 2), **changes}
+    with pytest.raises(RgMobileError, match=match):
+        ExportOptions(out=tmp_path / "a", **options)
+
+
+def test_prefill_lengths_become_methods_longest_first(tmp_path: Path) -> None:
+    from exporter.targets.executorch import method_lengths
+    from rgmobile.export import ExportOptions
+
+    options = ExportOptions(out=tmp_path / "a", format="executorch", prefill_lengths=(2, 16, 4))
+    assert options.prefill_lengths == (16, 4, 2)
+    assert method_lengths(32, options.prefill_lengths) == {"prefill": 32, "prefill_16": 16, "prefill_4": 4,
+                                                           "prefill_2": 2, "decode": 1}  # fmt: skip
+    assert method_lengths(1) == {"decode": 1}
+    result = CliRunner().invoke(app, ["export", "--format", "executorch", "--prefill-lengths", "4,x",
+                                      "--out", str(tmp_path / "b")])  # fmt: skip
+    assert result.exit_code != 0 and "--prefill-lengths must be comma-separated integers" in result.output

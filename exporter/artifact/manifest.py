@@ -23,7 +23,8 @@ Schema (``schema_version`` 1), all keys required unless marked optional:
                    roles, state pairs (input <-> output) and init ("zeros").
   programs         {name: {"file": relative path, "seq_len": t, "entry": optional
                    method/function inside the file, "min_seq_len": optional}}; "decode"
-                   (t = 1) always, "prefill" (t = prefill_chunk) when prefill_chunk > 1.
+                   (t = 1) always, "prefill" (t = prefill_chunk) when prefill_chunk > 1,
+                   ExecuTorch's "prefill_<t>" for each --prefill-lengths t.
                    "seq_len" binds the symbolic "seq" of the IOSpec for that program; with
                    "min_seq_len" the program runs any t from it to "seq_len" (a graph with a
                    symbolic token dimension), so a prompt's remainder after the last whole

@@ -67,6 +67,8 @@ class TargetOptions(Protocol):
     def quant_recipe(self) -> Recipe: ...
     @property
     def prefill_int8(self) -> bool: ...
+    @property
+    def prefill_lengths(self) -> tuple[int, ...]: ...  # executorch: extra prefill methods, longest first
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""ExecuTorch target: one ``model.pte`` holding two methods, ``prefill`` (t = chunk) and ``decode`` (t = 1).
+"""ExecuTorch target: one ``model.pte`` holding the methods ``prefill`` (t = chunk) and ``decode`` (t = 1),
+and ``prefill_<t>`` for each of ``--prefill-lengths`` (a prompt's remainder in a few calls).
 
-Both methods are lowered together (``to_edge_transform_and_lower`` on a dict
+The methods are lowered together (``to_edge_transform_and_lower`` on a dict
 of ExportedPrograms) with the XNNPACK partitioner, so they share one copy of
 the weights: XNNPACK keeps them in the program's named data store, keyed by
 content, and the portable kernels' constants live in one constant buffer
@@ -106,6 +107,13 @@ class ExecuTorchStep(StepModule):
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return (logits, *flatten_state(new_state))
+
+
+def method_lengths(prefill_chunk: int, extra: tuple[int, ...] = ()) -> dict[str, int]:
+    """Method name -> its t: ``prefill`` (the chunk), ``prefill_<t>`` for each extra length, ``decode`` (1)."""
+    lens = {PREFILL: prefill_chunk} if prefill_chunk > 1 else {}
+    lens.update({f"{PREFILL}_{t}": t for t in sorted(extra, reverse=True)})
+    return {**lens, DECODE: 1}
 
 
 def export_programs(
@@ -361,12 +369,13 @@ def export(
     model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None,
     weights: WeightsOf | None = None,
 ) -> TargetResult:
-    """Write ``model.pte`` (methods prefill + decode) for ``model`` (loaded from ``source``) into ``out_dir``."""
+    """Write ``model.pte`` (methods prefill, its extra lengths, decode) for ``model`` (loaded from ``source``)
+    into ``out_dir``."""
     if weights is not None:
         raise RgMobileError("--stream-weights exports to onnx only; executorch needs the model's weights in memory")
     if model.embed_tokens.weight.dtype != torch.float32:
         raise RgMobileError("the executorch target exports fp32 weights; load the checkpoint as float32")
-    seq_lens = {PREFILL: options.prefill_chunk, DECODE: 1} if options.prefill_chunk > 1 else {DECODE: 1}
+    seq_lens = method_lengths(options.prefill_chunk, options.prefill_lengths)
     last = options.prefill_logits == "last"
     spec = build_iospec(model.config, last_logits=last)
     recipe = given.recipe if given is not None else options.quant_recipe

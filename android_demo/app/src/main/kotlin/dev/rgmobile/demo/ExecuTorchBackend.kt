@@ -13,7 +13,8 @@ import java.nio.ByteBuffer
 import java.nio.ByteOrder
 
 /**
- * ExecuTorch backend for .pte bundles (methods `decode` and `prefill`, named by `programs[*].entry`).
+ * ExecuTorch backend for .pte bundles (methods `decode`, `prefill` and any `prefill_<t>`, named by
+ * `programs[*].entry`; a step of t tokens runs the method whose program has that seq_len).
  * Inputs: input_ids, position_ids, then the state tensors in IOSpec order; outputs: logits, then the
  * state outputs in IOSpec order (docs/bundle.md). Runs on the device only (the AAR's JNI library).
  */
