@@ -11,4 +11,4 @@ command -v mvn >/dev/null && command -v java >/dev/null || {
 . .venv/bin/activate
 ruff check .
 mypy exporter runtime_py quantization rgmobile
-python -m pytest -q -ra "$@"
+python -m pytest -q -ra --durations=25 "$@"  # the slowest tests named at the end: CI has 90 minutes
