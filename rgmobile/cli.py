@@ -199,8 +199,9 @@ def export(
     prefill_lengths: Annotated[
         str,
         typer.Option(
-            help="executorch: more prefill step lengths beside the chunk, comma-separated (e.g. 16,8,4,2), each "
-            "a method sharing the weights, so a prompt's remainder runs in a few calls instead of decode steps",
+            help="executorch, coreml (iOS 18): more prefill step lengths beside the chunk, comma-separated (e.g. "
+            "16,8,4,2), each a method sharing the weights, so a prompt's remainder runs in a few calls instead of "
+            "decode steps",
         ),
     ] = "",
     stream_weights: Annotated[

@@ -96,13 +96,13 @@ class ExportOptions:
         (int8) beside the decode graph's, on disk and while the prefill session is open. Writes
         two graphs: ``decode.onnx`` (t = 1) and ``prefill.onnx`` (t = 2..chunk, or the chunk
         alone with ``--graph-per-length``).
-      prefill_lengths: ExecuTorch: more prefill step lengths beside the chunk, each a method of its
-        own in the same .pte (``prefill_<t>``; the methods share one copy of the weights). Its
-        methods are traced for one t each, so without them a prompt's remainder after its last
+      prefill_lengths: ExecuTorch and Core ML (iOS 18): more prefill step lengths beside the chunk, each
+        a method (function) of its own in the same .pte (.mlpackage), ``prefill_<t>``, sharing one copy
+        of the weights. Their programs are traced for one t each, so without them a prompt's remainder after its last
         whole chunk runs as decode steps; with, e.g., 16, 8, 4, 2 beside a chunk of 32 it runs as at
         most five calls (the runtimes split a prompt greedily, largest length first). Each in
         2..``prefill_chunk`` - 1. Empty (default): the chunk and decode only. ONNX's prefill program
-        already runs any t; Core ML's packages have not got them (not built).
+        already runs any t.
       stream_weights: ONNX: trace the step with fake weights and read or make each weight
         one at a time (exporter/targets/onnx_stream.py; a checkpoint through
         exporter/checkpoint/streamed.py), so the fp32 model never exists whole (9B: 34 GB).
@@ -196,13 +196,16 @@ class ExportOptions:
         lengths = self.prefill_lengths
         if not lengths:
             return
-        if self.format != "executorch":
-            why = (
-                "onnx's prefill program already runs any t from 2 to the chunk"
-                if self.format == "onnx"
-                else f"{self.format} exports the chunk and decode programs only"
+        if self.format == "onnx":
+            raise RgMobileError(
+                "--prefill-lengths is an executorch and coreml option; onnx's prefill program already runs "
+                "any t from 2 to the chunk"
             )
-            raise RgMobileError(f"--prefill-lengths is an executorch option; {why}")
+        if self.format == "coreml" and self.ios < 18:
+            raise RgMobileError(
+                "--prefill-lengths on coreml needs --ios 18 (one multifunction package whose functions share the "
+                "weights); iOS 17's one package per program would store the weights once per length"
+            )
         if self.prefill_chunk < 3:
             chunk = self.prefill_chunk
             raise RgMobileError(f"--prefill-lengths lie in 2..chunk - 1; --prefill-chunk {chunk} leaves none")

@@ -110,7 +110,7 @@ class Failure:
 
 @dataclass
 class StepRecord:
-    kind: str  # "prefill" (t = chunk), "prompt" (t = 1 remainder) or "decode"
+    kind: str  # "prefill" (a prompt call of t > 1), "prompt" (t = 1 remainder) or "decode"
     start: int
     t: int
     max_abs_logits: float

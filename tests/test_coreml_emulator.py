@@ -6,7 +6,8 @@
   9.0 would write erf GELU), read back from the saved program;
 * parity: each exported variant of a tiny model (window 16) runs emulated against the PyTorch
   reference through ``validate`` (prompt + 3 x window decode steps) within its precision's
-  thresholds: iOS 18 fp16 multifunction, iOS 18 fp32, iOS 17 two packages, int8, int4, internal state;
+  thresholds: iOS 18 fp16 multifunction (with ``--prefill-lengths 4,2``), iOS 18 fp32, iOS 17 two
+  packages, int8, int4, internal state;
 * broken packages (a weight blob altered, an op's constant changed in the saved spec) pass the
   spec check and fail the emulated check.
 
@@ -44,7 +45,7 @@ CHUNK = 8
 WINDOW = 16
 # name -> ExportOptions fields (prefill chunk CHUNK: a decode and a prefill program each).
 VARIANTS: dict[str, dict[str, object]] = {
-    "ios18-fp16": {"ios": 18, "compute_precision": "fp16"},
+    "ios18-fp16": {"ios": 18, "compute_precision": "fp16", "prefill_lengths": (4, 2)},  # 4 functions
     "ios18-fp32": {"ios": 18, "compute_precision": "fp32"},
     "ios17-fp16": {"ios": 17, "compute_precision": "fp16"},
     "ios18-int8": {"ios": 18, "quant": "int8"},
@@ -225,10 +226,27 @@ def test_emulated_variant_matches_reference(emu_artifact, name: str) -> None:
     assert checks[validate_coreml.PREDICTIONS] == validate_coreml.NOT_RUN
     if name == "ios18-fp32":
         assert report.summary["max_abs_logits"] < 1e-4
+    if name == "ios18-fp16":  # the prompt's 3-token remainder: the t = 2 function, then decode
+        assert manifest.seq_lens() == (CHUNK, 4, 2, 1) and manifest.programs["prefill_4"].entry == "prefill_4"
+        assert {p.file for p in manifest.programs.values()} == {"model.mlpackage"}
+        assert {s.t for s in report.steps} == {CHUNK, 2, 1}
     if name == "ios17-fp16":
         assert {p.file for p in manifest.programs.values()} == {"decode.mlpackage", "prefill.mlpackage"}
     if name == "ios18-fp16-internal":
         assert {f["kind"] for f in manifest.format_details["features"].values()} >= {"state"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "darwin", reason="off-macOS behaviour")
+def test_every_prefill_function_matches_reference(emu_artifact, emu_model) -> None:
+    """A 31-token prompt runs as [8, 8, 8, 4, 2, 1] (every function of ``--prefill-lengths 4,2``, across the
+    16-token window), then decode steps, against the PyTorch reference within fp16's thresholds."""
+    art = emu_artifact("ios18-fp16")
+    manifest = read_manifest(art)
+    cmp, greedy = compare(CoreMLEmulatedBackend(art, manifest), TorchBackend(emu_model), list(range(2, 33)), 8, 4)
+    assert [s.t for s in cmp.steps][:6] == [CHUNK, CHUNK, CHUNK, 4, 2, 1]
+    summary, where = summarize(cmp, greedy)
+    assert not check(summary, where, thresholds_for("coreml", manifest.precision))
 
 
 @pytest.mark.slow

@@ -464,7 +464,7 @@ def _greedy_ids(backend: Backend, ids: list[int], n: int) -> list[int]:
     ("changes", "match"),
     [
         ({"format": "onnx"}, "already runs any t"),
-        ({"format": "coreml", "prefill_logits": "all"}, "chunk and decode programs only"),
+        ({"format": "coreml", "prefill_logits": "all", "ios": 17}, "needs --ios 18"),
         ({"prefill_lengths": (8,)}, r"integers in 2\.\.7 .*got 8"),
         ({"prefill_lengths": (4, 1)}, "got 1"),
         ({"prefill_lengths": (4, 4)}, "a length twice"),

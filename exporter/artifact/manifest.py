@@ -24,7 +24,7 @@ Schema (``schema_version`` 1), all keys required unless marked optional:
   programs         {name: {"file": relative path, "seq_len": t, "entry": optional
                    method/function inside the file, "min_seq_len": optional}}; "decode"
                    (t = 1) always, "prefill" (t = prefill_chunk) when prefill_chunk > 1,
-                   ExecuTorch's "prefill_<t>" for each --prefill-lengths t.
+                   "prefill_<t>" for each --prefill-lengths t (ExecuTorch, Core ML iOS 18).
                    "seq_len" binds the symbolic "seq" of the IOSpec for that program; with
                    "min_seq_len" the program runs any t from it to "seq_len" (a graph with a
                    symbolic token dimension), so a prompt's remainder after the last whole

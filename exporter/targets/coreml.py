@@ -88,10 +88,13 @@ def settings_of(options: TargetOptions) -> CoreMLSettings:
     )
 
 
-def program_lengths(prefill_chunk: int) -> dict[str, int]:
+def program_lengths(prefill_chunk: int, extra: tuple[int, ...] = ()) -> dict[str, int]:
+    """Function name -> its t: ``decode`` (1), ``prefill`` (the chunk), ``prefill_<t>`` per extra length
+    (``--prefill-lengths``; iOS 18's multifunction package shares the weights between them)."""
     lens = {"decode": 1}
     if prefill_chunk > 1:
         lens["prefill"] = prefill_chunk
+    lens.update({f"prefill_{t}": t for t in sorted(extra, reverse=True)})
     return lens
 
 
@@ -107,7 +110,7 @@ def export(
     settings = settings_of(options)
     io = build_iospec(model.config)
     fmap = feature_map(io, settings.state)
-    lens = program_lengths(options.prefill_chunk)
+    lens = program_lengths(options.prefill_chunk, options.prefill_lengths)
     staging = out_dir / ".staging"
     seconds: dict[str, float] = {}
     recipe = given.recipe if given is not None else options.quant_recipe
@@ -168,7 +171,7 @@ def export(
             ct.utils.save_multifunction(desc, str(out_dir / MULTIFUNCTION_FILE))
         shutil.rmtree(staging)
         mem.mark("save_multifunction")
-        _finish(out_dir / MULTIFUNCTION_FILE, model, settings, lens, fmap, meta, "prefill + decode")
+        _finish(out_dir / MULTIFUNCTION_FILE, model, settings, lens, fmap, meta, " + ".join(sorted(lens)))
         programs = {name: Program(MULTIFUNCTION_FILE, seq, entry=name) for name, seq in lens.items()}
     else:
         for name, seq in lens.items():

@@ -1,7 +1,7 @@
 // Core ML backend (Apple platforms only; it cannot be compiled or run on Linux, where this file
 // is empty). Follows runtime_py/coreml_backend.py:
 //  - one MLModel per program: an iOS 18 multifunction package (`programs[*].entry` = "decode" /
-//    "prefill" through MLModelConfiguration.functionName) or iOS 17's two packages (no entry);
+//    "prefill" / "prefill_<t>" through MLModelConfiguration.functionName) or iOS 17's two packages (no entry);
 //  - feature names and dtypes from the manifest's `format_details.features` (IOSpec name ->
 //    {"name", "kind": input | output | state, "dtype"}): input_ids/position_ids are int32;
 //  - explicit state: MLMultiArrays, the step's outputs become the next step's inputs;
