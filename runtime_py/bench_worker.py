@@ -78,8 +78,10 @@ class WorkerSpec:
         return cls(**data)
 
 
-def _open_artifact(spec: WorkerSpec, seq_len: int | None) -> Subject:
-    """The artifact with only its ``seq_len`` program loaded (None: every program, as ``generate``)."""
+def _open_artifact(spec: WorkerSpec, programs: str | None) -> Subject:
+    """The artifact with only its ``programs`` loaded: "decode" (t = 1), "prefill" (every program that
+    runs a t > 1: the chunk's, and ExecuTorch's or Core ML's ``--prefill-lengths``), None: every
+    program, as ``generate``."""
     from exporter.artifact.manifest import read_manifest
     from runtime_py.bandwidth import decode_weight_bytes
     from runtime_py.open import open_artifact_backend
@@ -88,9 +90,13 @@ def _open_artifact(spec: WorkerSpec, seq_len: int | None) -> Subject:
     path = Path(spec.path)
     manifest = read_manifest(path, verify=False)  # hashing GBs of weights is validate's job, not bench's
     only = manifest
-    if seq_len is not None:
-        name, program = manifest.program_for(seq_len)
-        only = dataclasses.replace(manifest, programs={name: program}, prefill_chunk=seq_len)
+    if programs is not None:
+        if programs == "decode":
+            name, program = manifest.program_for(1)
+            chosen = {name: program}
+        else:
+            chosen = {n: p for n, p in manifest.programs.items() if p.seq_len > 1}
+        only = dataclasses.replace(manifest, programs=chosen, prefill_chunk=max(p.seq_len for p in chosen.values()))
     backend = open_artifact_backend(path, only, threads=spec.threads, spin=spec.spin)
     kv = next(s for s in manifest.io.state_inputs if s.field in ("key", "conv_state"))
     return BackendSubject(
@@ -103,7 +109,7 @@ def build_subject(spec: WorkerSpec) -> Subject:
 
     torch.set_num_threads(spec.threads)
     if spec.subject == "artifact":
-        return _open_artifact(spec, 1)
+        return _open_artifact(spec, "decode")
     if spec.subject not in BASELINES or spec.config is None:
         raise RgMobileError(f"bench worker: unknown subject {spec.subject!r}; valid: artifact, {list(BASELINES)}")
     config = GriffinConfig.from_dict(spec.config)
@@ -148,13 +154,14 @@ def _phases(spec: WorkerSpec) -> list[tuple[Callable[[], Subject], bool, bool]]:
     session its own copy of the weights, so decode and prefill sessions together
     would double the RSS (21 GB for fp32 at the 2B shape). Decode speed and RSS
     are measured with the decode program alone, then prefill with the prefill
-    program alone. A baseline is one model that runs any step length.
+    programs alone (the chunk's, and any shorter fixed lengths the TTFT prompt's
+    remainder runs). A baseline is one model that runs any step length.
     """
     if spec.subject != "artifact":
         return [(lambda: build_subject(spec), True, spec.prefill_chunk > 1)]
-    phases: list[tuple[Callable[[], Subject], bool, bool]] = [(lambda: _open_artifact(spec, 1), True, False)]
+    phases: list[tuple[Callable[[], Subject], bool, bool]] = [(lambda: _open_artifact(spec, "decode"), True, False)]
     if spec.prefill_chunk > 1:
-        phases.append((lambda: _open_artifact(spec, spec.prefill_chunk), False, True))
+        phases.append((lambda: _open_artifact(spec, "prefill"), False, True))
     return phases
 
 

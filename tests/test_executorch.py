@@ -491,3 +491,15 @@ def test_prefill_lengths_become_methods_longest_first(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", "--format", "executorch", "--prefill-lengths", "4,x",
                                       "--out", str(tmp_path / "b")])  # fmt: skip
     assert result.exit_code != 0 and "--prefill-lengths must be comma-separated integers" in result.output
+
+
+def test_bench_times_a_remainder_through_the_extra_methods(et_artifact: Path) -> None:
+    """The bench's first-token prompt of 2 chunks + 6 tokens runs the remainder as the t = 4 and t = 2
+    methods, loaded with the chunk's in the prefill phase (not the chunk's method alone)."""
+    from runtime_py.bench_worker import WorkerSpec, measure
+
+    spec = WorkerSpec(subject="artifact", path=str(et_artifact), threads=1, positions=(0,), steps=1, warmup=0,
+                      prefill_chunk=CHUNK, prefill_repeats=1, ttft_tokens=2 * CHUNK + 6)  # fmt: skip
+    ttft = measure(spec)["ttft"]
+    assert (ttft["prefill_steps"], ttft["tail_calls"], ttft["tail_tokens"], ttft["decode_steps"]) == (2, [4, 2], 6, 0)
+    assert ttft["prefill_seconds"] > 0 and ttft["decode_seconds"] == 0
