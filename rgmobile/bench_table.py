@@ -73,8 +73,7 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
             out.print(
                 f"TTFT {s['name']}: {ttft['seconds']:.3g} s for a {ttft['tokens']}-token prompt "
                 f"({ttft.get('prefill_steps', 0)} prefill chunks, "
-                + (f"a {ttft['tail_tokens']}-token tail in {len(ttft.get('tail_calls') or [0])} calls, "
-                   if ttft.get("tail_tokens") else "")
+                + (f"a {ttft['tail_tokens']}-token tail in {_calls(ttft)}, " if ttft.get("tail_tokens") else "")
                 + f"{ttft.get('decode_steps', 0)} decode steps)",
                 highlight=False,
             )
@@ -100,3 +99,9 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
         value = "-" if g["value"] is None else f"{g['value']:.3g}"
         goals.add_row(g["goal"], g["subject"] or "-", value, f"{g['comparison']} {g['target']:.3g}", marks[g["met"]])
     out.print(goals)
+
+
+def _calls(ttft: dict[str, Any]) -> str:
+    """How many prefill calls ran the first-token prompt's tail (files before ``tail_calls``: one)."""
+    n = len(ttft.get("tail_calls") or [ttft["tail_tokens"]])
+    return "1 call" if n == 1 else f"{n} calls"

@@ -96,13 +96,13 @@ class ExportOptions:
         (int8) beside the decode graph's, on disk and while the prefill session is open. Writes
         two graphs: ``decode.onnx`` (t = 1) and ``prefill.onnx`` (t = 2..chunk, or the chunk
         alone with ``--graph-per-length``).
-      prefill_lengths: ExecuTorch and Core ML (iOS 18): more prefill step lengths beside the chunk, each
-        a method (function) of its own in the same .pte (.mlpackage), ``prefill_<t>``, sharing one copy
-        of the weights. Their programs are traced for one t each, so without them a prompt's remainder after its last
-        whole chunk runs as decode steps; with, e.g., 16, 8, 4, 2 beside a chunk of 32 it runs as at
-        most five calls (the runtimes split a prompt greedily, largest length first). Each in
-        2..``prefill_chunk`` - 1. Empty (default): the chunk and decode only. ONNX's prefill program
-        already runs any t.
+      prefill_lengths: ExecuTorch and Core ML (iOS 18): more prefill step lengths beside the chunk,
+        each a method (function) of its own in the same .pte (.mlpackage), ``prefill_<t>``, sharing
+        one copy of the weights. Their programs are traced for one t each, so without them a
+        prompt's remainder after its last whole chunk runs as decode steps; with, e.g., 16, 8, 4, 2
+        beside a chunk of 32 it runs as at most five calls (the runtimes split a prompt greedily,
+        longest first). Each in 2..``prefill_chunk`` - 1; stored longest first. Empty (default):
+        the chunk and decode only. ONNX's prefill program already runs any t.
       stream_weights: ONNX: trace the step with fake weights and read or make each weight
         one at a time (exporter/targets/onnx_stream.py; a checkpoint through
         exporter/checkpoint/streamed.py), so the fp32 model never exists whole (9B: 34 GB).

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class WorkerSpec:
         return cls(**data)
 
 
-def _open_artifact(spec: WorkerSpec, programs: str | None) -> Subject:
+def _open_artifact(spec: WorkerSpec, programs: Literal["decode", "prefill"] | None) -> Subject:
     """The artifact with only its ``programs`` loaded: "decode" (t = 1), "prefill" (every program that
     runs a t > 1: the chunk's, and ExecuTorch's or Core ML's ``--prefill-lengths``), None: every
     program, as ``generate``."""
@@ -200,7 +200,7 @@ class TtftPlan:
     """How the generation loop runs a ``ttft_tokens`` prompt (:func:`runtime_py.backend.plan_chunks`):
     whole prefill chunks, then the remainder as prefill calls shorter than the chunk (``tail``, their
     lengths: one call where the prefill program runs any t, a manifest ``min_seq_len``; a few where an
-    ExecuTorch export has ``--prefill-lengths``) and ``steps`` decode steps for what is left."""
+    ExecuTorch or Core ML export has ``--prefill-lengths``) and ``steps`` decode steps for what is left."""
 
     chunks: int = 0
     tail: tuple[int, ...] = ()

@@ -388,6 +388,7 @@ def test_bench_times_the_first_token_of_a_long_prompt(
     assert ttft["seconds"] == pytest.approx(ttft["prefill_seconds"] + ttft["decode_seconds"])
     assert all(subjects[b]["ttft"] is None for b in ("transformers", "eager", "gemma"))
     assert f"TTFT {random_artifact.name}" in stdout and "int8 GEMM" in stdout
+    assert f"a {TTFT % CHUNK}-token tail in 1 call, 0 decode steps" in " ".join(stdout.split())
     goals = {(g["goal"], g["subject"]): g for g in data["goals"]}
     for goal in ("ttft_seconds", "prefill_gemm_fraction", "decode_rss_over_weights"):  # an fp32 artifact only
         assert goals[(goal, None)]["met"] is None and "no int4 artifact" in goals[(goal, None)]["note"]

@@ -68,7 +68,7 @@ class TargetOptions(Protocol):
     @property
     def prefill_int8(self) -> bool: ...
     @property
-    def prefill_lengths(self) -> tuple[int, ...]: ...  # executorch: extra prefill methods, longest first
+    def prefill_lengths(self) -> tuple[int, ...]: ...  # executorch, coreml: extra prefill programs, longest first
 
 
 @dataclass(frozen=True)
