@@ -480,14 +480,15 @@ def test_prefill_lengths_refuses_what_it_cannot_do(tmp_path: Path, changes: dict
 
 
 def test_prefill_lengths_become_methods_longest_first(tmp_path: Path) -> None:
-    from exporter.targets.executorch import method_lengths
+    from exporter.targets import program_lengths
     from rgmobile.export import ExportOptions
 
     options = ExportOptions(out=tmp_path / "a", format="executorch", prefill_lengths=(2, 16, 4))
     assert options.prefill_lengths == (16, 4, 2)
-    assert method_lengths(32, options.prefill_lengths) == {"prefill": 32, "prefill_16": 16, "prefill_4": 4,
-                                                           "prefill_2": 2, "decode": 1}  # fmt: skip
-    assert method_lengths(1) == {"decode": 1}
+    lens = program_lengths(32, options.prefill_lengths)
+    assert list(lens.items()) == [("decode", 1), ("prefill", 32), ("prefill_16", 16), ("prefill_4", 4),
+                                  ("prefill_2", 2)]  # fmt: skip
+    assert program_lengths(1) == {"decode": 1}
     result = CliRunner().invoke(app, ["export", "--format", "executorch", "--prefill-lengths", "4,x",
                                       "--out", str(tmp_path / "b")])  # fmt: skip
     assert result.exit_code != 0 and "--prefill-lengths must be comma-separated integers" in result.output

@@ -96,6 +96,17 @@ TargetFn = Callable[
 ]
 
 
+def program_lengths(prefill_chunk: int, extra: tuple[int, ...] = ()) -> dict[str, int]:
+    """Program name -> the tokens it runs per call, for every target: ``decode`` (1), ``prefill``
+    (the chunk, when it is above 1) and ``prefill_<t>`` for each extra length, longest first
+    (``--prefill-lengths``: ExecuTorch methods and Core ML functions sharing the weights)."""
+    lens = {"decode": 1}
+    if prefill_chunk > 1:
+        lens["prefill"] = prefill_chunk
+    lens.update({f"prefill_{t}": t for t in sorted(extra, reverse=True)})
+    return lens
+
+
 def target_names() -> list[str]:
     return sorted(format_names())
 

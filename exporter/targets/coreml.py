@@ -48,7 +48,7 @@ from exporter.artifact.manifest import Program
 from exporter.errors import RgMobileError
 from exporter.model.release import release_weights
 from exporter.step.iospec import IOSpec, build_iospec
-from exporter.targets import TargetResult
+from exporter.targets import TargetResult, program_lengths
 from exporter.targets.coreml_convert import (
     SPEC_VERSION,
     CoreMLSettings,
@@ -86,16 +86,6 @@ def settings_of(options: TargetOptions) -> CoreMLSettings:
         compute_precision=options.compute_precision,  # type: ignore[arg-type]  # checked in CoreMLSettings
         state=options.coreml_state,  # type: ignore[arg-type]
     )
-
-
-def program_lengths(prefill_chunk: int, extra: tuple[int, ...] = ()) -> dict[str, int]:
-    """Function name -> its t: ``decode`` (1), ``prefill`` (the chunk), ``prefill_<t>`` per extra length
-    (``--prefill-lengths``; iOS 18's multifunction package shares the weights between them)."""
-    lens = {"decode": 1}
-    if prefill_chunk > 1:
-        lens["prefill"] = prefill_chunk
-    lens.update({f"prefill_{t}": t for t in sorted(extra, reverse=True)})
-    return lens
 
 
 def export(

@@ -70,7 +70,7 @@ from exporter.model.state import flatten_state, init_state, unflatten_state
 from exporter.step.dtypes import dtype
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule, head_positions
-from exporter.targets import TargetResult
+from exporter.targets import TargetResult, program_lengths
 from exporter.targets.executorch_layers import xnnpack_friendly
 from exporter.upstream.executorch_1_5_1 import SPILL_MIN_BYTES, lean_xnnpack_preprocess
 
@@ -107,13 +107,6 @@ class ExecuTorchStep(StepModule):
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return (logits, *flatten_state(new_state))
-
-
-def method_lengths(prefill_chunk: int, extra: tuple[int, ...] = ()) -> dict[str, int]:
-    """Method name -> its t: ``prefill`` (the chunk), ``prefill_<t>`` for each extra length, ``decode`` (1)."""
-    lens = {PREFILL: prefill_chunk} if prefill_chunk > 1 else {}
-    lens.update({f"{PREFILL}_{t}": t for t in sorted(extra, reverse=True)})
-    return {**lens, DECODE: 1}
 
 
 def export_programs(
@@ -375,7 +368,7 @@ def export(
         raise RgMobileError("--stream-weights exports to onnx only; executorch needs the model's weights in memory")
     if model.embed_tokens.weight.dtype != torch.float32:
         raise RgMobileError("the executorch target exports fp32 weights; load the checkpoint as float32")
-    seq_lens = method_lengths(options.prefill_chunk, options.prefill_lengths)
+    seq_lens = program_lengths(options.prefill_chunk, options.prefill_lengths)
     last = options.prefill_logits == "last"
     spec = build_iospec(model.config, last_logits=last)
     recipe = given.recipe if given is not None else options.quant_recipe

@@ -53,7 +53,7 @@ from exporter.artifact.manifest import Program
 from exporter.errors import RgMobileError
 from exporter.step.iospec import IOSpec, build_iospec
 from exporter.step.step import StepModule, any_length, example_inputs
-from exporter.targets import TargetResult
+from exporter.targets import TargetResult, program_lengths
 from exporter.targets.metadata import common_metadata
 from exporter.targets.onnx_external import external_bytes, external_span
 
@@ -83,9 +83,7 @@ def export(
     ``model`` is a skeleton and each weight is read from ``weights`` while the graph is written."""
     last = options.prefill_logits == "last"
     spec = build_iospec(model.config, last_logits=last)
-    lens = {"decode": 1}
-    if options.prefill_chunk > 1:
-        lens["prefill"] = options.prefill_chunk
+    lens = program_lengths(options.prefill_chunk)
     any_t = "prefill" in lens and options.prefill_any_length  # the prefill program runs t = 2..chunk
     graphs = {name: GraphLengths(seq) for name, seq in lens.items()}
     if any_t:  # a prefill graph never runs t = 1: the padded scan
