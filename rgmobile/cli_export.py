@@ -20,7 +20,13 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="artifact folder (an existing artifact is replaced)")] = Path(
         "artifact"
     ),
-    prefill_chunk: Annotated[int, typer.Option(help="tokens per prefill step; 1 = decode program only")] = 32,
+    prefill_chunk: Annotated[
+        int | None,
+        typer.Option(
+            help="tokens per prefill step; 1 = decode program only [default: 64 for executorch, 32 otherwise]",
+            show_default=False,
+        ),
+    ] = None,
     prefill_logits: Annotated[
         str | None,
         typer.Option(

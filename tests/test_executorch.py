@@ -429,14 +429,16 @@ def test_bundled_model_greedy_128_matches_checkpoint(tmp_path: Path) -> None:
 
     prompt = (
         "The old man walked down the road to the river, and when he came to the bridge he stopped and "
-        "looked at the water for a long time. Then he turned back toward the town, where"
+        "looked at the water for a long time. Then he turned back toward the town, where the lights of the "
+        "houses were coming on one by one, and the people were sitting down to supper. He thought of his wife, "
+        "who had died in the winter, and of his son, who"
     )
     tok = Tokenizer(default_checkpoint() / "tokenizer.model")
     n = len(tok.encode(prompt, add_bos=True))
-    assert n > 32 and n % 32, n  # the prompt runs a prefill chunk (default 32) and a t=1 remainder
+    assert n > 64 and n % 64, n  # the prompt runs a prefill chunk (executorch's default 64) and decode steps
     out = tmp_path / "brown-et"
     export(ExportOptions(out=out, format="executorch", checkpoint=default_checkpoint()))
-    assert read_manifest(out).prefill_chunk == 32
+    assert read_manifest(out).prefill_chunk == 64
     ckpt = load_checkpoint(default_checkpoint())
     pte, ref = open_artifact(out, read_manifest(out)), TorchBackend(ckpt.model)
     greedy = SamplingConfig(temperature=0.0)
