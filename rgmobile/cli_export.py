@@ -23,7 +23,7 @@ def export(
     prefill_chunk: Annotated[
         int | None,
         typer.Option(
-            help="tokens per prefill step; 1 = decode program only [default: 64 for executorch, 32 otherwise]",
+            help="tokens per prefill step; 1 = decode program only [default: 32]",
             show_default=False,
         ),
     ] = None,

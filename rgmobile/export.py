@@ -52,7 +52,7 @@ class ExportOptions:
       format: export target, one of ``exporter.formats.FORMATS`` ("onnx", "executorch", "coreml").
       checkpoint: HF folder or official .pt; None = the bundled model.
       prefill_chunk: tokens per prefill step (the prefill program's t); 1 = decode only. None
-        (default): the format's (``FormatEntry.prefill_chunk``: 64 for ExecuTorch, 32 otherwise);
+        (default): the format's (``FormatEntry.prefill_chunk``, 32 for every format today);
         resolved in ``__post_init__``.
       prefill_logits: "all" (every program returns logits for each of its positions) or
         "last" (the last position's only, logits [batch, 1, vocab]: the head runs once per

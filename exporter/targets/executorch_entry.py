@@ -26,6 +26,7 @@ ENTRY = FormatEntry(
     requirements="exporter.artifact.requirements:executorch_requirements",
     check_recipe="exporter.targets.executorch_entry:check_recipe",
     bundle_targets={"android": 1},
-    # XNNPACK's prefill GEMM gains with rows: 2B int4, 67.5 -> 91.8 tok/s from 32 to 64 (docs/performance.md)
-    prefill_chunk=64,
+    # 32, not 64: a 64-token chunk prefills 2B int4 35% faster, but a prompt's remainder runs as decode steps,
+    # so prompts under ~500 tokens wait longer for their first token (docs/performance.md)
+    prefill_chunk=32,
 )
