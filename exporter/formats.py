@@ -53,8 +53,6 @@ class FormatEntry:
         target -> its place in that app's list of formats (0 first; the order messages name them).
       spin_control: the backend factory takes ``spin=False`` (its runtime's idle threads then block
         at once instead of spin-waiting for the next piece of work).
-      prefill_chunk: ``rgmobile export``'s default ``--prefill-chunk`` for the format (tokens per
-        prefill step).
     """
 
     name: str
@@ -65,7 +63,6 @@ class FormatEntry:
     check_recipe: str | None = None
     bundle_targets: dict[str, int] = field(default_factory=dict)
     spin_control: bool = False
-    prefill_chunk: int = 32
 
     def strings(self) -> dict[str, str]:
         """The ``"module:attribute"`` strings of the entry, by field name."""

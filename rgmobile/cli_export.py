@@ -20,13 +20,7 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="artifact folder (an existing artifact is replaced)")] = Path(
         "artifact"
     ),
-    prefill_chunk: Annotated[
-        int | None,
-        typer.Option(
-            help="tokens per prefill step; 1 = decode program only [default: 32]",
-            show_default=False,
-        ),
-    ] = None,
+    prefill_chunk: Annotated[int, typer.Option(help="tokens per prefill step; 1 = decode program only")] = 32,
     prefill_logits: Annotated[
         str | None,
         typer.Option(

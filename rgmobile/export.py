@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
 from exporter.artifact.manifest import Manifest, file_entries, read_manifest, write_manifest
 from exporter.artifact.out_folder import check_out, check_replaceable
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from exporter.config import GriffinConfig
     from exporter.model.griffin import Griffin
     from exporter.resources import ResourceMonitor
-    from exporter.targets import TargetOptions, WeightsOf
+    from exporter.targets import WeightsOf
     from quantization.qweights import GivenQuantization
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ class ExportOptions:
       out: the artifact folder to write (replaced if it already holds an artifact).
       format: export target, one of ``exporter.formats.FORMATS`` ("onnx", "executorch", "coreml").
       checkpoint: HF folder or official .pt; None = the bundled model.
-      prefill_chunk: tokens per prefill step (the prefill program's t); 1 = decode only. None
-        (default): the format's (``FormatEntry.prefill_chunk``, 32 for every format today);
-        resolved in ``__post_init__``.
+      prefill_chunk: tokens per prefill step (the prefill program's t); 1 = decode only. 32 for
+        every format: ExecuTorch prefills faster at 64, but a prompt's remainder after its last
+        whole chunk runs as decode steps there, so short prompts wait longer (docs/performance.md).
       prefill_logits: "all" (every program returns logits for each of its positions) or
         "last" (the last position's only, logits [batch, 1, vocab]: the head runs once per
         prefill chunk instead of t times; ONNX and ExecuTorch). ``validate`` and ``quality``
@@ -115,7 +115,7 @@ class ExportOptions:
     out: Path
     format: str = "onnx"
     checkpoint: Path | None = None
-    prefill_chunk: int | None = None
+    prefill_chunk: int = 32
     prefill_logits: str | None = None
     one_program: bool | None = None
     tokenizer: Path | None = None
@@ -147,10 +147,8 @@ class ExportOptions:
             from exporter.targets.coreml_convert import CoreMLSettings
 
             CoreMLSettings(self.ios, self.compute_precision, self.coreml_state)  # type: ignore[arg-type]  # validates
-        chunk = get_format(self.format).prefill_chunk if self.prefill_chunk is None else self.prefill_chunk
-        if not isinstance(chunk, int) or not 1 <= chunk <= 4096:
-            raise RgMobileError(f"--prefill-chunk must be an integer in 1..4096, got {chunk!r}")
-        object.__setattr__(self, "prefill_chunk", chunk)
+        if not isinstance(self.prefill_chunk, int) or not 1 <= self.prefill_chunk <= 4096:
+            raise RgMobileError(f"--prefill-chunk must be an integer in 1..4096, got {self.prefill_chunk!r}")
         if self.prefill_logits is None:  # the default: the head once per chunk wherever a format can
             object.__setattr__(self, "prefill_logits", "all" if self.format == "coreml" else "last")
         if self.prefill_logits not in ("all", "last"):
@@ -160,16 +158,16 @@ class ExportOptions:
                 "--prefill-logits last is supported for onnx and executorch; "
                 "Core ML packages return every position's logits"
             )
-        self._check_prefill_int8(chunk)
-        self._check_prefill_lengths(chunk)
-        any_length = self.format == "onnx" and chunk >= 2 and self.one_program is not False
+        self._check_prefill_int8()
+        self._check_prefill_lengths()
+        any_length = self.format == "onnx" and self.prefill_chunk >= 2 and self.one_program is not False
         object.__setattr__(self, "prefill_any_length", any_length)
         if self.one_program is None:  # the default: one graph wherever there is a choice
-            one = self.format == "onnx" and chunk >= 2 and not self.prefill_int8
+            one = self.format == "onnx" and self.prefill_chunk >= 2 and not self.prefill_int8
             object.__setattr__(self, "one_program", one)
         if self.one_program and self.format != "onnx":
             raise RgMobileError(f"--one-program is an onnx option; {self.format} exports one program per step length")
-        if self.one_program and chunk < 2:
+        if self.one_program and self.prefill_chunk < 2:
             raise RgMobileError("--one-program serves every step length up to --prefill-chunk, which must be >= 2")
         self._check_stream_weights()
         if self.external_data not in ("auto", "always", "never"):
@@ -181,14 +179,14 @@ class ExportOptions:
         """The quantization recipe: ``quant`` loaded with the group size / embedding bits overrides."""
         return load_recipe(self.quant).with_options(self.group_size, self.embedding_bits)
 
-    def _check_prefill_int8(self, chunk: int) -> None:
+    def _check_prefill_int8(self) -> None:
         if not self.prefill_int8:
             return
         if self.format != "onnx":
             raise RgMobileError(f"--prefill-int8 is an onnx option; --format {self.format} has no int8 prefill program")
         if self.quant_recipe.linears is None and self.checkpoint is None:  # a checkpoint may be quantized
             raise RgMobileError("--prefill-int8 requantizes the block linears' integers: pass --quant int4 or int8")
-        if chunk < 2:
+        if self.prefill_chunk < 2:
             raise RgMobileError("--prefill-int8 needs a prefill program: --prefill-chunk must be >= 2")
         if self.one_program:
             raise RgMobileError(
@@ -196,7 +194,7 @@ class ExportOptions:
                 "drop --one-program"
             )
 
-    def _check_prefill_lengths(self, chunk: int) -> None:
+    def _check_prefill_lengths(self) -> None:
         lengths = self.prefill_lengths
         if not lengths:
             return
@@ -210,13 +208,14 @@ class ExportOptions:
                 "--prefill-lengths on coreml needs --ios 18 (one multifunction package whose functions share the "
                 "weights); iOS 17's one package per program would store the weights once per length"
             )
-        if chunk < 3:
+        if self.prefill_chunk < 3:
+            chunk = self.prefill_chunk
             raise RgMobileError(f"--prefill-lengths lie in 2..chunk - 1; --prefill-chunk {chunk} leaves none")
-        bad = [t for t in lengths if not isinstance(t, int) or not 2 <= t < chunk]
+        bad = [t for t in lengths if not isinstance(t, int) or not 2 <= t < self.prefill_chunk]
         if bad:
             raise RgMobileError(
-                f"--prefill-lengths must be integers in 2..{chunk - 1} (below --prefill-chunk "
-                f"{chunk}), got {', '.join(map(str, bad))}"
+                f"--prefill-lengths must be integers in 2..{self.prefill_chunk - 1} (below --prefill-chunk "
+                f"{self.prefill_chunk}), got {', '.join(map(str, bad))}"
             )
         if len(set(lengths)) != len(lengths):
             raise RgMobileError(f"--prefill-lengths lists a length twice: {', '.join(map(str, lengths))}")
@@ -360,8 +359,7 @@ def _write_artifact(
     # before the target runs: a target may retie or quantize in place
     weights = compute_identity(model, "fp32", weights_of)
     with atomic_dir(Path(options.out), check_replace=check_replaceable) as tmp:
-        # ExportOptions resolved its None defaults (prefill_chunk, prefill_logits, one_program) in __post_init__
-        result = target(model, tmp, cast("TargetOptions", options), label, given, weights_of)
+        result = target(model, tmp, options, label, given, weights_of)
         write_tokenizer(tmp / TOKENIZER_FILE)
         if options.format == "onnx":  # onnxruntime-genai reads its own config and tokenizer.json
             from exporter.artifact.genai import write_genai_files

@@ -26,7 +26,4 @@ ENTRY = FormatEntry(
     requirements="exporter.artifact.requirements:executorch_requirements",
     check_recipe="exporter.targets.executorch_entry:check_recipe",
     bundle_targets={"android": 1},
-    # 32, not 64: a 64-token chunk prefills 2B int4 35% faster, but a prompt's remainder runs as decode steps,
-    # so prompts under ~500 tokens wait longer for their first token (docs/performance.md)
-    prefill_chunk=32,
 )
