@@ -16,8 +16,11 @@ Per recipe class (quantization/recipe.py), on the step module the ExecuTorch tar
                portable kernels (``embedding`` of an int8 table, cast, multiply by the
                gathered scales), is stored once as int8 (4-bit values are not packed) and
                the head once, packed by XNNPACK.
-  rglru_gates  kept fp32: the block-diagonal gates are ``einsum`` weights [h, i, j], not
-               nn.Linear, and torchao quantizes linears only (``kept_float`` in the facts).
+  rglru_gates  one ``nn.Linear`` per head (the block-diagonal ``einsum`` weights [h, i, j]
+               split, :func:`quantization.executorch_modules.split_gates`), quantized like the
+               linears at the recipe's gate scheme: 8da8w per channel (the built-in recipes)
+               or 8da4w per group. Kept fp32 (``kept_float`` in the facts) only when a recipe
+               leaves them float.
 
 Why not torchao's ``IntxWeightOnlyConfig``: on linears lowered with XNNPACK it gives silently
 wrong logits (measured); on nn.Embedding it lowers (``do_quant_fusion_and_const_prop``) to
@@ -44,7 +47,7 @@ from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
 from exporter.step.iospec import build_iospec
 from quantization.executorch_given import apply_given, check_given
-from quantization.executorch_modules import IntRowEmbedding, QuantizedStep
+from quantization.executorch_modules import IntRowEmbedding, QuantizedStep, split_gates
 from quantization.qweights import GivenQuantization
 from quantization.recipe import Recipe, WeightScheme
 from quantization.reference import weight_classes
@@ -60,9 +63,12 @@ SUPPORTED: dict[tuple[int, str], str] = {
 ACTIVATIONS = "int8, dynamic per token (asymmetric), in every quantized linear"
 
 
-def check_recipe(recipe: Recipe, widths: tuple[int, ...] = ()) -> None:
-    """Fail before exporting when no verified ExecuTorch path implements ``recipe``."""
-    for cls in ("linears", "embedding"):
+def check_recipe(recipe: Recipe, widths: tuple[int, ...] = (), gate_width: int | None = None) -> None:
+    """Fail before exporting when no verified ExecuTorch path implements ``recipe``.
+
+    ``widths``: the inputs of the linears and the head; ``gate_width``: of each RG-LRU gate's
+    per-head linears (lru_width / heads)."""
+    for cls in ("linears", "embedding", "rglru_gates"):
         scheme: WeightScheme | None = getattr(recipe, cls)
         if scheme is None:
             continue
@@ -72,7 +78,7 @@ def check_recipe(recipe: Recipe, widths: tuple[int, ...] = ()) -> None:
                 f"XNNPACK path (weight-only int8/int4 gives wrong logits); use int8 per_channel or int4 "
                 f"per_group (--quant int8 / --quant int4), or --format onnx"
             )
-        for k in widths:
+        for k in (widths if cls != "rglru_gates" else (gate_width,) if gate_width else ()):
             if scheme.group_size and k % scheme.group_size:
                 raise RgMobileError(
                     f"executorch quantization: group size {scheme.group_size} does not divide a linear's "
@@ -124,7 +130,7 @@ def quantized_step(
         recipe = given.recipe
         check_given(given)
     widths = tuple(sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)}))
-    check_recipe(recipe, widths + (model.config.width,))
+    check_recipe(recipe, widths + (model.config.width,), model.config.lru_width // model.config.num_heads)
     classes = weight_classes(model)
     params = dict(model.named_parameters())
     count = {cls: sum(params[n].numel() for n in names) for cls, names in classes.items()}
@@ -154,19 +160,22 @@ def quantized_step(
                                 "head": SUPPORTED[(recipe.embedding.bits, recipe.embedding.granularity)],
                                 "lookup": "int8 table x fp32 scales on portable kernels, the head's integers",
                                 "stored": "twice: the int8 lookup table and the XNNPACK-packed head"}  # fmt: skip
-    kept = {"rglru_gates": count["rglru_gates"]}
+    if recipe.rglru_gates is not None:
+        if given is None:
+            gates = set(split_gates(step.model))
+            quantize_(step.model, _config(recipe.rglru_gates), filter_fn=lambda m, fqn: fqn in gates)
+        applied["rglru_gates"] = {**recipe.rglru_gates.to_dict(), "params": count["rglru_gates"],
+                                  "scheme": SUPPORTED[(recipe.rglru_gates.bits, recipe.rglru_gates.granularity)],
+                                  "kernel": "XNNPACK qd8 fully connected, one per head"}  # fmt: skip
+    kept = {"rglru_gates": count["rglru_gates"]} if recipe.rglru_gates is None else {}
     facts["applied"] = applied
     facts["activations"] = ACTIVATIONS if applied else "float"
     facts["kept_float"] = {
-        "rglru_gates": {
-            "params": count["rglru_gates"],
-            "why": "block-diagonal einsum weights [h, i, j]; torchao quantizes nn.Linear only",
-            **(
-                {"stored": "the checkpoint's q * scale in fp32 (exact products)"}
-                if given is not None and recipe.rglru_gates is not None
-                else {}
-            ),
-        },
+        **(
+            {"rglru_gates": {"params": count["rglru_gates"], "why": "the recipe leaves the RG-LRU gates float"}}
+            if kept
+            else {}
+        ),
         "other": "conv1d, norms, biases, RG-LRU a_param",
     }
     facts["kept_float_params"] = sum(kept.values()) + other_params

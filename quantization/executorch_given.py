@@ -12,9 +12,8 @@ scale, zero point 0. XNNPACK then packs exactly those integers:
   embedding    the head (``lm_head``) is built from the embedding's integers and scales; the
                lookup table (:class:`quantization.executorch_modules.IntRowEmbedding`) holds the
                same integers with the fp32 scales.
-  rglru_gates  kept float, as ``q * scale`` in fp32: they are ``einsum`` weights XNNPACK
-               takes only as float. The stored fp32 values are exactly the given
-               dequantized weights.
+  rglru_gates  one linear per head (:class:`quantization.executorch_modules.HeadLinears`),
+               each holding its head's given integers and scales as the linears do.
 
 XNNPACK's blockwise int4 kernels take groups that are a multiple of 32 inputs; smaller groups
 are refused (:func:`check_given`).
@@ -46,7 +45,7 @@ def scale_dtype(scheme: WeightScheme) -> torch.dtype:
 
 def check_given(given: GivenQuantization) -> None:
     """Refuse in one line a given recipe whose integers XNNPACK cannot hold as they are."""
-    for cls in ("linears", "embedding"):
+    for cls in ("linears", "embedding", "rglru_gates"):
         scheme: WeightScheme | None = getattr(given.recipe, cls)
         if scheme is not None and scheme.group_size and scheme.group_size % XNNPACK_GROUP_MULTIPLE:
             raise RgMobileError(
@@ -87,34 +86,39 @@ def _set_weight(module: nn.Module, weight: Any) -> None:
 def apply_given(step: QuantizedStep, given: GivenQuantization, head: str) -> dict[str, str]:
     """Put ``given``'s integers into ``step`` (a QuantizedStep: ``step.model`` and its ``head``).
 
-    Returns the stored scale dtype per recipe class. Every given parameter must exist in the model.
+    The RG-LRU gates become one linear per head first (:func:`split_gates`), each given its
+    head's integers. Returns the stored scale dtype per recipe class. Every given parameter
+    must exist in the model.
     """
-    from quantization.executorch_modules import IntRowEmbedding
+    from quantization.executorch_modules import IntRowEmbedding, gate_linears, split_gates
 
     model = step.model
-    modules = dict(model.named_modules())
     params = dict(model.named_parameters())
+    for name in given.weights:
+        if name not in params:
+            raise RgMobileError(f"quantized checkpoint: weight {name!r} is not a parameter of this model")
+    if any(qt.block_diagonal for qt in given.weights.values()):
+        split_gates(model)
+    modules = dict(model.named_modules())
     recipe = given.recipe
     dtypes: dict[str, str] = {}
     for name, qt in given.weights.items():
         owner, _, leaf = name.rpartition(".")
-        if name not in params:
-            raise RgMobileError(f"quantized checkpoint: weight {name!r} is not a parameter of this model")
         if name == "embed_tokens.weight":
             _set_weight(step.get_submodule(head), intx_tensor(qt))
             model.embed_tokens = IntRowEmbedding(qt.q, qt.scale)  # type: ignore[assignment]
-        elif qt.block_diagonal:  # an RG-LRU gate: fp32 q * scale, in the parameter's own layout
-            params[name].copy_(qt.dequantize())
+        elif qt.block_diagonal:  # an RG-LRU gate: head i's integers [out, in] into its linear
+            # clones, not views: XNNPACK serializes a view's whole storage (every head's integers)
+            for linear, q, scale in zip(gate_linears(name, qt.q.shape[0]), qt.q, qt.scale, strict=True):
+                _set_weight(modules[linear], intx_tensor(QuantizedTensor(q.clone(), scale.clone(), qt.scheme)))
         elif isinstance(modules.get(owner), nn.Linear) and leaf == "weight":
             _set_weight(modules[owner], intx_tensor(qt))
         else:
             raise RgMobileError(f"executorch: no integer form for quantized weight {name!r}")
-    for cls in ("linears", "embedding"):
+    for cls in ("linears", "embedding", "rglru_gates"):
         scheme: WeightScheme | None = getattr(recipe, cls)
         if scheme is not None:
             dtypes[cls] = SCALE_DTYPES[scheme.granularity]
     if recipe.embedding is not None:
         dtypes["embedding_lookup"] = "float32"
-    if recipe.rglru_gates is not None:
-        dtypes["rglru_gates"] = "float32 weights q * scale (kept float)"
     return dtypes

@@ -1,5 +1,5 @@
-"""The modules a quantized ExecuTorch step is made of: the integer embedding lookup and the step with
-an untied head. Built by quantization/executorch.py (torchao's integers) and
+"""The modules a quantized ExecuTorch step is made of: the integer embedding lookup, the RG-LRU gates
+as one linear per head, and the step with an untied head. Built by quantization/executorch.py (torchao's integers) and
 quantization/executorch_given.py (a quantized checkpoint's integers).
 """
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from exporter.model.griffin import Griffin
+from exporter.model.layers import RGLRU
 from exporter.model.state import flatten_state, unflatten_state
 from exporter.step.step import head_positions
 
@@ -34,6 +35,70 @@ class IntRowEmbedding(nn.Module):
         b, t, d = rows.shape
         groups = scales.shape[-1]
         return (rows.reshape(b, t, groups, d // groups) * scales.unsqueeze(-1)).reshape(b, t, d)
+
+
+class HeadLinears(nn.Module):
+    """A block-diagonal gate as one ``nn.Linear`` per head: [b, t, l] -> [b, t, l].
+
+    Head ``i`` reads and writes columns ``i * l/h`` to ``(i + 1) * l/h``; its weight is the
+    parameter's block ``w[i]`` transposed (``[out, in]``, the layout of a quantized
+    block-diagonal weight, quantization/qweights.py), its bias ``b[i]``. XNNPACK's quantized
+    fully-connected kernels take linears, not the ``bmm`` the block-diagonal ``einsum`` lowers to.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        heads, width_in, width_out = weight.shape
+        with torch.device("meta"):  # no throwaway initialisation
+            self.heads = nn.ModuleList(nn.Linear(width_in, width_out) for _ in range(heads))
+        for linear, w, b in zip(self.heads, weight.detach(), bias.detach(), strict=True):
+            linear.weight = nn.Parameter(w.t().contiguous(), requires_grad=False)
+            linear.bias = nn.Parameter(b.clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = x.shape[-1] // len(self.heads)
+        return torch.cat([h(x[..., i * width : (i + 1) * width]) for i, h in enumerate(self.heads)], dim=-1)
+
+
+class HeadLinearRGLRU(RGLRU):
+    """:class:`RGLRU` with its gates as :class:`HeadLinears` (``input_gate``, ``recurrent_gate``)."""
+
+    input_gate: HeadLinears
+    recurrent_gate: HeadLinears
+
+    def gate_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_gate(x), self.recurrent_gate(x)
+
+
+# The gate parameters an RG-LRU hands to its HeadLinears, and their new home: (weight, bias, module).
+GATES = (
+    ("input_gate_weight", "input_gate_bias", "input_gate"),
+    ("recurrent_gate_weight", "recurrent_gate_bias", "recurrent_gate"),
+)
+
+
+@torch.no_grad()
+def split_gates(model: nn.Module) -> list[str]:
+    """Every RG-LRU of ``model`` with its gates as one linear per head, in place (its block-diagonal
+    parameters are freed). Returns the names of the new per-head linears, in model order."""
+    names = []
+    for name, module in list(model.named_modules()):
+        if type(module) is not RGLRU:
+            continue
+        for weight, bias, new in GATES:
+            setattr(module, new, HeadLinears(getattr(module, weight), getattr(module, bias)))
+            delattr(module, weight)
+            delattr(module, bias)
+            names += [f"{name}.{new}.heads.{i}" for i in range(len(getattr(module, new).heads))]
+        module.__class__ = HeadLinearRGLRU
+    return names
+
+
+def gate_linears(param: str, heads: int) -> list[str]:
+    """The per-head linears :func:`split_gates` makes of gate parameter ``param`` (``...input_gate_weight``)."""
+    owner, _, leaf = param.rpartition(".")
+    new = {weight: module for weight, _, module in GATES}[leaf]
+    return [f"{owner}.{new}.heads.{i}" for i in range(heads)]
 
 
 class QuantizedStep(nn.Module):

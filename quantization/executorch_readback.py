@@ -11,14 +11,18 @@ Where they are in the file:
   embedding      the lookup table on the portable kernels: the program's constant buffer,
                  the int8 table and the fp32 scales the two ``aten::embedding`` kernel
                  calls gather from.
-  rglru_gates    fp32 constants of the program, passed into the delegates' batch matrix
-                 multiplies (kept float: their values are q * scale).
+  rglru_gates    fully-connected nodes too, one per head (quantization/executorch_modules.py
+                 ``split_gates``), put back together into the block-diagonal layout. Programs
+                 whose recipe kept them float (and those exported before the gates were
+                 quantized) hold them as fp32 constants passed into the delegates' batch
+                 matrix multiplies: read as float weights.
 
 Our names come from the order of the graph: the decode method's fully-connected nodes,
 ordered by their debug handle (numbered in the order the step was traced), are the model's
 ``nn.Linear`` calls in the order a forward pass makes them (recorded with hooks on a model
-built on the meta device), then the head; the float gate operands follow the order of the
-gate parameters. Every read-back weight's shape is checked against its parameter's.
+built on the meta device, its gates split or not: the count of nodes says which), then the
+head; float gate operands follow the order of the gate parameters. Every read-back weight's
+shape is checked against its parameter's.
 
 The graph blobs are decoded with the ``flatc`` ExecuTorch ships (it serializes them with it).
 The whole file is read into memory: meant for checks, not for multi-GB artifacts on a phone.
@@ -41,6 +45,7 @@ from exporter.checkpoint.quantized import unpack_int4
 from exporter.config import GriffinConfig
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
+from quantization.executorch_modules import gate_linears, split_gates
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import WeightScheme
 from quantization.shipped import Shipped
@@ -172,6 +177,19 @@ def _check_shape(name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None
         raise RgMobileError(f"executorch read-back: {name} reads as {got}, the parameter is {want}")
 
 
+def _join_heads(out: ReadBack, gate: str, heads: int) -> None:
+    """Replace the per-head linears of gate parameter ``gate`` in ``out`` by its block-diagonal weight."""
+    parts = [f"{linear}.weight" for linear in gate_linears(gate, heads)]
+    pieces = [out.weights.pop(p) for p in parts]
+    dtypes = {out.scale_dtypes.pop(p) for p in parts}
+    if len({qt.scheme for qt in pieces}) != 1 or len(dtypes) != 1:
+        raise RgMobileError(f"executorch read-back: the heads of {gate} are quantized differently")
+    q = torch.stack([qt.q for qt in pieces])
+    scale = torch.stack([qt.scale for qt in pieces])
+    out.weights[gate] = QuantizedTensor(q, scale, pieces[0].scheme, block_diagonal=True)
+    out.scale_dtypes[gate] = dtypes.pop()
+
+
 def read_back(pte_path: Path, config: GriffinConfig) -> ReadBack:
     """Every quantized weight of ``pte_path``'s decode method, back in our names and layout."""
     from executorch.exir._serialize._program import deserialize_pte_binary
@@ -218,17 +236,29 @@ def read_back(pte_path: Path, config: GriffinConfig) -> ReadBack:
     out = ReadBack()
     model = _meta_model(config)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    gate_names = [n for n in shapes if n.endswith(("input_gate_weight", "recurrent_gate_weight"))]
     if filters:
         filters.sort(key=lambda f: f[0])
         names = linear_call_order(model)
-        if len(filters) not in (len(names), len(names) + 1):
+        split = _meta_model(config)
+        split_gates(split)
+        split_names = linear_call_order(split)
+        if len(filters) in (len(split_names), len(split_names) + 1):
+            names, split_shapes = split_names, {n: tuple(p.shape) for n, p in split.named_parameters()}
+        elif len(filters) in (len(names), len(names) + 1):
+            split_shapes = {}
+        else:
             raise RgMobileError(
                 f"executorch read-back: {len(filters)} integer fully-connected weights; the model has "
-                f"{len(names)} linears (+ the head)"
+                f"{len(names)} linears, or {len(split_names)} with its RG-LRU gates one per head (+ the head)"
             )
         for name, (_, qt, dt) in zip(names, filters, strict=False):
-            _check_shape(name, tuple(qt.q.shape), shapes[name])
+            _check_shape(name, tuple(qt.q.shape), shapes.get(name) or split_shapes[name])
             out.weights[name], out.scale_dtypes[name] = qt, dt
+        if split_shapes:
+            for gate in gate_names:
+                _join_heads(out, gate, config.num_heads)
+                _check_shape(gate, tuple(out.weights[gate].q.shape), shapes[gate])
         if len(filters) == len(names) + 1:
             out.head = filters[-1][1]
             _check_shape("head", tuple(out.head.q.shape), (config.vocab_size, config.width))
@@ -240,7 +270,6 @@ def read_back(pte_path: Path, config: GriffinConfig) -> ReadBack:
         _check_shape(EMBEDDING, tuple(q.shape), (config.vocab_size, config.width))
         out.weights[EMBEDDING] = QuantizedTensor(q, scale, out.head.scheme)
         out.scale_dtypes[EMBEDDING] = "float32"
-    gate_names = [n for n in shapes if n.endswith(("input_gate_weight", "recurrent_gate_weight"))]
     if gates:
         gates.sort(key=lambda g: g[0])
         if len(gates) != len(gate_names):
@@ -256,13 +285,16 @@ def read_back(pte_path: Path, config: GriffinConfig) -> ReadBack:
 def read_shipped(artifact: Path, manifest: Manifest, model: Griffin) -> list[tuple[str, Shipped]]:
     """What the artifact's program ships, as :class:`quantization.shipped.Shipped`: [(file, shipped)]."""
     del model  # the read-back builds its own (meta) model from the config
+    # Float gates are weights the recipe quantizes only if it names a gate scheme; otherwise
+    # they are the model's own fp32 weights, not part of the checkpoint's quantization.
+    gates_quantized = (manifest.quantization or {}).get("rglru_gates") is not None
     out = []
     for file in manifest.program_files():
         rb = read_back(Path(artifact) / file, manifest.config)
         shipped = Shipped(
             weights=rb.weights,
             scale_dtypes={n: d for n, d in rb.scale_dtypes.items() if n in rb.weights},
-            float_weights=rb.float_weights,
+            float_weights=rb.float_weights if gates_quantized else {},
             head=rb.head,
             head_scale_dtype=rb.scale_dtypes.get("head", "float32"),
         )

@@ -67,7 +67,15 @@ THRESHOLDS: dict[str, dict[str, float]] = {
 # relative) measured earlier, which once needed 1e-3 here, was not rounding: the XNNPACK delegate
 # computes gelu(approximate="tanh") as the erf GELU (4.7e-4 apart). exporter/targets/executorch.py
 # decomposes GELU before lowering; tests/test_executorch.py pins both facts.
-FORMAT_OVERRIDES: dict[str, dict[str, dict[str, float]]] = {}
+#
+# ExecuTorch int4 (8da4w: XNNPACK quantizes activations to int8 per token, ONNX per block of 32)
+# on brown-small agrees on the argmax at fewer of validate's positions than ONNX's 0.913: 0.852
+# (173 of 203) with the RG-LRU gates fp32, 0.847 (172) with them int8 per head (2026-12-07), the
+# other metrics within the int4 row (max_rel 0.146 / 0.147, min_cosine 0.981 / 0.982) and the
+# held-out text's top-1 0.912 / 0.908 over 4,096 tokens (perplexity +1.19% / +1.15%). Bound
+# 0.80, below both. A node with doubled scales (top-1 0.836 in ONNX) is then caught by its
+# cosine and max_rel, not by top-1 (tests/test_quant_executorch.py checks that validate fails).
+FORMAT_OVERRIDES: dict[str, dict[str, dict[str, float]]] = {"executorch": {"int4": {"top1_agreement": 0.80}}}
 
 
 # --- quality of quantized artifacts (runtime_py/quality.py), per recipe ---------------------------

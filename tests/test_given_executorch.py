@@ -24,6 +24,7 @@ from exporter.checkpoint.loader import load_checkpoint
 from exporter.errors import RgMobileError
 from exporter.model.griffin import Griffin
 from quantization.executorch import StepBackend, quantized_step
+from quantization.executorch_modules import gate_linears
 from quantization.executorch_readback import read_back
 from quantization.qweights import GivenQuantization, load_dequantized
 from quantization.recipe import load_recipe
@@ -67,17 +68,16 @@ def _given(qdir: Path) -> GivenQuantization:
 def check_read_back(given: GivenQuantization, out: Path, name: str) -> None:
     """Every quantized weight read out of the .pte: integers equal, scales equal (int4 groups after bf16)."""
     rb = read_back(out / "model.pte", read_manifest(out).config)
-    assert len(rb) == len(given.weights)
-    assert set(rb.weights) | set(rb.float_weights) == set(given.weights)
+    assert len(rb) == len(given.weights) and not rb.float_weights  # every weight as integers
+    assert set(rb.weights) == set(given.weights)
     linears = [p for p, qt in given.weights.items() if not qt.block_diagonal and p != "embed_tokens.weight"]
     assert {rb.scale_dtypes[p] for p in linears} == {"bfloat16" if name == "int4" else "float32"}
+    gates = [p for p, qt in given.weights.items() if qt.block_diagonal]
+    assert gates and {rb.scale_dtypes[p] for p in gates} == {"float32"}  # both recipes: int8 per channel
     for param, qt in given.weights.items():
-        if param in rb.float_weights:  # RG-LRU gates: kept fp32, exactly q * scale
-            assert qt.block_diagonal and torch.equal(rb.float_weights[param], qt.dequantize()), param
-            continue
         got = rb.weights[param]
         want_scale = qt.scale.to(torch.bfloat16).float() if rb.scale_dtypes[param] == "bfloat16" else qt.scale
-        assert got.scheme == qt.scheme, param
+        assert got.scheme == qt.scheme and got.block_diagonal == qt.block_diagonal, param
         assert torch.equal(got.q, qt.q), param
         assert torch.equal(got.scale, want_scale), param
     # The head: the embedding's integers, packed by XNNPACK (the recipes' embedding is int8 per channel).
@@ -129,7 +129,7 @@ def check_manifest(out: Path, name: str) -> None:
     scales = facts["scale_dtypes"]
     assert scales["linears"] == {"int8": "float32", "int4": "bfloat16"}[name]
     assert scales["embedding"] == "float32" and scales["embedding_lookup"] == "float32"
-    assert "q * scale" in facts["kept_float"]["rglru_gates"]["stored"]
+    assert scales["rglru_gates"] == "float32" and "rglru_gates" not in facts["kept_float"]
 
 
 @pytest.mark.slow
@@ -149,7 +149,7 @@ def test_pte_from_a_quantized_checkpoint_ships_its_integers(tmp_path: Path, tiny
 @pytest.mark.parametrize("name", RECIPES)
 def test_step_holds_the_given_integers(name: str) -> None:
     """The eager step handed to torch.export: given integers in every linear and the head, the
-    lookup table the embedding's, gates exactly q * scale (no lowering: seconds)."""
+    lookup table the embedding's, each RG-LRU gate head its block's integers (no lowering: seconds)."""
     model = _model()
     given = perturbed_given(model, load_recipe(name), seed=3)
     step, facts = quantized_step(model, given.recipe, given=given)
@@ -161,7 +161,10 @@ def test_step_holds_the_given_integers(name: str) -> None:
             assert torch.equal(step.model.embed_tokens.qdata, qt.q)
             assert torch.equal(step.model.embed_tokens.scales, qt.scale)
         elif qt.block_diagonal:
-            assert torch.equal(dict(step.model.named_parameters())[param], qt.dequantize())
+            heads = gate_linears(param, qt.q.shape[0])
+            for i, linear in enumerate(heads):
+                w = modules[linear].weight
+                assert torch.equal(w.qdata, qt.q[i]) and torch.equal(w.scale, qt.scale[i]), linear
         else:
             w = modules[param.removesuffix(".weight")].weight
             want = qt.scale.to(torch.bfloat16).float() if qt.scheme.bits == 4 else qt.scale

@@ -8,6 +8,7 @@ is present, its int8 and int4 artifacts through ``validate`` with the quality ga
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import replace
@@ -20,7 +21,10 @@ from typer.testing import CliRunner
 from exporter.artifact.manifest import read_manifest, write_manifest
 from exporter.checkpoint.loader import load_checkpoint
 from exporter.errors import RgMobileError
+from exporter.targets.executorch import ExecuTorchStep
 from quantization.executorch import StepBackend, check_recipe, quantized_step
+from quantization.executorch_modules import split_gates
+from quantization.executorch_readback import read_back, read_shipped
 from quantization.recipe import WeightScheme, load_recipe
 from quantization.reference import weight_classes
 from rgmobile.cli import app
@@ -71,7 +75,36 @@ def test_quantized_step_ties_embedding_to_head_integers(tiny_checkpoint: Path) -
     ids = torch.arange(model.config.vocab_size)[None]
     assert torch.equal(step.model.embed_tokens(ids)[0], deq)
     assert (deq - model.embed_tokens.weight).abs().max() <= head.scale.max() / 2 + 1e-6
-    assert facts["kept_float"]["rglru_gates"]["params"] > 0 and "int8" in facts["activations"]
+    assert "int8" in facts["activations"] and "rglru_gates" not in facts["kept_float"]
+    # The RG-LRU gates: one int8 linear per head, the block-diagonal parameters gone.
+    assert "8da8w" in facts["applied"]["rglru_gates"]["scheme"]
+    assert not any(n.endswith("gate_weight") for n, _ in step.named_parameters())
+    heads = [m for n, m in step.named_modules() if ".input_gate.heads." in n or ".recurrent_gate.heads." in n]
+    recurrent = len(model.config.layers_of("recurrent"))
+    assert len(heads) == 2 * recurrent * model.config.num_heads
+    assert all(type(h.weight).__name__ == "IntxUnpackedToInt8Tensor" for h in heads)
+
+
+@torch.no_grad()
+def test_split_gates_computes_the_same_gates(tiny_checkpoint: Path) -> None:
+    """One linear per head is the block-diagonal gate: the same logits and state (float, before
+    quantization), and a recipe that leaves the gates float keeps them as they were."""
+    model = load_checkpoint(tiny_checkpoint).model
+    split = copy.deepcopy(model)
+    names = split_gates(split)
+    assert len(names) == 2 * len(model.config.layers_of("recurrent")) * model.config.num_heads
+    ids = torch.tensor([[2, 17, 250, 3, 99, 4, 8, 1]])
+    pos = torch.arange(ids.shape[1])[None]
+    state = StepBackend(model, model.config).init_state()
+    a, b = ExecuTorchStep(model)(ids, pos, *state), ExecuTorchStep(split)(ids, pos, *state)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    float_gates = replace(load_recipe("int8"), rglru_gates=None)
+    step, facts = quantized_step(model, float_gates)
+    assert facts["kept_float"]["rglru_gates"]["params"] > 0 and "rglru_gates" not in facts["applied"]
+    assert sum(n.endswith("gate_weight") for n, _ in step.named_parameters()) == 2 * len(
+        model.config.layers_of("recurrent")
+    )
 
 
 @torch.no_grad()
@@ -99,7 +132,8 @@ def test_int4_manifest_and_size(int4_pte: Path, tiny_checkpoint: Path) -> None:
     assert m.format == "executorch" and m.precision == "int4"
     facts = m.quantization["executorch"]
     assert "8da4w" in facts["applied"]["linears"]["scheme"] and "8da8w" in facts["applied"]["embedding"]["head"]
-    assert "dynamic per token" in facts["activations"] and facts["kept_float"]["rglru_gates"]["params"] > 0
+    assert "dynamic per token" in facts["activations"] and "rglru_gates" not in facts["kept_float"]
+    assert "8da8w" in facts["applied"]["rglru_gates"]["scheme"]  # the int4 recipe's gates: int8 per channel
     model = load_checkpoint(tiny_checkpoint).model
     params = sum(p.numel() for p in model.parameters())
     fp32 = 4 * params  # the fp32 program's weights (model.ptd: the tied table once)
@@ -171,6 +205,27 @@ def test_validate_rejects_doubled_scales(
     assert not report.passed, report.summary
     result = CliRunner().invoke(app, ["validate", str(out), "--quality-tokens", str(QUALITY_TOKENS)])
     assert result.exit_code == 1 and "validate failed" in result.output, failed
+
+
+@pytest.mark.slow
+def test_a_recipe_leaving_the_gates_float_ships_them_float(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """A recipe with no gate scheme: the .pte keeps the block-diagonal fp32 gates, the read-back
+    finds the model's own values, and what the artifact ships of a quantization leaves them out."""
+    recipe = tmp_path / "float-gates.json"
+    recipe.write_text(json.dumps({**load_recipe("int8").to_dict(), "name": "int8-float-gates", "rglru_gates": None}))
+    out = tmp_path / "float-gates"
+    export(ExportOptions(out=out, format="executorch", checkpoint=tiny_checkpoint, prefill_chunk=1, quant=str(recipe)))
+    m = read_manifest(out)
+    assert m.quantization["executorch"]["kept_float"]["rglru_gates"]["params"] > 0
+    model = load_checkpoint(tiny_checkpoint).model
+    classes, params = weight_classes(model), dict(model.named_parameters())
+    rb = read_back(out / "model.pte", m.config)
+    assert set(rb.weights) == set(classes["linears"]) | {"embed_tokens.weight"}
+    assert set(rb.float_weights) == set(classes["rglru_gates"])
+    for name in classes["rglru_gates"]:
+        assert torch.equal(rb.float_weights[name], params[name].detach()), name
+    [(_, shipped)] = read_shipped(out, m, model)
+    assert not shipped.float_weights and set(shipped.weights) == set(rb.weights)
 
 
 BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "bundled" / "brown-small" / "config.json"

@@ -80,10 +80,17 @@ class RGLRU(nn.Module):
         self.max_len: int | None = None  # see linear_scan; set by exporter.step.step.any_length
         self.padded_scan = False  # see linear_scan; set by exporter.step.step.any_length
 
+    def gate_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input and recurrence gates before their sigmoid: x [b, t, l] -> ([b, t, l], [b, t, l])."""
+        return (
+            block_diagonal(x, self.input_gate_weight, self.input_gate_bias),
+            block_diagonal(x, self.recurrent_gate_weight, self.recurrent_gate_bias),
+        )
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [b, t, l], positions [b, t], h0 [b, l] fp32 -> (y [b, t, l], h [b, l] fp32)."""
-        gate_x = torch.sigmoid(block_diagonal(x, self.input_gate_weight, self.input_gate_bias))
-        gate_a = torch.sigmoid(block_diagonal(x, self.recurrent_gate_weight, self.recurrent_gate_bias))
+        x_logits, a_logits = self.gate_logits(x)
+        gate_x, gate_a = torch.sigmoid(x_logits), torch.sigmoid(a_logits)
         log_a = -8.0 * gate_a * nn.functional.softplus(self.recurrent_param)
         # keep is 0.0 where a new sequence starts (position 0), else 1.0: there a = 0 and the
         # multiplier sqrt(1 - a^2) = 1 exactly, as selecting them would give (a multiply is cheaper)
