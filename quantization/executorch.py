@@ -78,11 +78,16 @@ def check_recipe(recipe: Recipe, widths: tuple[int, ...] = (), gate_width: int |
                 f"XNNPACK path (weight-only int8/int4 gives wrong logits); use int8 per_channel or int4 "
                 f"per_group (--quant int8 / --quant int4), or --format onnx"
             )
-        for k in (widths if cls != "rglru_gates" else (gate_width,) if gate_width else ()):
+        if cls == "rglru_gates":  # --group-size does not reach the gates: only the recipe sets theirs
+            ks: tuple[int, ...] = (gate_width,) if gate_width else ()
+            what, hint = "an RG-LRU gate head's", "set the recipe's rglru_gates group_size to a divisor of"
+        else:
+            ks, what, hint = widths, "a linear's", "pass --group-size dividing"
+        for k in ks:
             if scheme.group_size and k % scheme.group_size:
                 raise RgMobileError(
-                    f"executorch quantization: group size {scheme.group_size} does not divide a linear's "
-                    f"{k} inputs; pass --group-size dividing {k}"
+                    f"executorch quantization: group size {scheme.group_size} does not divide {what} "
+                    f"{k} inputs; {hint} {k}"
                 )
 
 

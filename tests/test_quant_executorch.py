@@ -62,6 +62,12 @@ def test_recipe_checks_refuse_unverified_paths(tmp_path: Path) -> None:
         check_recipe(weight_only_int8_groups)
     with pytest.raises(RgMobileError, match="--group-size"):
         check_recipe(load_recipe("int4").with_options(group_size=64), widths=(96,))
+    # int4 gate groups wider than a gate head: the recipe sets them, so the hint names the recipe
+    int4_gates = replace(recipe, rglru_gates=WeightScheme(4, "per_group", 32))
+    with pytest.raises(RgMobileError, match="recipe's rglru_gates group_size to a divisor of 16") as info:
+        check_recipe(int4_gates, widths=(64,), gate_width=16)
+    assert "\n" not in str(info.value)
+    check_recipe(int4_gates, widths=(64,), gate_width=64)  # a head of 64 inputs takes groups of 32
     ExportOptions(out=tmp_path / "a", format="executorch", quant="int4")  # accepted
 
 
