@@ -377,7 +377,20 @@ def test_decode_keeps_norms_in_xnnpack_and_touches_the_ring_once(et_artifact: Pa
         assert folded not in d["portable"], folded
 
 
-@pytest.mark.parametrize("t, start", [(1, 0), (1, 5), (1, 37), (5, 3), (8, 30)])
+@pytest.mark.slow
+def test_prefill_writes_its_rows_without_gathering_the_ring(et_artifact: Path) -> None:
+    """The chunk program writes its t rows into each ring with a scatter: no portable gather of
+    the whole ring through an index of its size (a third of a 2B prefill chunk when it did)."""
+    details = read_manifest(et_artifact).format_details
+    assert details["methods"]["prefill"]["seq_len"] <= WINDOW  # the fixture's chunk fits the ring
+    d = details["prefill_delegation"]
+    assert "aten_gather_default" not in d["portable"]
+    assert d["portable"].get("aten_scatter_src") == 4  # K and V rows of the two attention layers
+
+
+# decode; chunks from the start, within the ring, wrapping round its end, filling it whole,
+# and longer than it (the base class's gather: a slot would be written twice)
+@pytest.mark.parametrize("t, start", [(1, 0), (1, 5), (1, 37), (5, 3), (8, 0), (8, 30), (16, 9), (20, 7)])
 def test_xnnpack_friendly_forms_match_the_default_step(t: int, start: int) -> None:
     """The forms traced for ExecuTorch compute the default step: ring state bit-identical."""
     from exporter.model.griffin import positions

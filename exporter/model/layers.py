@@ -214,7 +214,7 @@ def ring_positions(start: torch.Tensor, window: int) -> torch.Tensor:
 class LocalAttention(nn.Module):
     """Multi-query local attention over a KV ring buffer of ``window`` slots.
 
-    :meth:`scores`, :meth:`attend` and :meth:`decode_write` are the steps a target may
+    :meth:`scores`, :meth:`attend`, :meth:`chunk_write` and :meth:`decode_write` are the steps a target may
     trace in another form of the same maths (exporter/targets/executorch_layers.py).
     """
 
@@ -270,13 +270,7 @@ class LocalAttention(nn.Module):
         if self.max_len is None and t == 1:  # decode: one slot changes
             new_key, new_value = self.decode_write(start, state, (old_key, old_value), (kn, vn))
         else:
-            slots = torch.arange(w, dtype=torch.int64, device=x.device).unsqueeze(0)
-            last = start + (t - 1)
-            newest = last - torch.remainder(last + w - slots, w)  # [b, w]
-            src = torch.where(newest >= start, newest - start + w, slots)  # index into [ring, chunk]
-            idx = src.reshape(b, 1, w, 1).expand(b, k, w, e)
-            new_key = torch.gather(torch.cat([old_key, kn], dim=2), 2, idx).to(state.key.dtype)
-            new_value = torch.gather(torch.cat([old_value, vn], dim=2), 2, idx).to(state.value.dtype)
+            new_key, new_value = self.chunk_write(start, state, (old_key, old_value), (kn, vn))
         return self.o_proj(out), AttentionLayerState(new_key, new_value)
 
     def scores(self, qg: torch.Tensor, old_key: torch.Tensor, kn: torch.Tensor) -> torch.Tensor:
@@ -290,6 +284,25 @@ class LocalAttention(nn.Module):
         vn [b, k, t, e] -> [b, k, g*t, e] (any shape of that many values, in that order)."""
         w = self.window
         return torch.matmul(probs[..., :w], old_value) + torch.matmul(probs[..., w:], vn)
+
+    def chunk_write(self, start: torch.Tensor, state: AttentionLayerState, rings: KV, rows: KV) -> KV:
+        """The (key, value) rings [b, k, w, e] after a step of t positions from ``start`` [b, 1]
+        (any t, also more than w) writes its (key, value) ``rows`` [b, k, t, e], in the dtypes of ``state``.
+
+        Slot s takes the latest position <= start + t - 1 with p % w == s: from the chunk when that
+        position is in it, else the old slot; one gather from [ring, chunk] (t may be dynamic).
+        """
+        (old_key, old_value), (kn, vn) = rings, rows
+        b, k, t, e = kn.shape
+        w = self.window
+        slots = torch.arange(w, dtype=torch.int64, device=start.device).unsqueeze(0)
+        last = start + (t - 1)
+        newest = last - torch.remainder(last + w - slots, w)  # [b, w]
+        src = torch.where(newest >= start, newest - start + w, slots)  # index into [ring, chunk]
+        idx = src.reshape(b, 1, w, 1).expand(b, k, w, e)
+        new_key = torch.gather(torch.cat([old_key, kn], dim=2), 2, idx).to(state.key.dtype)
+        new_value = torch.gather(torch.cat([old_value, vn], dim=2), 2, idx).to(state.value.dtype)
+        return new_key, new_value
 
     def decode_write(self, start: torch.Tensor, state: AttentionLayerState, rings: KV, rows: KV) -> KV:
         """The (key, value) rings [b, k, w, e] after a decode step (t = 1) at ``start`` [b, 1]

@@ -397,7 +397,7 @@ def export(
         edge = lower(programs, constant_methods(model.config, options.prefill_chunk), spill_dir=Path(spill))
         del programs
         _stage(rss, "to_edge_transform_and_lower")
-        delegation = delegation_summary(edge, DECODE)
+        delegation = {m: delegation_summary(edge, m) for m in (DECODE, PREFILL) if m in seq_lens}
         et_program = edge.to_executorch(_external_config()) if separate else edge.to_executorch()
         del edge
         _stage(rss, "to_executorch")
@@ -428,7 +428,7 @@ def export(
             "symbolic_dims": {"batch": "fixed at 1", "seq": "fixed per method (programs[*].seq_len)"},
             "methods": {name: {"seq_len": seq} for name, seq in seq_lens.items()},
             "constant_methods": constant_methods(model.config, options.prefill_chunk),
-            "decode_delegation": delegation,
+            **{f"{m}_delegation": d for m, d in delegation.items()},
             "data_file": DATA_NAME if separate else None,
             "pte_bytes": pte_breakdown(path, data),
             "tied_head": f"stored once in {DATA_NAME}: the portable embedding lookup and XNNPACK's linear read it"
