@@ -71,10 +71,7 @@ class HeadLinearRGLRU(RGLRU):
 
 
 # The gate parameters an RG-LRU hands to its HeadLinears, and their new home: (weight, bias, module).
-GATES = (
-    ("input_gate_weight", "input_gate_bias", "input_gate"),
-    ("recurrent_gate_weight", "recurrent_gate_bias", "recurrent_gate"),
-)
+GATES = tuple((weight, bias, weight.removesuffix("_weight")) for weight, bias in RGLRU.GATE_PARAMS)
 
 
 @torch.no_grad()

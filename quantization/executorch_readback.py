@@ -48,6 +48,7 @@ from exporter.model.griffin import Griffin
 from quantization.executorch_modules import gate_linears, split_gates
 from quantization.qweights import QuantizedTensor, QuantizedWeights
 from quantization.recipe import WeightScheme
+from quantization.reference import weight_classes
 from quantization.shipped import Shipped
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ def read_back(pte_path: Path, config: GriffinConfig) -> ReadBack:
     out = ReadBack()
     model = _meta_model(config)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    gate_names = [n for n in shapes if n.endswith(("input_gate_weight", "recurrent_gate_weight"))]
+    gate_names = weight_classes(model)["rglru_gates"]
     if filters:
         filters.sort(key=lambda f: f[0])
         names = linear_call_order(model)

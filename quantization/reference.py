@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from exporter.model.griffin import Griffin
+from exporter.model.layers import RGLRU
 from quantization.recipe import Recipe
 from quantization.tensor import fake_quantize, fake_quantize_block_diagonal
 
@@ -24,7 +25,7 @@ def weight_classes(model: Griffin) -> dict[str, list[str]]:
         if isinstance(module, nn.Linear):
             out["linears"].append(f"{name}.weight")
     for name, _ in model.named_parameters():
-        if name.endswith(("input_gate_weight", "recurrent_gate_weight")):
+        if name.endswith(tuple(weight for weight, _ in RGLRU.GATE_PARAMS)):
             out["rglru_gates"].append(name)
     return out
 

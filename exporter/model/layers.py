@@ -15,6 +15,8 @@ ExecuTorch runtime computes ``remainder`` of negatives with C semantics), and
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -68,6 +70,13 @@ def block_diagonal(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.T
 
 class RGLRU(nn.Module):
     """Real-Gated Linear Recurrent Unit (Griffin paper, section 2.4)."""
+
+    # The block-diagonal gates' parameters, (weight, bias) each: the names every stage that
+    # treats the gates apart (quantization recipes, ExecuTorch's per-head linears) looks for.
+    GATE_PARAMS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("input_gate_weight", "input_gate_bias"),
+        ("recurrent_gate_weight", "recurrent_gate_bias"),
+    )
 
     def __init__(self, width: int, num_heads: int) -> None:
         super().__init__()

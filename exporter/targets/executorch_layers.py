@@ -71,8 +71,8 @@ class XnnpackLocalAttention(LocalAttention):
         """Row i of ``rows`` [b, k, t, e] into slot (start + i) % w of each ring (t <= w: distinct slots)."""
         (old_key, old_value), (kn, vn) = rings, rows
         b, k, t, e = kn.shape
-        first = start if t == 1 else start + torch.arange(t, dtype=torch.int64, device=start.device).unsqueeze(0)
-        idx = torch.remainder(first, self.window).reshape(b, 1, t, 1).expand(b, k, t, e)
+        written = start if t == 1 else start + torch.arange(t, dtype=torch.int64, device=start.device).unsqueeze(0)
+        idx = torch.remainder(written, self.window).reshape(b, 1, t, 1).expand(b, k, t, e)
         new_key = torch.scatter(old_key, 2, idx, kn).to(state.key.dtype)
         new_value = torch.scatter(old_value, 2, idx, vn).to(state.value.dtype)
         return new_key, new_value
