@@ -10,5 +10,6 @@ command -v mvn >/dev/null && command -v java >/dev/null || {
 }
 . .venv/bin/activate
 ruff check .
+ruff format --check .
 mypy exporter runtime_py quantization rgmobile
 python -m pytest -q -ra --durations=25 "$@"  # the slowest tests named at the end: CI has 90 minutes

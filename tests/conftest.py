@@ -77,8 +77,20 @@ def tiny_et_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: 
 
     out = tmp_path_factory.mktemp("et") / "tiny-et"
     # every position's logits: the tests compare prefill row by row
-    args = ["export", str(tiny_checkpoint), "--format", "executorch", "--out", str(out), "--prefill-chunk", "8",
-            "--prefill-lengths", "4,2", "--prefill-logits", "all"]
+    args = [
+        "export",
+        str(tiny_checkpoint),
+        "--format",
+        "executorch",
+        "--out",
+        str(out),
+        "--prefill-chunk",
+        "8",
+        "--prefill-lengths",
+        "4,2",
+        "--prefill-logits",
+        "all",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out

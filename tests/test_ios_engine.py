@@ -112,8 +112,14 @@ def test_swift_test_suite(swift: Swift) -> None:
 
 @pytest.mark.parametrize(
     ("precision", "library"),
-    [("fp32", "node"), ("fp32", "system"), ("int4", "node"), ("per_length", "node"), ("per_length", "system"),
-     ("prefill8", "node")],  # fmt: skip
+    [
+        ("fp32", "node"),
+        ("fp32", "system"),
+        ("int4", "node"),
+        ("per_length", "node"),
+        ("per_length", "system"),
+        ("prefill8", "node"),
+    ],  # fmt: skip
 )
 def test_cli_greedy_ids_equal_python(swift: Swift, precision: str, library: str) -> None:
     bundle = swift.bundles[precision]

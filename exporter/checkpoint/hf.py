@@ -125,7 +125,7 @@ def read_hf_weights(folder: Path, dtype: torch.dtype) -> dict[str, Tensor]:
 
 
 def _layout(folder: Path) -> str:
-    """"single" (``model.safetensors``, which wins, as in transformers) or "sharded"; else a clear error."""
+    """ "single" (``model.safetensors``, which wins, as in transformers) or "sharded"; else a clear error."""
     if (folder / SINGLE_NAME).is_file():
         if (folder / INDEX_NAME).is_file():
             log.warning("%s has both %s and %s; reading %s (as transformers does)", folder, SINGLE_NAME,

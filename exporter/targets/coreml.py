@@ -89,7 +89,11 @@ def settings_of(options: TargetOptions) -> CoreMLSettings:
 
 
 def export(
-    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None,
+    model: Griffin,
+    out_dir: Path,
+    options: TargetOptions,
+    source: str,
+    given: GivenQuantization | None = None,
     weights: WeightsOf | None = None,
 ) -> TargetResult:
     """Write the Core ML package(s) for ``model`` (loaded from ``source``) into ``out_dir``."""

@@ -359,7 +359,11 @@ def _stage(stages: dict[str, int], name: str) -> None:
 
 
 def export(
-    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None,
+    model: Griffin,
+    out_dir: Path,
+    options: TargetOptions,
+    source: str,
+    given: GivenQuantization | None = None,
     weights: WeightsOf | None = None,
 ) -> TargetResult:
     """Write ``model.pte`` (methods prefill, its extra lengths, decode) for ``model`` (loaded from ``source``)

@@ -76,7 +76,11 @@ _EXAMPLE_BATCH = 2  # trace with batch 2: batch 1 would be specialised as a cons
 
 
 def export(
-    model: Griffin, out_dir: Path, options: TargetOptions, source: str, given: GivenQuantization | None = None,
+    model: Griffin,
+    out_dir: Path,
+    options: TargetOptions,
+    source: str,
+    given: GivenQuantization | None = None,
     weights: WeightsOf | None = None,
 ) -> TargetResult:
     """Write the ONNX program(s) for ``model`` (loaded from ``source``) into ``out_dir``; with ``weights``,
