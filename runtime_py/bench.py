@@ -282,6 +282,18 @@ def _gemm_ops(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+# The recipe keys of a manifest's ``quantization`` a bench subject keeps (not the per-format facts).
+RECIPE_KEYS = ("name", "linears", "embedding", "rglru_gates", "activations")
+
+
+def recipe_summary(quantization: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The quantization recipe an artifact was exported with (its schemes, e.g. the int4 group
+    size), from the manifest's ``quantization``; None for an unquantized artifact."""
+    if quantization is None:
+        return None
+    return {k: quantization[k] for k in RECIPE_KEYS if k in quantization}
+
+
 def _pte_bytes(path: Path, manifest: Manifest) -> int | None:
     """Size of an ExecuTorch artifact's program: its .pte file(s) (each once) and .ptd data file;
     None for other formats."""
@@ -323,13 +335,15 @@ def _plan(options: BenchOptions) -> tuple[list[dict[str, Any]], GriffinConfig | 
         stubs.append({"name": name, "kind": "artifact", "path": str(path), "format": m.format,
                       "export_stats": export_stats, "gemm_ops": _gemm_ops(m) if m.prefill_chunk > 1 else None,
                       "pte_bytes": _pte_bytes(path, m), "precision": m.precision,
+                      "quantization": recipe_summary(m.quantization),
                       "fp32_weights_bytes": 4 * m.config.parameter_counts()["total"], "_spec": spec,
                       "_spin_control": get_format(m.format).spin_control})  # fmt: skip
     for b in options.baselines:
         assert shape is not None
         spec = WorkerSpec(subject=b, config=shape.to_dict(), prefill_chunk=chunk, **common)  # type: ignore[arg-type]
         stubs.append({"name": b, "kind": "baseline", "path": None, "format": None, "export_stats": None,
-                      "gemm_ops": None, "pte_bytes": None, "fp32_weights_bytes": None, "_spec": spec})  # fmt: skip
+                      "gemm_ops": None, "pte_bytes": None, "fp32_weights_bytes": None, "quantization": None,
+                      "_spec": spec})  # fmt: skip
     return stubs, shape, chunk
 
 

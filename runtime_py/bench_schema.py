@@ -35,6 +35,9 @@ subject:
                   after the subject's process ({"loadavg_1m", "busy_cores"}: cores busy with
                   other work while bench idled; >= 0.5 is logged as a warning)
   backend, precision, config (GriffinConfig dict)
+  quantization    (optional; absent from earlier version 2 files) the artifact's recipe from its
+                  manifest ({"name", "linears", "embedding", "rglru_gates", "activations"}: each
+                  scheme's bits, granularity and group size) | null (unquantized, baselines)
   weights_bytes, weights_bytes_method   what one decode step reads for its weights
   load_seconds, rss_before_load_bytes (v2), anon_before_load_bytes (optional), rss_after_load_bytes,
                   peak_rss_bytes (ru_maxrss of the subject's own process)
@@ -186,6 +189,8 @@ def validate_bench(data: Any) -> None:
         _check(s, {**_SUBJECT, **(_SUBJECT_2 if v2 else {})}, where)
         if v2 and s["ttft"] is not None:
             _check(s["ttft"], _TTFT, f"{where}.ttft")
+        if s.get("quantization") is not None:
+            _check(s["quantization"], {"name": str}, f"{where}.quantization")
         if s.get("contention") is not None:
             _check_contention(s["contention"], f"{where}.contention")
         if s.get("together") is not None and s["together"].get("error") is None:

@@ -227,11 +227,23 @@ def test_bench_json_matches_schema(bench_run: tuple[dict, Path, Path, str], rand
     assert art["format"] == "onnx" and art["backend"] == "onnxruntime" and art["precision"] == "fp32"
     assert art["program_loading"].startswith("one at a time") and subjects["eager"]["program_loading"] == "together"
     assert art["export_stats"]["peak_rss_bytes"] > 0
+    assert art["quantization"] is None and subjects["eager"]["quantization"] is None  # fp32, baseline
     state = preset("tiny").state_bytes(1, 4)["total"]
     for r in art["positions"]:  # our state is constant; the roofline reads weights + state in and out
         assert r["state_bytes"] == state and r["bytes_per_token"] == art["weights_bytes"] + 2 * state
     gemma = [r["state_bytes"] for r in subjects["gemma"]["positions"]]
     assert gemma[0] == 0 and gemma[1] < gemma[2]  # its KV cache grows with context
+
+
+def test_bench_subject_names_the_recipe_it_was_exported_with() -> None:
+    from quantization.recipe import load_recipe
+    from runtime_py.bench import recipe_summary
+
+    recipe = load_recipe("int4").with_options(128, None).to_dict()
+    got = recipe_summary({**recipe, "executorch": {"activations": "int8 per token"}})  # + a format's facts
+    assert got == {k: recipe[k] for k in ("name", "linears", "embedding", "rglru_gates", "activations")}
+    assert got["linears"] == {"bits": 4, "granularity": "per_group", "group_size": 128}
+    assert recipe_summary(None) is None
 
 
 def test_bench_decode_weight_bytes_count_the_graph_weights(random_artifact: Path) -> None:
@@ -590,6 +602,12 @@ def test_bench_schema_reads_version_1_and_requires_the_version_2_fields(
     data = json.loads(json.dumps(bench_run[0]))
     data["subjects"][0]["ttft"] = {"tokens": 10}
     with pytest.raises(RgMobileError, match="seconds"):
+        validate_bench(data)
+    data = json.loads(json.dumps(bench_run[0]))
+    del data["subjects"][0]["quantization"]  # optional: files written before it still read
+    validate_bench(data)
+    data["subjects"][0]["quantization"] = {"linears": {"bits": 4}}
+    with pytest.raises(RgMobileError, match="quantization is missing 'name'"):
         validate_bench(data)
 
 
