@@ -108,7 +108,17 @@ class Recipe:
                 r = replace(r, embedding=WeightScheme(4, "per_group", gs))
             else:
                 r = replace(r, embedding=WeightScheme(embedding_bits, "per_channel"))
+        changed = [f"{cls} {_describe(getattr(r, cls))}" for cls in ("linears", "embedding")
+                   if getattr(r, cls) != getattr(self, cls)]  # fmt: skip
+        if changed:  # the description (written into manifests) must not contradict the schemes
+            r = replace(r, description=f"{r.description} [overridden: {'; '.join(changed)}]")
         return r
+
+
+def _describe(scheme: WeightScheme | None) -> str:
+    if scheme is None:
+        return "float"
+    return f"int{scheme.bits} " + (f"in groups of {scheme.group_size}" if scheme.group_size else "per channel")
 
 
 def load_recipe(name_or_path: str) -> Recipe:

@@ -24,6 +24,12 @@ def test_builtin_recipes_load() -> None:
     assert Recipe.from_dict(int4.to_dict()) == int4
     assert int4.with_options(group_size=64).linears == WeightScheme(4, "per_group", 64)
     assert int4.with_options(embedding_bits=4).embedding == WeightScheme(4, "per_group", 32)
+    # a manifest's recipe description says what the overrides made of it
+    assert int4.with_options(group_size=32) == int4 and int4.with_options() == int4
+    assert int4.with_options(group_size=128).description.endswith("[overridden: linears int4 in groups of 128]")
+    both = int4.with_options(group_size=64, embedding_bits=4).description
+    assert both.endswith("[overridden: linears int4 in groups of 64; embedding int4 in groups of 64]")
+    assert int8.with_options(embedding_bits=4).description.endswith("[overridden: embedding int4 in groups of 32]")
 
 
 def test_recipe_errors(tmp_path: Path) -> None:
