@@ -19,7 +19,11 @@ on the CPU execution provider with the benchmark's thread count, in alternating 
                           dynamic quantization writes; it includes the activation
                           quantization and the dequantization, so it is not flattered).
 
-The peak is the faster kernel's best run. ``DynamicQuantizeMatMul`` is what an
+and, when ExecuTorch is installed, XNNPACK's (:mod:`runtime_py.gemm_xnnpack`: float activations
+quantized per token, int8 weights per output channel: what an ExecuTorch int8 linear runs), which
+on an AMD EPYC without AMX was faster than both (2026-12-07).
+
+The peak is the fastest kernel's best run. ``DynamicQuantizeMatMul`` is what an
 ``--prefill-int8`` prefill program runs (quantization/onnx_prefill8.py); on the Intel Xeon
 with AMX of 2026-12-06 the two measured alike (best 1.7-2.9 against 1.3-2.1 TOPS, medians
 0.8-1.4 TOPS, two cores; the best and the median of one kernel differ by up to 2x on a shared
@@ -33,31 +37,34 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from exporter.errors import RgMobileError
+from runtime_py import gemm_xnnpack
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHAPE = (512, 2560, 7680)  # (m, k, n)
 
 
-KERNELS = ("MatMulInteger", "DynamicQuantizeMatMul")
+KERNELS = ("MatMulInteger", "DynamicQuantizeMatMul")  # onnxruntime's; XNNPACK's is added when installed
 
 
 @dataclass(frozen=True)
 class GemmPeak:
-    """int8 GEMM throughput of this machine: the faster of onnxruntime's int8 kernels.
+    """int8 GEMM throughput of this machine: the fastest of the int8 kernels timed.
 
     Fields:
       threads: onnxruntime intra-op threads.
       m, k, n: the product [m, k] x [k, n] that was timed.
-      samples_seconds: seconds of each timed run of the faster kernel.
-      kernel: the faster kernel, with onnxruntime's version.
-      kernels: every kernel timed, as (op name, seconds of each timed run), in :data:`KERNELS` order.
+      samples_seconds: seconds of each timed run of the fastest kernel.
+      kernel: the fastest kernel, with its runtime's version.
+      kernels: every kernel timed, as (name, seconds of each timed run): :data:`KERNELS`, then
+        XNNPACK's (:data:`runtime_py.gemm_xnnpack.NAME`) when ExecuTorch is installed.
     """
 
     threads: int
@@ -83,9 +90,10 @@ class GemmPeak:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": "the faster of onnxruntime's int8 GEMM kernels (MatMulInteger: uint8 x int8 -> int32; "
-            "DynamicQuantizeMatMul: float activations quantized per tensor to uint8 x int8 weights with a scale "
-            "per column -> float), timed in alternating rounds; ops = 2*m*k*n",
+            "method": "the fastest of the int8 GEMM kernels timed (onnxruntime's MatMulInteger: uint8 x int8 -> "
+            "int32; DynamicQuantizeMatMul: float activations quantized per tensor to uint8 x int8 weights with a "
+            "scale per column -> float; with ExecuTorch installed XNNPACK's fully-connected: float activations "
+            "quantized per token x int8 weights per channel -> float), timed in alternating rounds; ops = 2*m*k*n",
             "kernel": self.kernel,
             "threads": self.threads,
             "shape": {"m": self.m, "k": self.k, "n": self.n},
@@ -137,6 +145,12 @@ def _session(op: str, k: int, n: int, threads: int, seed: int) -> Any:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+def _ort_run(op: str, m: int, k: int, n: int, threads: int, seed: int) -> Callable[[], object]:
+    """A callable running onnxruntime's ``op`` on one [m, k] x [k, n] product."""
+    session, feed = _session(op, k, n, threads, seed), _feed(op, m, k, seed)
+    return lambda: session.run(None, feed)
+
+
 def _feed(op: str, m: int, k: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed + 1)
     if op == "MatMulInteger":
@@ -166,20 +180,25 @@ def measure_int8_gemm(
         raise RgMobileError(
             "the int8 GEMM peak needs onnxruntime (pip install onnxruntime), or pass --gemm-m 0"
         ) from None
-    sessions = {op: _session(op, k, n, threads, seed) for op in KERNELS}
-    feeds = {op: _feed(op, m, k, seed) for op in KERNELS}
+    runs = {op: _ort_run(op, m, k, n, threads, seed) for op in KERNELS}
+    versions = dict.fromkeys(KERNELS, f"CPUExecutionProvider, onnxruntime {ort.__version__}")
+    if gemm_xnnpack.available():
+        import executorch.version
+
+        runs[gemm_xnnpack.NAME] = gemm_xnnpack.xnnpack_int8_gemm(m, k, n, threads, seed)
+        versions[gemm_xnnpack.NAME] = f"executorch {executorch.version.__version__}"
     for _ in range(warmup):
-        for op in KERNELS:
-            sessions[op].run(None, feeds[op])
-    samples: dict[str, list[float]] = {op: [] for op in KERNELS}
+        for run in runs.values():
+            run()
+    samples: dict[str, list[float]] = {op: [] for op in runs}
     for _ in range(repeats):
-        for op in KERNELS:
+        for op, run in runs.items():
             t0 = time.perf_counter()
-            sessions[op].run(None, feeds[op])
+            run()
             samples[op].append(time.perf_counter() - t0)
-    best = min(KERNELS, key=lambda op: min(samples[op]))
-    kernel = f"{best} (CPUExecutionProvider, onnxruntime {ort.__version__})"
-    result = GemmPeak(threads, m, k, n, tuple(samples[best]), kernel, tuple((op, tuple(samples[op])) for op in KERNELS))
+    best = min(runs, key=lambda op: min(samples[op]))
+    kernel = f"{best} ({versions[best]})"
+    result = GemmPeak(threads, m, k, n, tuple(samples[best]), kernel, tuple((op, tuple(samples[op])) for op in runs))
     log.info(
         "int8 GEMM %dx%dx%d (%d threads): best %.3g ops/s, median %.3g ops/s (%s); %s",
         m, k, n, threads, result.best_ops_per_s, result.median_ops_per_s, best,

@@ -329,8 +329,10 @@ def test_bench_measures_the_int8_gemm_peak_and_the_prefill_share_of_it(
     assert gemm["shape"] == {"m": 64, "k": 2560, "n": 7680} and gemm["ops"] == 2 * 64 * 2560 * 7680
     assert gemm["threads"] == 1 and len(gemm["samples_seconds"]) == gemm["repeats"] >= 1
     assert gemm["best_ops_per_s"] >= gemm["median_ops_per_s"] > 0
-    kernels = gemm["kernels"]  # both int8 kernels timed; the peak is the faster one's best run
-    assert set(kernels) == {"MatMulInteger", "DynamicQuantizeMatMul"}
+    from runtime_py import gemm_xnnpack
+
+    kernels = gemm["kernels"]  # every int8 kernel timed; the peak is the fastest one's best run
+    assert set(kernels) == {"MatMulInteger", "DynamicQuantizeMatMul", gemm_xnnpack.NAME}
     fastest = max(kernels, key=lambda op: kernels[op]["best_ops_per_s"])
     assert gemm["kernel"].startswith(fastest) and gemm["best_ops_per_s"] == kernels[fastest]["best_ops_per_s"]
     subjects = {x["name"]: x for x in data["subjects"]}
@@ -611,6 +613,22 @@ def test_bench_schema_reads_version_1_and_requires_the_version_2_fields(
         validate_bench(data)
 
 
+def test_the_xnnpack_int8_gemm_computes_the_product() -> None:
+    """The timed XNNPACK program is the int8 product of its input and weights (not an empty run)."""
+    import torch
+
+    from runtime_py.gemm_xnnpack import xnnpack_int8_gemm
+
+    run = xnnpack_int8_gemm(8, 64, 32, threads=1, seed=3)
+    got = run()[0].numpy()
+    torch.manual_seed(3)
+    weight = torch.nn.Linear(64, 32, bias=False).weight.detach().numpy()  # the weights it quantized
+    a = np.random.default_rng(4).standard_normal((8, 64), dtype=np.float32)  # its input (seed + 1)
+    want = a @ weight.T
+    assert got.shape == (8, 32)
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()  # int8 weights and activations
+
+
 def test_int8_gemm_peak_bad_arguments_are_one_clear_error() -> None:
     from exporter.errors import RgMobileError
     from runtime_py.gemm_peak import measure_int8_gemm
@@ -620,8 +638,10 @@ def test_int8_gemm_peak_bad_arguments_are_one_clear_error() -> None:
     peak = measure_int8_gemm(threads=1, m=8, k=64, n=32, repeats=2, warmup=1)
     assert peak.ops == 2 * 8 * 64 * 32 and len(peak.samples_seconds) == 2 and peak.best_ops_per_s > 0
     timed = dict(peak.kernels)
-    assert list(timed) == ["MatMulInteger", "DynamicQuantizeMatMul"] and all(len(x) == 2 for x in timed.values())
-    assert min(peak.samples_seconds) == min(min(x) for x in timed.values())  # the faster kernel's runs
+    from runtime_py.gemm_xnnpack import NAME
+
+    assert list(timed) == ["MatMulInteger", "DynamicQuantizeMatMul", NAME] and all(len(x) == 2 for x in timed.values())
+    assert min(peak.samples_seconds) == min(min(x) for x in timed.values())  # the fastest kernel's runs
 
 
 def test_bench_worker_swaps_states_untimed_before_the_measured_rows(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,63 @@
+"""XNNPACK's int8 GEMM, for the int8 GEMM peak (:mod:`runtime_py.gemm_peak`).
+
+One ``nn.Linear`` [k -> n] quantized as the int8 recipe quantizes an ExecuTorch linear
+(torchao ``Int8DynamicActivationIntxWeightConfig``, int8 weights per output channel, "8da8w":
+activations quantized to int8 per token at run time), lowered with the XNNPACK partitioner
+for a static [m, k] input and run by the ExecuTorch runtime. Like onnxruntime's
+``DynamicQuantizeMatMul`` it includes the activation quantization and the dequantization.
+
+Measured because onnxruntime's kernels are not the fastest int8 GEMM on every host: on an AMD
+EPYC without AMX (2026-12-07) XNNPACK's ran a 2B MLP's int8 per-channel linears at 0.68 TOPS
+(t = 32) where the bench's onnxruntime peak read 0.56 TOPS, so prefill fractions above 50% of
+that "peak" flattered the ExecuTorch program.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+
+NAME = "XNNPACK fully-connected (ExecuTorch, 8da8w)"
+
+
+def available() -> bool:
+    """Whether ExecuTorch and torchao are installed (the bench runs without them)."""
+    try:
+        import executorch.runtime  # noqa: F401
+        import torchao  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def xnnpack_int8_gemm(m: int, k: int, n: int, threads: int, seed: int) -> Callable[[], object]:
+    """A callable running one XNNPACK int8 product [m, k] x [k, n] (weights random, prepacked)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    torch.manual_seed(seed)
+    linear = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False)).eval()
+    quantize_(linear, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)))
+    rng = np.random.default_rng(seed + 1)
+    a = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32))
+    with torch.no_grad():
+        ep = torch.export.export(linear, (a,), strict=False)
+    program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+    buffer = io.BytesIO()
+    program.write_to_file(buffer)
+    portable_lib._unsafe_reset_threadpool(threads)
+    loaded = Runtime.get().load_program(buffer.getvalue())
+    method = loaded.load_method("forward")
+
+    def run() -> object:
+        return method.execute([a])
+
+    run.program = loaded  # type: ignore[attr-defined]  # the method needs its program alive
+    return run
