@@ -6,10 +6,11 @@ activations quantized to int8 per token at run time), lowered with the XNNPACK p
 for a static [m, k] input and run by the ExecuTorch runtime. Like onnxruntime's
 ``DynamicQuantizeMatMul`` it includes the activation quantization and the dequantization.
 
-Measured because onnxruntime's kernels are not the fastest int8 GEMM on every host: on an AMD
-EPYC without AMX (2026-12-07) XNNPACK's ran a 2B MLP's int8 per-channel linears at 0.68 TOPS
-(t = 32) where the bench's onnxruntime peak read 0.56 TOPS, so prefill fractions above 50% of
-that "peak" flattered the ExecuTorch program.
+Measured because the ExecuTorch programs run XNNPACK's kernels, not onnxruntime's, and neither
+is the faster on every host and shape: on an AMD EPYC without AMX (2026-12-07)
+scripts/group_size_kernels.py timed XNNPACK's int8 per-channel linears of a 2B MLP at 0.68 TOPS
+(t = 32) where a bench run's onnxruntime peak had read 0.56 TOPS; at the peak's own shape (m = 512)
+in the next bench run onnxruntime's ``MatMulInteger`` was the faster (0.62 against 0.50 TOPS).
 """
 
 from __future__ import annotations
