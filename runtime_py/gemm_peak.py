@@ -20,8 +20,9 @@ on the CPU execution provider with the benchmark's thread count, in alternating 
                           quantization and the dequantization, so it is not flattered).
 
 and, when ExecuTorch is installed, XNNPACK's (:mod:`runtime_py.gemm_xnnpack`: float activations
-quantized per token, int8 weights per output channel: what an ExecuTorch int8 linear runs), which
-on an AMD EPYC without AMX was faster than both (2026-12-07).
+quantized per token, int8 weights per output channel: what an ExecuTorch int8 linear runs): on an
+AMD EPYC without AMX it beat both at a 32-token chunk's shape, though not at the default m = 512
+(2026-12-07).
 
 The peak is the fastest kernel's best run. ``DynamicQuantizeMatMul`` is what an
 ``--prefill-int8`` prefill program runs (quantization/onnx_prefill8.py); on the Intel Xeon
@@ -59,7 +60,7 @@ class GemmPeak:
     """int8 GEMM throughput of this machine: the fastest of the int8 kernels timed.
 
     Fields:
-      threads: onnxruntime intra-op threads.
+      threads: threads of every kernel (onnxruntime intra-op threads, ExecuTorch's thread pool).
       m, k, n: the product [m, k] x [k, n] that was timed.
       samples_seconds: seconds of each timed run of the fastest kernel.
       kernel: the fastest kernel, with its runtime's version.
