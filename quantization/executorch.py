@@ -91,7 +91,8 @@ def check_recipe(recipe: Recipe, widths: tuple[int, ...] = (), gate_width: int |
                 )
 
 
-def _config(scheme: WeightScheme) -> Any:
+def torchao_config(scheme: WeightScheme) -> Any:
+    """The torchao config that quantizes an ExecuTorch linear at ``scheme`` (8da8w or 8da4w)."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
@@ -152,13 +153,13 @@ def quantized_step(
         facts["scale_dtypes"] = apply_given(step, given, HEAD)
     if recipe.linears is not None:
         if given is None:
-            quantize_(step.model, _config(recipe.linears), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+            quantize_(step.model, torchao_config(recipe.linears), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
         applied["linears"] = {**recipe.linears.to_dict(), "params": count["linears"],
                               "scheme": SUPPORTED[(recipe.linears.bits, recipe.linears.granularity)],
                               "kernel": "XNNPACK qd8 fully connected"}  # fmt: skip
     if recipe.embedding is not None:
         if given is None:
-            quantize_(step, _config(recipe.embedding), filter_fn=lambda m, fqn: fqn == HEAD)
+            quantize_(step, torchao_config(recipe.embedding), filter_fn=lambda m, fqn: fqn == HEAD)
             qdata, scales = _integers(step.lm_head.weight)
             step.model.embed_tokens = IntRowEmbedding(qdata, scales)  # type: ignore[assignment]
         applied["embedding"] = {**recipe.embedding.to_dict(), "params": count["embedding"],
@@ -168,7 +169,7 @@ def quantized_step(
     if recipe.rglru_gates is not None:
         if given is None:
             gates = set(split_gates(step.model))
-            quantize_(step.model, _config(recipe.rglru_gates), filter_fn=lambda m, fqn: fqn in gates)
+            quantize_(step.model, torchao_config(recipe.rglru_gates), filter_fn=lambda m, fqn: fqn in gates)
         applied["rglru_gates"] = {**recipe.rglru_gates.to_dict(), "params": count["rglru_gates"],
                                   "scheme": SUPPORTED[(recipe.rglru_gates.bits, recipe.rglru_gates.granularity)],
                                   "kernel": "XNNPACK qd8 fully connected, one per head"}  # fmt: skip

@@ -40,12 +40,14 @@ def xnnpack_int8_gemm(m: int, k: int, n: int, threads: int, seed: int) -> Callab
     from executorch.exir import to_edge_transform_and_lower
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis
+    from torchao.quantization import quantize_
+
+    from quantization.executorch import torchao_config
+    from quantization.recipe import WeightScheme
 
     torch.manual_seed(seed)
     linear = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False)).eval()
-    quantize_(linear, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)))
+    quantize_(linear, torchao_config(WeightScheme(8, "per_channel")))  # as the int8 recipe's linears
     rng = np.random.default_rng(seed + 1)
     a = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32))
     with torch.no_grad():

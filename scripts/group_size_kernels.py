@@ -68,13 +68,14 @@ def _pte(bits: int, group: int, chunk: int, path: Path) -> None:
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization import quantize_
+
+    from quantization.executorch import torchao_config
+    from quantization.recipe import WeightScheme
 
     model = _mlp()
-    dtype = {8: torch.int8, 4: torch.int4}[bits]  # type: ignore[attr-defined]
-    granularity = PerAxis(0) if group == 0 else PerGroup(group)
-    quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity))
+    scheme = WeightScheme(bits, "per_channel") if group == 0 else WeightScheme(bits, "per_group", group)
+    quantize_(model, torchao_config(scheme))  # as --format executorch quantizes its linears
     eps = {f"t{t}": torch.export.export(model, (torch.randn(1, t, WIDTH),), strict=False) for t in (1, chunk)}
     program = to_edge_transform_and_lower(eps, partitioner=[XnnpackPartitioner()]).to_executorch()
     with path.open("wb") as f:
