@@ -58,8 +58,10 @@ LAYERS: tuple[tuple[str, int, str], ...] = (
     ("quantization.coreml*", 3, "coreml"),
     ("runtime_py.coreml_*", 3, "coreml"),
     # L4 runtime: generation, validation, quality, benchmarks; formats only through the registries
-    # (exporter/registry.py), except runtime_py.validate_coreml: the Core ML part of validate.
+    # (exporter/registry.py), except runtime_py.validate_coreml: the Core ML part of validate, and
+    # runtime_py.gemm_xnnpack: the XNNPACK kernel of the int8 GEMM peak (quantized as the export does).
     ("runtime_py.validate_coreml", 4, "coreml"),
+    ("runtime_py.gemm_xnnpack", 4, "executorch"),
     ("runtime_py.*", 4, ""),
     # L5 top: the CLI, the export pipeline, the quantize command, phone bundles.
     ("rgmobile.*", 5, ""),
