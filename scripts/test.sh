@@ -12,4 +12,8 @@ command -v mvn >/dev/null && command -v java >/dev/null || {
 ruff check .
 ruff format --check .
 mypy exporter runtime_py quantization rgmobile
-python -m pytest -q -ra --durations=25 "$@"  # the slowest tests named at the end: CI has 90 minutes
+# Two worker processes (pytest-xdist), each taking whole files, so a module's fixtures are built once;
+# the artifacts several files share are built once per run (tests/shared.py). Most of the suite's
+# time is single-threaded (ExecuTorch lowering, tracing), so the two halves run side by side.
+# The slowest tests are named at the end: CI has 90 minutes.
+python -m pytest -q -ra -n "${RGMOBILE_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"

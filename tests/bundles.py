@@ -7,7 +7,7 @@ one ``step.onnx`` for decode and prefill. ``per_length_bundles``: the fp32 expor
 ``--graph-per-length`` (``decode.onnx`` and ``prefill.onnx``), packaged for each app; ``prefill8_bundles``:
 the int4 export with ``--prefill-int8`` (its prefill graph's linears int8 DynamicQuantizeMatMul). Exporting takes
 ~35 s (int4 longer) and packaging validates each artifact and runs the reference for its self-test, so the artifacts are
-exported once and each bundle is written once.
+exported once and each bundle is written once per run (tests/shared.py: also across xdist workers).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared import built_once, shared_root
 
 from rgmobile.export import ExportOptions, export
 from rgmobile.package.bundle import PackageOptions, package
@@ -32,14 +33,16 @@ def bundled_onnx_artifact(root: Path, precision: str) -> Path:
     ``--graph-per-length``, ``decode.onnx`` and ``prefill.onnx``, or "prefill8": int4 with ``--prefill-int8``),
     once per session."""
     if precision not in _ARTIFACTS:
-        out = root / f"brown-small-onnx-{precision}"
-        if precision == PREFILL8:
-            export(ExportOptions(out=out, format="onnx", quant="int4", prefill_int8=True))
-        else:
-            split = precision == PER_LENGTH
-            quant = "none" if split else PRECISIONS[precision]
-            export(ExportOptions(out=out, format="onnx", quant=quant, one_program=False if split else None))
-        _ARTIFACTS[precision] = out
+
+        def build(out: Path) -> None:
+            if precision == PREFILL8:
+                export(ExportOptions(out=out, format="onnx", quant="int4", prefill_int8=True))
+            else:
+                split = precision == PER_LENGTH
+                quant = "none" if split else PRECISIONS[precision]
+                export(ExportOptions(out=out, format="onnx", quant=quant, one_program=False if split else None))
+
+        _ARTIFACTS[precision] = built_once(root / f"brown-small-onnx-{precision}", build)
     return _ARTIFACTS[precision]
 
 
@@ -53,13 +56,14 @@ def bundled_onnx_bundle(root: Path, precision: str, target: str) -> Path:
     key = (precision, target)
     if key not in _BUNDLES:
         artifact = bundled_onnx_artifact(root, precision)
-        _BUNDLES[key] = make_bundle(artifact, target, root / f"bundle-{target}-onnx-{precision}")
+        out = root / f"bundle-{target}-onnx-{precision}"
+        _BUNDLES[key] = built_once(out, lambda o: make_bundle(artifact, target, o))
     return _BUNDLES[key]
 
 
 @pytest.fixture(scope="session")
 def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("bundles")
+    return shared_root(tmp_path_factory, "bundles")
 
 
 @pytest.fixture(scope="session")
