@@ -261,6 +261,7 @@ def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s
             else None
         )
         row["prefill_gemm_ops_per_s"] = row["prefill_gemm_fraction"] = None
+        row["prefill_over_decode_ceiling"] = None
         pre = row.get("prefill")
         if gemm is not None and pre is not None:
             chunk = pre["chunk"]
@@ -269,6 +270,9 @@ def _add_roofline(subject: dict[str, Any], bandwidth_gb_s: float, gemm_ops_per_s
             row["prefill_gemm_ops_per_s"] = pre["tokens_per_s"] * ops_per_token
             if gemm_ops_per_s:
                 row["prefill_gemm_fraction"] = row["prefill_gemm_ops_per_s"] / gemm_ops_per_s
+                # what this machine allows prefill / decode to be: prefill at the int8 GEMM peak
+                # (compute-bound) over decode at the roofline (bandwidth-bound)
+                row["prefill_over_decode_ceiling"] = gemm_ops_per_s / ops_per_token / row["roofline_tokens_per_s"]
 
 
 def _gemm_ops(manifest: Manifest) -> dict[str, Any]:

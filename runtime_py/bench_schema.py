@@ -84,6 +84,9 @@ subject:
     prefill_gemm_ops_per_s  prefill.tokens_per_s x linear ops per token (the head per
                             position, or once per chunk: see gemm_ops) | null
     prefill_gemm_fraction   prefill_gemm_ops_per_s / int8_gemm.best_ops_per_s | null
+    prefill_over_decode_ceiling  (optional; absent from earlier version 2 files) int8_gemm.best_ops_per_s
+                            / (prefill_gemm_ops_per_s / prefill.tokens_per_s) / roofline_tokens_per_s:
+                            prefill at the GEMM peak over decode at the roofline | null
     resident_bytes          rss_bytes - rss_before_load_bytes: what the process holds for the
                             program (weights in the runtime's layout, buffers, state) | null
     anon_bytes, resident_anon_bytes  (optional; absent from earlier version 2 files) the anonymous
@@ -126,6 +129,7 @@ _ROW_2 = {
     "prefill_gemm_ops_per_s": (*_NUM, _NONE), "prefill_gemm_fraction": (*_NUM, _NONE),
     "resident_bytes": (int, _NONE), "resident_roofline_fraction": (*_NUM, _NONE),
 }  # fmt: skip
+_ROW_OPTIONAL = {"prefill_over_decode_ceiling": (*_NUM, _NONE)}  # checked where present
 _GEMM = {"kernel": str, "threads": int, "shape": dict, "ops": int, "best_ops_per_s": _NUM, "median_ops_per_s": _NUM}
 _TTFT = {"tokens": int, "seconds": _NUM}
 _TOGETHER = {
@@ -199,6 +203,7 @@ def validate_bench(data: Any) -> None:
             raise RgMobileError(f"bench json: {where} positions differ from settings.positions")
         for j, row in enumerate(s["positions"]):
             _check(row, {**_ROW, **(_ROW_2 if v2 else {})}, f"{where}.positions[{j}]")
+            _check(row, {k: t for k, t in _ROW_OPTIONAL.items() if k in row}, f"{where}.positions[{j}]")
             _check(row["decode"], _DECODE, f"{where}.positions[{j}].decode")
             if row.get("prefill") is not None:
                 _check(row["prefill"], {"chunk": int, "tokens_per_s": _NUM}, f"{where}.positions[{j}].prefill")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -346,9 +347,21 @@ def test_bench_measures_the_int8_gemm_peak_and_the_prefill_share_of_it(
         expect = r["prefill"]["tokens_per_s"] * per_token
         assert r["prefill_gemm_ops_per_s"] == pytest.approx(expect, rel=1e-9)
         assert r["prefill_gemm_fraction"] == pytest.approx(expect / gemm["best_ops_per_s"], rel=1e-3)  # 4 digits
+        # the ratio prefill / decode can reach here: prefill at the GEMM peak over decode at the roofline
+        roofline = data["bandwidth"]["best_gb_s"] * 1e9 / r["bytes_per_token"]
+        ceiling = gemm["best_ops_per_s"] / per_token / roofline
+        assert r["prefill_over_decode_ceiling"] == pytest.approx(ceiling, rel=1e-3)
+    ratio = next(g for g in data["goals"] if g["goal"] == "prefill_over_decode" and g["subject"] == art["name"])
+    summary = art["summary"]["prefill_over_decode_ceiling"]
+    assert summary == pytest.approx(statistics.median(r["prefill_over_decode_ceiling"] for r in art["positions"]))
+    assert (
+        f"this machine's ceiling {summary:.3g}x" in ratio["note"]
+        and f"{summary / 0.8:.3g}x with decode" in ratio["note"]
+    )
     for name in ("transformers", "eager", "gemma"):  # baselines: no op count, no fraction
         assert subjects[name]["gemm_ops"] is None
         assert all(r["prefill_gemm_fraction"] is None for r in subjects[name]["positions"])
+        assert all(r["prefill_over_decode_ceiling"] is None for r in subjects[name]["positions"])
 
 
 def test_the_first_token_plan_follows_the_programs_lengths(random_artifact: Path, tmp_path: Path) -> None:

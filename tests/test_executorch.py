@@ -388,6 +388,17 @@ def test_prefill_writes_its_rows_without_gathering_the_ring(et_artifact: Path) -
     assert d["portable"].get("aten_scatter_src") == 4  # K and V rows of the two attention layers
 
 
+@pytest.mark.slow
+def test_prefill_scan_takes_its_rows_by_one_split(et_artifact: Path) -> None:
+    """The unrolled RG-LRU scan splits a and u once each (layers.linear_scan): no portable select per
+    row, which cost 2 x t ops a recurrent layer (2,304 in a 2B chunk of 64)."""
+    details = read_manifest(et_artifact).format_details
+    d, decode = details["prefill_delegation"], details["decode_delegation"]
+    selects = d["portable"].get("aten_select_copy_int", 0)
+    assert selects == decode["portable"].get("aten_select_copy_int", 0)  # as many as decode's (t = 1): none per row
+    assert d["portable"].get("aten_split_with_sizes_copy_default") == 8  # a and u of 4 recurrent layers
+
+
 # decode; chunks from the start, within the ring, wrapping round its end, filling it whole,
 # and longer than it (the base class's gather: a slot would be written twice)
 @pytest.mark.parametrize("t, start", [(1, 0), (1, 5), (1, 37), (5, 3), (8, 0), (8, 30), (16, 9), (20, 7)])

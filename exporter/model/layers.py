@@ -134,11 +134,17 @@ def linear_scan(
         u = nn.functional.pad(u, (0, 0, 0, max_len - t))
         return linear_scan(a, u, h0, None)[:, :t]
     if max_len is None:
-        h, hs = h0, []
-        for i in range(t):
-            h = a[:, i] * h + u[:, i]
+        # The rows come from one split of a and one of u (not a select per row and tensor), and
+        # h keeps its length-1 axis: in an ExecuTorch program a select is a portable op between
+        # two XNNPACK calls, 2 x t of them a layer (2,304 in a 2B prefill chunk of 64); a split
+        # is one op per tensor, and the multiplies and adds of the scan stay together.
+        if t == 1:
+            return a * h0.unsqueeze(1) + u
+        h, hs = h0.unsqueeze(1), []
+        for a_i, u_i in zip(a.split(1, dim=1), u.split(1, dim=1), strict=True):
+            h = a_i * h + u_i
             hs.append(h)
-        return torch.stack(hs, dim=1)
+        return torch.cat(hs, dim=1)
     u = torch.cat([u[:, :1] + a[:, :1] * h0.unsqueeze(1), u[:, 1:]], dim=1)
     d = 1
     while d < max_len:
