@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rgmobile.cli_format import fmt_bytes
+from runtime_py.bench_goals import ceiling_note
 
 
 def _fmt_rate(x: float) -> str:
@@ -91,6 +92,10 @@ def print_bench(data: dict[str, Any], out: Console) -> None:
     for s in data["subjects"]:
         if s.get("error") is None and s.get("contention"):
             out.print(f"busy core {s['name']}: {contention_line(s['contention'])}", highlight=False)
+    for s in data["subjects"]:
+        ceiling = (s.get("summary") or {}).get("prefill_over_decode_ceiling") if s.get("error") is None else None
+        if ceiling is not None:
+            out.print(f"prefill / decode {s['name']}: {ceiling_note(ceiling)}", highlight=False)
     goals = Table(title="goals")
     for col in ("goal", "subject", "value", "target", ""):
         goals.add_column(col)

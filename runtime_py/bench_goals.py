@@ -128,7 +128,7 @@ def compute_goals(subjects: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(_entry("prefill_over_decode", a["name"], None, "not measured: no prefill program"))
         else:
             ceiling = a["summary"].get("prefill_over_decode_ceiling")
-            note = "" if ceiling is None else f"{GOALS['prefill_over_decode'][2]}; {_ceiling_note(ceiling)}"
+            note = "" if ceiling is None else f"{GOALS['prefill_over_decode'][2]}; {ceiling_note(ceiling)}"
             out.append(_entry("prefill_over_decode", a["name"], pre / ours, note))
     for a in (s for s in ok if s["kind"] == "artifact" and is_emulated(s)):
         note = f"not counted: {a.get('backend')} is an emulator, not the device runtime"
@@ -145,7 +145,7 @@ def compute_goals(subjects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _ceiling_note(ceiling: float) -> str:
+def ceiling_note(ceiling: float) -> str:
     """What a prefill / decode ratio can reach on this machine, for the goal's note."""
     decode_goal = GOALS["int4_roofline_fraction"][0]
     return (

@@ -288,6 +288,8 @@ def test_bench_writes_png_and_prints_tables(bench_run: tuple[dict, Path, Path, s
     _, _, png, stdout = bench_run
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "goals" in stdout and "transformers" in stdout
+    words = " ".join(stdout.split())  # the console wraps long lines
+    assert "prefill / decode" in words and "this machine's ceiling" in words  # the artifact's ceiling, printed
 
 
 def test_bench_user_errors_are_one_line(tmp_path: Path, random_artifact: Path) -> None:
