@@ -24,26 +24,22 @@ from rgmobile.package.bundle import PackageOptions, package
 PRECISIONS = {"fp32": "none", "int4": "int4"}
 PER_LENGTH = "per_length"  # the fp32 artifact exported with --graph-per-length (per_length_bundles)
 PREFILL8 = "prefill8"  # the int4 artifact exported with --prefill-int8 (prefill8_bundles)
-_ARTIFACTS: dict[str, Path] = {}
-_BUNDLES: dict[tuple[str, str], Path] = {}
 
 
 def bundled_onnx_artifact(root: Path, precision: str) -> Path:
     """The bundled model exported to ONNX at ``precision`` ("fp32", "int4", "per_length": fp32 with
     ``--graph-per-length``, ``decode.onnx`` and ``prefill.onnx``, or "prefill8": int4 with ``--prefill-int8``),
-    once per session."""
-    if precision not in _ARTIFACTS:
+    once per run (tests/shared.py)."""
 
-        def build(out: Path) -> None:
-            if precision == PREFILL8:
-                export(ExportOptions(out=out, format="onnx", quant="int4", prefill_int8=True))
-            else:
-                split = precision == PER_LENGTH
-                quant = "none" if split else PRECISIONS[precision]
-                export(ExportOptions(out=out, format="onnx", quant=quant, one_program=False if split else None))
+    def build(out: Path) -> None:
+        if precision == PREFILL8:
+            export(ExportOptions(out=out, format="onnx", quant="int4", prefill_int8=True))
+        else:
+            split = precision == PER_LENGTH
+            quant = "none" if split else PRECISIONS[precision]
+            export(ExportOptions(out=out, format="onnx", quant=quant, one_program=False if split else None))
 
-        _ARTIFACTS[precision] = built_once(root / f"brown-small-onnx-{precision}", build)
-    return _ARTIFACTS[precision]
+    return built_once(root / f"brown-small-onnx-{precision}", build)
 
 
 def make_bundle(artifact: Path, target: str, out: Path, name: str | None = None) -> Path:
@@ -53,12 +49,8 @@ def make_bundle(artifact: Path, target: str, out: Path, name: str | None = None)
 
 
 def bundled_onnx_bundle(root: Path, precision: str, target: str) -> Path:
-    key = (precision, target)
-    if key not in _BUNDLES:
-        artifact = bundled_onnx_artifact(root, precision)
-        out = root / f"bundle-{target}-onnx-{precision}"
-        _BUNDLES[key] = built_once(out, lambda o: make_bundle(artifact, target, o))
-    return _BUNDLES[key]
+    artifact = bundled_onnx_artifact(root, precision)
+    return built_once(root / f"bundle-{target}-onnx-{precision}", lambda o: make_bundle(artifact, target, o))
 
 
 @pytest.fixture(scope="session")
